@@ -1,0 +1,1 @@
+"""Flax NNX decoders converted from real checkpoints, with dense or SharePrefill attention."""

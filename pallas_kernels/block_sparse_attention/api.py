@@ -1,0 +1,282 @@
+"""Public block-sparse attention: input validation and the implementation registry."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.block_sparse_attention import (
+    block_map,
+    common,
+    mosaic_tpu,
+    reference,
+    triton,
+    xla,
+)
+from pallas_kernels.block_sparse_attention.layout import (
+    BlockGeometry,
+    BlockLayout,
+    validate_layout,
+)
+
+Implementation = Callable[..., common.BackendResult]
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "reference": reference.attention,
+    "xla": xla.attention,
+    "triton": triton.attention,
+    "mosaic_tpu": mosaic_tpu.attention,
+}
+
+# What `implementation=None` tries, in order, for each jax backend.
+DEFAULT_IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
+    "gpu": ("triton", "xla"),
+    "tpu": ("mosaic_tpu", "xla"),
+    "cpu": ("xla",),
+}
+
+SUPPORTED_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+
+
+def block_sparse_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    layout: BlockLayout,
+    *,
+    sm_scale: float | None = None,
+    causal: bool = True,
+    return_lse: bool = False,
+    implementation: str | Sequence[str] | None = None,
+    interpret: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Attention of each query block over the key blocks its layout row lists.
+
+    Args:
+      q: [B, T, N, H]; the T queries are the last T of the S key positions.
+      k: [B, S, K, H], N a multiple of K (GQA: query head h uses kv head h // (N // K)).
+      v: [B, S, K, H].
+      layout: block lists, [B, N, Tb, M] (see layout.BlockGeometry for how blocks align).
+      sm_scale: logit scale, default 1 / sqrt(H).
+      causal: mask keys after each query inside the listed blocks.
+      return_lse: also return the natural-log LSE.
+      implementation: a name in IMPLEMENTATIONS, a sequence tried in order (falling through on
+        NotImplementedError), or None for the best one for `jax.default_backend()`.
+      interpret: run Pallas kernels in interpret mode (CPU testing).
+
+    Returns:
+      out [B, T, N, H] in q's dtype, and float32[B, N, T] lse when `return_lse`.
+    """
+    geometry = _validate(q, k, v, layout, causal)
+    result = _attention(
+        q,
+        k,
+        v,
+        layout,
+        geometry=geometry,
+        sm_scale=_scale(q, sm_scale),
+        causal=causal,
+        with_block_lse=False,
+        implementation=_candidates(implementation),
+        interpret=interpret,
+    )
+    return (result.out, result.lse) if return_lse else result.out
+
+
+def block_sparse_attention_with_block_map(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    layout: BlockLayout,
+    selected: jax.Array,
+    *,
+    max_selected: int | None = None,
+    sm_scale: float | None = None,
+    causal: bool = True,
+    implementation: str | Sequence[str] | None = None,
+    interpret: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Block-sparse attention that also returns block-averaged maps for selected heads.
+
+    The selected heads run in a second launch that records each listed block's per-row
+    log-sum-exp; their maps are finished from those and the final LSE (block_map.py). The other
+    heads pay nothing beyond being excluded from that launch.
+
+    Args:
+      q, k, v, layout, sm_scale, causal, implementation, interpret: as block_sparse_attention.
+      selected: bool[B, N], which (batch, head) maps to compute; traced values are fine.
+      max_selected: static capacity P, at least the number of selected heads (default B * N).
+        Under jit, heads selected beyond P get no map (their output is still exact); with
+        concrete `selected` a count above P raises.
+
+    Returns:
+      out [B, T, N, H], lse float32[B, N, T], block_map float32[B, N, Tb, Sb] (zero for
+      unselected heads and for blocks the layout does not list).
+    """
+    geometry = _validate(q, k, v, layout, causal)
+    batch, _, num_heads, _ = q.shape
+    if selected.shape != (batch, num_heads):
+        raise ValueError(
+            f"selected must be bool[B, N] = {(batch, num_heads)}, got {selected.shape}"
+        )
+    capacity = batch * num_heads if max_selected is None else max_selected
+    if not 1 <= capacity <= batch * num_heads:
+        raise ValueError(
+            f"max_selected must be in [1, B*N={batch * num_heads}], got {max_selected}"
+        )
+    if not isinstance(selected, jax.core.Tracer) and int(jnp.sum(selected)) > capacity:
+        raise ValueError(f"{int(jnp.sum(selected))} heads selected but max_selected={capacity}")
+    return _attention_with_block_map(
+        q,
+        k,
+        v,
+        layout,
+        selected.astype(bool),
+        geometry=geometry,
+        capacity=capacity,
+        sm_scale=_scale(q, sm_scale),
+        causal=causal,
+        implementation=_candidates(implementation),
+        interpret=interpret,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("geometry", "capacity", "sm_scale", "causal", "implementation", "interpret"),
+)
+def _attention_with_block_map(
+    q, k, v, layout, selected, *, geometry, capacity, sm_scale, causal, implementation, interpret
+):
+    batch, _, num_heads, _ = q.shape
+    group = num_heads // k.shape[2]
+    num_rows = batch * num_heads
+    # Static-size list of the selected (b, h); unused slots point past the end.
+    picked = jnp.nonzero(selected.reshape(-1), size=capacity, fill_value=num_rows)[0]
+    is_real = picked < num_rows
+    b_sel = jnp.where(is_real, picked // num_heads, 0)
+    h_sel = jnp.where(is_real, picked % num_heads, 0)
+    in_map_launch = jnp.zeros((num_rows,), bool).at[picked].set(True, mode="drop")
+    in_map_launch = in_map_launch.reshape(batch, num_heads)
+
+    # Heads in the map launch are skipped (count 0) in the main launch.
+    main_layout = BlockLayout(
+        layout.kv_block_idx,
+        jnp.where(in_map_launch[..., None], 0, layout.kv_block_count),
+        layout.block_size,
+    )
+    main = _dispatch(
+        q,
+        k,
+        v,
+        main_layout,
+        geometry=geometry,
+        sm_scale=sm_scale,
+        causal=causal,
+        with_block_lse=False,
+        implementation=implementation,
+        interpret=interpret,
+    )
+    sel_layout = BlockLayout(
+        layout.kv_block_idx[b_sel, h_sel][:, None],
+        jnp.where(is_real[:, None], layout.kv_block_count[b_sel, h_sel], 0)[:, None],
+        layout.block_size,
+    )
+    sel = _dispatch(
+        q[b_sel, :, h_sel][:, :, None],  # [P, T, 1, H]
+        k[b_sel, :, h_sel // group][:, :, None],
+        v[b_sel, :, h_sel // group][:, :, None],
+        sel_layout,
+        geometry=geometry,
+        sm_scale=sm_scale,
+        causal=causal,
+        with_block_lse=True,
+        implementation=implementation,
+        interpret=interpret,
+    )
+    maps = block_map.block_map_from_block_lse(sel.block_lse, sel.lse, sel_layout, geometry)
+    b_put = jnp.where(is_real, b_sel, batch)  # out of range: dropped
+    out = main.out.at[b_put, :, h_sel].set(sel.out[:, :, 0], mode="drop")
+    lse = main.lse.at[b_put, h_sel].set(sel.lse[:, 0], mode="drop")
+    full_map = (
+        jnp.zeros((batch, num_heads, geometry.num_q_blocks, geometry.num_k_blocks), jnp.float32)
+        .at[b_put, h_sel]
+        .set(maps[:, 0], mode="drop")
+    )
+    return out, lse, full_map
+
+
+def _scale(q: jax.Array, sm_scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
+
+
+def _validate(q, k, v, layout: BlockLayout, causal: bool) -> BlockGeometry:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"expected q [B, T, N, H] and k, v [B, S, K, H], got shapes {q.shape}, {k.shape},"
+            f" {v.shape}"
+        )
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {k.shape} vs {v.shape}")
+    batch, num_queries, num_heads, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"q {q.shape} and k {k.shape} disagree on batch or head dim")
+    num_kv_heads = k.shape[2]
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"query heads N={num_heads} must be a multiple of kv heads K={num_kv_heads}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"dtype {q.dtype} not supported; use one of "
+            f"{[jnp.dtype(d).name for d in SUPPORTED_DTYPES]}"
+        )
+    geometry = BlockGeometry(
+        num_queries=num_queries, num_keys=k.shape[1], block_size=layout.block_size
+    )
+    validate_layout(layout, geometry, batch=batch, num_heads=num_heads, causal=causal)
+    return geometry
+
+
+def _candidates(implementation: str | Sequence[str] | None) -> tuple[str, ...]:
+    if implementation is None:
+        return DEFAULT_IMPLEMENTATIONS.get(jax.default_backend(), ("xla",))
+    names = (implementation,) if isinstance(implementation, str) else tuple(implementation)
+    unknown = [n for n in names if n not in IMPLEMENTATIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown implementation {unknown or names}; choose from {sorted(IMPLEMENTATIONS)}"
+        )
+    return names
+
+
+def _dispatch(
+    q, k, v, layout, *, implementation: tuple[str, ...], **kwargs
+) -> common.BackendResult:
+    """Runs the first implementation that does not raise NotImplementedError."""
+    reasons = []
+    for name in implementation:
+        try:
+            return IMPLEMENTATIONS[name](q, k, v, layout, **kwargs)
+        except NotImplementedError as e:
+            reasons.append(f"{name}: {e}")
+    raise ValueError("no implementation can run this call: " + "; ".join(reasons))
+
+
+_attention = jax.jit(
+    _dispatch,
+    static_argnames=(
+        "geometry",
+        "sm_scale",
+        "causal",
+        "with_block_lse",
+        "implementation",
+        "interpret",
+    ),
+)

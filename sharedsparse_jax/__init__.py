@@ -1,0 +1,1 @@
+"""SharePrefill: estimation, pivot selection and pattern sharing for sparse prefill."""
