@@ -1,0 +1,95 @@
+"""Device timing and result records shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+
+def time_call(
+    fn: Callable[..., object],
+    *args,
+    warmup: int = 2,
+    repeats: int = 7,
+    min_batch_seconds: float = 0.02,
+    **kwargs,
+) -> float:
+    """Median seconds per call of `fn(*args, **kwargs)`, timed on device.
+
+    After `warmup` calls, each repeat issues a batch of back-to-back asynchronous calls (enough
+    that one batch lasts about `min_batch_seconds`, hiding dispatch gaps) and waits for the
+    last; the per-call time of a batch is its wall time over its size.
+    """
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args, **kwargs))
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args, **kwargs))
+    single = time.perf_counter() - start
+    batch = max(1, min(200, int(min_batch_seconds / max(single, 1e-6))))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outs = [fn(*args, **kwargs) for _ in range(batch)]
+        jax.block_until_ready(outs)
+        samples.append((time.perf_counter() - start) / batch)
+        del outs
+    return statistics.median(samples)
+
+
+def environment() -> dict:
+    """Hardware and software the numbers were taken on."""
+    device = jax.devices()[0]
+    return {
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "commit": os.environ.get("SHAREDSPARSE_COMMIT") or _git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def gpu_tag() -> str:
+    """A short file-name tag for the device, e.g. 'h200'."""
+    kind = jax.devices()[0].device_kind.lower()
+    for tag in ("h200", "h100", "a100", "l4", "v5p", "v5e", "v6e", "v4"):
+        if tag in kind:
+            return tag
+    return kind.replace(" ", "_") or "cpu"
+
+
+def write_records(path: Path, records: list[dict], meta: dict) -> None:
+    """Writes {"environment": ..., "records": [...]} as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"environment": meta, "records": records}, indent=1) + "\n")
+
+
+def print_table(records: list[dict], columns: list[str]) -> None:
+    """Prints records as a fixed-width table (the short summary at the end of a run)."""
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in records)) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in records:
+        print("  ".join(_fmt(r.get(c)).rjust(w) for c, w in zip(columns, widths, strict=True)))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,1 @@
+"""Accuracy evaluation: long-text data, RULER-style retrieval tasks and metrics."""
