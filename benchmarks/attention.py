@@ -130,7 +130,6 @@ def sparse_triton(q, k, v, layout, config=None):
         sm_scale=HEAD_DIM**-0.5,
         causal=True,
         geometry=geometry,
-        with_block_lse=False,
         interpret=not ON_GPU,
         config=config,
     ).out

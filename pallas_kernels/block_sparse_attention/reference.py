@@ -47,13 +47,14 @@ def attention(
     sm_scale: float,
     causal: bool,
     geometry: BlockGeometry,
-    with_block_lse: bool,
+    map_slots: jax.Array | None = None,
+    num_map_slots: int = 0,
     interpret: bool = False,
 ) -> common.BackendResult:
     """Dense masked attention over the layout's blocks, in float32.
 
-    Returns out in q's dtype, natural-log lse float32[B, N, T] and, when asked, the per-block
-    row log-sum-exp float32[B, N, Tb, M, bs] (see common.BackendResult).
+    Returns out in q's dtype, natural-log lse float32[B, N, T] and, when `map_slots` is given,
+    the per-block row log-sum-exp of the slot owners (see common.BackendResult).
     """
     del interpret
     batch, num_queries, num_heads, head_dim = q.shape
@@ -67,8 +68,9 @@ def attention(
         "bkgts,bskh->btkgh", p, v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
     ).reshape(batch, num_queries, num_heads, head_dim)
     block_lse = None
-    if with_block_lse:
-        block_lse = _block_lse(s, layout, geometry)
+    if map_slots is not None:
+        b_own, h_own = common.slot_owners(map_slots, num_map_slots)
+        block_lse = _block_lse(s, layout, geometry)[b_own, h_own]
     return common.BackendResult(out.astype(q.dtype), lse, block_lse)
 
 

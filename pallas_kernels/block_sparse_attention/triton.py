@@ -29,7 +29,7 @@ class TritonConfig:
 
     block_q: int = 128
     num_warps: int = 8
-    num_stages: int = 2
+    num_stages: int = 3
 
     def __post_init__(self):
         if self.block_q < 16 or self.block_q & (self.block_q - 1):
@@ -39,7 +39,7 @@ class TritonConfig:
 def default_config(head_dim: int, block_size: int) -> TritonConfig:
     """The measured best launch for a head dim (see docs/results.md, kernel tuning)."""
     block_q = min(block_size, 64 if head_dim > 128 else 128)
-    return TritonConfig(block_q=block_q, num_warps=8 if block_q >= 128 else 4, num_stages=2)
+    return TritonConfig(block_q=block_q, num_warps=8 if block_q >= 128 else 4, num_stages=3)
 
 
 def check_supported(q: jax.Array, block_size: int, config: TritonConfig) -> None:
@@ -65,9 +65,7 @@ def _kernel(
     q_ref,
     k_ref,
     v_ref,
-    o_ref,
-    lse_ref,
-    *block_lse_refs,
+    *refs,
     qk_scale: float,
     block_size: int,
     block_q: int,
@@ -77,12 +75,17 @@ def _kernel(
     causal: bool,
     precision,
 ):
-    block_lse_ref = block_lse_refs[0] if block_lse_refs else None
+    if len(refs) == 4:  # with block maps: the slot input, and the whole block_lse array
+        slot_ref, o_ref, lse_ref, block_lse_ref = refs
+        slot = slot_ref[0]
+    else:
+        (o_ref, lse_ref), block_lse_ref, slot = refs, None, None
     # Heavier (later) query tiles launch first: causal rows grow with the tile index.
     tile = num_q_tiles - 1 - pl.program_id(1)
     q_start = first_q_pos + tile * block_q
     q_pos = q_start + jax.lax.broadcasted_iota(jnp.int32, (block_q, block_size), 0)
     k_offsets = jax.lax.broadcasted_iota(jnp.int32, (block_q, block_size), 1)
+    q_block, q_row0 = tile // (block_size // block_q), tile % (block_size // block_q) * block_q
     q = q_ref[...]
     head_dim = q.shape[-1]
     count = count_ref[0]
@@ -122,7 +125,12 @@ def _kernel(
         row_sum = jnp.sum(p, axis=1)
         alpha = jnp.exp2(m - m_new)
         if block_lse_ref is not None:
-            block_lse_ref[pl.ds(j, 1), :] = ((m_new + jnp.log2(row_sum)) * common.LN_2)[None, :]
+
+            @pl.when(slot >= 0)
+            def _record():
+                row_lse = (m_new + jnp.log2(row_sum)) * common.LN_2
+                block_lse_ref[slot, q_block, pl.ds(j, 1), pl.ds(q_row0, block_q)] = row_lse[None]
+
         acc = acc * alpha[:, None] + jnp.dot(
             p.astype(v.dtype), v, preferred_element_type=jnp.float32, precision=precision
         )
@@ -150,7 +158,8 @@ def attention(
     sm_scale: float,
     causal: bool,
     geometry: BlockGeometry,
-    with_block_lse: bool,
+    map_slots: jax.Array | None = None,
+    num_map_slots: int = 0,
     interpret: bool = False,
     config: TritonConfig | None = None,
 ) -> common.BackendResult:
@@ -193,24 +202,15 @@ def attention(
         jax.ShapeDtypeStruct(q_padded.shape, q.dtype),
         jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
     ]
-    if with_block_lse:
-        out_specs.append(
-            pl.BlockSpec(
-                (None, None, None, max_blocks, block_q),
-                lambda h, i, b: (
-                    b,
-                    h,
-                    tile_of(i) // tiles_per_block,
-                    0,
-                    tile_of(i) % tiles_per_block,
-                ),
-            )
-        )
-        out_shape.append(
-            jax.ShapeDtypeStruct(
-                (batch, num_heads, geometry.num_q_blocks, max_blocks, bs), jnp.float32
-            )
-        )
+    inputs = [layout.kv_block_idx, layout.kv_block_count[..., None], q_padded, k_padded, v_padded]
+    if map_slots is not None:
+        # Every program sees the whole block_lse array and writes only its own slot's rows, so
+        # heads without a map cost one branch per step and no memory traffic.
+        block_lse_shape = (num_map_slots, geometry.num_q_blocks, max_blocks, bs)
+        in_specs.append(pl.BlockSpec((None, None, 1), lambda h, i, b: (b, h, 0)))
+        inputs.append(map_slots[..., None])
+        out_specs.append(pl.BlockSpec(block_lse_shape, lambda h, i, b: (0, 0, 0, 0)))
+        out_shape.append(jax.ShapeDtypeStruct(block_lse_shape, jnp.float32))
     kernel = functools.partial(
         _kernel,
         qk_scale=sm_scale * common.LOG2_E,
@@ -233,10 +233,10 @@ def attention(
         ),
         interpret=interpret,
         name="block_sparse_attention",
-    )(layout.kv_block_idx, layout.kv_block_count[..., None], q_padded, k_padded, v_padded)
+    )(*inputs)
     out, lse = outs[0], outs[1]
     return common.BackendResult(
         common.unpad_queries(out, geometry),
         common.unpad_queries(lse, geometry, axis=2),
-        outs[2] if with_block_lse else None,
+        outs[2] if map_slots is not None else None,
     )
