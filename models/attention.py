@@ -1,0 +1,115 @@
+"""The prefill attention protocol the decoder calls, its dense implementation, and decode attention.
+
+The decoder never knows which attention it runs: it calls an object implementing
+`PrefillAttention` once per layer inside the scanned layer loop, threading the object's state
+through the scan carry and stacking its per-layer stats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+# Finite mask value (DESIGN.md section 3): never -inf, so fully masked rows stay finite.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class PrefillAttention(Protocol):
+    """Causal self-attention over a whole (padded) prompt, one layer at a time."""
+
+    def init_state(self, batch: int, num_queries: int) -> PyTree:
+        """The state carried through the layer loop (scan carry) before layer 0."""
+        ...
+
+    def __call__(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, state: PyTree, *, layer: jax.Array,
+        lengths: jax.Array,
+    ) -> tuple[jax.Array, PyTree, dict[str, jax.Array]]:
+        """Attends one layer.
+
+        Args:
+          q: [B, T, N, H] queries after RoPE.
+          k, v: [B, S, K, H] keys and values after RoPE (S == T in prefill).
+          state: the carried state.
+          layer: int32 scalar, the (traced) layer index.
+          lengths: int32[B] real (unpadded) tokens per sequence; padding is at the end.
+
+        Returns:
+          out [B, T, N, H], the new state, and per-layer stats (stacked to [L, ...] by the scan).
+        """
+        ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DenseAttention:
+    """Dense causal attention: cuDNN flash attention on GPU for bf16/f16, XLA otherwise.
+
+    Attributes:
+      implementation: None picks per backend and dtype; "xla" or "cudnn" forces one.
+    """
+
+    implementation: str | None = None
+
+    def __post_init__(self):
+        if self.implementation not in (None, "xla", "cudnn"):
+            raise ValueError(
+                f"implementation={self.implementation!r} is not one of None, 'xla', 'cudnn'"
+            )
+
+    def init_state(self, batch: int, num_queries: int) -> PyTree:
+        """Dense attention carries nothing between layers."""
+        del batch, num_queries
+        return ()
+
+    def __call__(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, state: PyTree, *, layer: jax.Array,
+        lengths: jax.Array,
+    ) -> tuple[jax.Array, PyTree, dict[str, jax.Array]]:
+        """Causal attention; padding sits after the real tokens, so causality already hides it.
+
+        Args:
+          q: [B, T, N, H]; k, v: [B, S, K, H] (GQA: N a multiple of K, never repeated).
+          state: () (unused); layer, lengths: unused.
+
+        Returns:
+          out [B, T, N, H], the unchanged state, and no stats.
+        """
+        del layer, lengths
+        implementation = self.implementation
+        if implementation is None:
+            is_half = q.dtype in (jnp.bfloat16, jnp.float16)
+            implementation = "cudnn" if jax.default_backend() == "gpu" and is_half else "xla"
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+        return out, state, {}
+
+
+def decode_attention(
+    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengths: jax.Array
+) -> jax.Array:
+    """One new query per sequence attending to the first `lengths` cached keys (dense, f32 softmax).
+
+    Args:
+      q: [B, 1, N, H] the new token's queries after RoPE.
+      k_cache, v_cache: [B, S, K, H] including the new token's key and value.
+      lengths: int32[B] valid cache entries per sequence (the new token included).
+
+    Returns:
+      [B, 1, N, H] in q's dtype.
+    """
+    batch, _, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    q = q.reshape(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = jnp.einsum(
+        "bkgh,bskh->bkgs", q, k_cache, preferred_element_type=jnp.float32
+    ) * (head_dim**-0.5)
+    is_valid = jnp.arange(k_cache.shape[1])[None, :] < lengths[:, None]  # [B, S]
+    scores = jnp.where(is_valid[:, None, None, :], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkgs,bskh->bkgh", probs.astype(v_cache.dtype), v_cache,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(batch, 1, num_heads, head_dim).astype(q.dtype)

@@ -1,0 +1,368 @@
+"""Prefill (any `PrefillAttention`) and dense decoding, jitted once per length bucket.
+
+Prompts are padded at the end to a length bucket (a multiple of 128) so that a new prompt length
+reuses a compiled program; attention receives the real lengths. Decoding (greedy or
+temperature / top-p sampling, stop tokens, a token budget) runs in one `jax.lax.while_loop`
+over dense attention on the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from models.attention import DenseAttention, PrefillAttention
+from models.llama import KVCache, Transformer
+
+BUCKET_MULTIPLE = 128
+
+
+def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
+    """The padded length a prompt of `length` tokens runs at.
+
+    Without explicit buckets: the next multiple of 128, coarsened to a quarter of the largest
+    power of two not above `length` (at most ~25% padding, four buckets per octave).
+
+    Args:
+      length: real prompt length (>= 1).
+      buckets: optional ascending padded lengths to choose from.
+
+    Returns:
+      The smallest bucket >= length.
+    """
+    if length < 1:
+        raise ValueError(f"length={length} must be >= 1")
+    if buckets is not None:
+        for bucket in sorted(buckets):
+            if bucket >= length:
+                return int(bucket)
+        raise ValueError(f"prompt length {length} exceeds the largest bucket {max(buckets)}")
+    step = max(BUCKET_MULTIPLE, (1 << (length.bit_length() - 1)) // 4)
+    step = -(-step // BUCKET_MULTIPLE) * BUCKET_MULTIPLE
+    return -(-length // step) * step
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PrefillResult:
+    """What prefill hands back.
+
+    Attributes:
+      logits: float32[B, P, V] next-token logits at `positions`.
+      positions: int32[B, P] the prompt positions the logits belong to.
+      cache: the KV cache, k / v [L, B, S, K, H] with S the padded (bucket) length.
+      stats: the attention's per-layer stats, each [L, ...].
+    """
+
+    logits: jax.Array
+    positions: jax.Array
+    cache: KVCache
+    stats: dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    """How decoding picks tokens.
+
+    Attributes:
+      max_new_tokens: tokens generated at most per sequence (>= 1).
+      temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+      top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+      stop_tokens: ids that end a sequence (the stop token itself is emitted).
+      pad_token: id written after a sequence has stopped.
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop_tokens: tuple[int, ...] = ()
+    pad_token: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        object.__setattr__(self, "stop_tokens", tuple(int(t) for t in self.stop_tokens))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeResult:
+    """Generated tokens.
+
+    Attributes:
+      tokens: int32[B, max_new_tokens]; after a stop token, `pad_token`.
+      num_tokens: int32[B] tokens generated per sequence (a stop token included).
+      logits: float32[B, max_new_tokens, V] the distribution each token was drawn from, or None.
+      cache: the cache after the last appended token.
+    """
+
+    tokens: jax.Array
+    num_tokens: jax.Array
+    logits: jax.Array | None
+    cache: KVCache
+
+
+def prompt_array(model: Transformer, tokens: Any) -> np.ndarray:
+    """Validates a batch of prompts and returns it as int32[B, T].
+
+    Args:
+      model: the model (for vocabulary size and context length).
+      tokens: int array [B, T] or [T], or a list of equal-length token-id lists.
+
+    Returns:
+      int32[B, T] on the host.
+    """
+    if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], (list, tuple)):
+        lengths = sorted({len(row) for row in tokens})
+        if len(lengths) > 1:
+            raise ValueError(
+                f"ragged batch: prompt lengths {[len(row) for row in tokens]} differ; prefill a "
+                "batch of equal-length prompts (or one prompt at a time)"
+            )
+    array = np.asarray(tokens)
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2:
+        raise ValueError(f"prompt tokens must be [B, T], got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError("empty batch: no prompts given")
+    if array.shape[1] == 0:
+        raise ValueError("empty prompt: at least one token is needed to prefill")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"prompt tokens must be integers, got dtype {array.dtype}")
+    vocab = model.config.vocab_size
+    if array.min() < 0 or array.max() >= vocab:
+        raise ValueError(
+            f"token ids must be in [0, {vocab}), got min {array.min()} max {array.max()}"
+        )
+    return array.astype(np.int32)
+
+
+def _check_context(model: Transformer, total: int, what: str) -> None:
+    limit = model.config.max_position_embeddings
+    if total > limit:
+        raise ValueError(
+            f"{what} ({total} tokens) is longer than the model's context of "
+            f"max_position_embeddings={limit} tokens"
+        )
+
+
+def _split_attention(attention: Any) -> tuple[Any, list[Any]]:
+    """Separates an attention object into a hashable static part and its array leaves."""
+    leaves, treedef = jax.tree.flatten(attention)
+    is_array = tuple(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
+    static = tuple(None if flag else leaf for leaf, flag in zip(leaves, is_array, strict=True))
+    try:
+        hash((treedef, static))
+    except TypeError as error:
+        raise TypeError(
+            "the attention object must be hashable apart from its array leaves (use a frozen "
+            "dataclass, registered as a pytree if it holds arrays)"
+        ) from error
+    return (treedef, static, is_array), [leaf for leaf, f in zip(leaves, is_array) if f]
+
+
+def _merge_attention(spec: Any, dynamic: list[Any]) -> Any:
+    treedef, static, is_array = spec
+    dynamic_iter = iter(dynamic)
+    leaves = [next(dynamic_iter) if flag else leaf for leaf, flag in zip(static, is_array)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _prefill_jit(graphdef, state, tokens, lengths, logit_positions, attention_spec, dynamic):
+    model = nnx.merge(graphdef, state)
+    attention = _merge_attention(attention_spec, dynamic)
+    return model.prefill(tokens, lengths, logit_positions, attention)
+
+
+def prefill(
+    model: Transformer,
+    tokens: Any,
+    *,
+    attention: PrefillAttention | None = None,
+    logit_positions: Any = None,
+    buckets: Sequence[int] | None = None,
+) -> PrefillResult:
+    """Runs a batch of equal-length prompts through the model.
+
+    Args:
+      model: the decoder.
+      tokens: [B, T] (or [T]) prompt ids, or a list of equal-length lists.
+      attention: prefill attention; dense by default.
+      logit_positions: None for the last prompt position, "all" for every position, or
+        int [P] / [B, P] positions in [0, T).
+      buckets: optional padded lengths to choose from (default: `bucket_length`).
+
+    Returns:
+      logits float32[B, P, V], the KV cache (S = padded length), the attention's stats.
+    """
+    array = prompt_array(model, tokens)
+    batch, length = array.shape
+    _check_context(model, length, "the prompt")
+    padded = bucket_length(length, buckets)
+    padded_tokens = np.zeros((batch, padded), np.int32)
+    padded_tokens[:, :length] = array
+    lengths = np.full((batch,), length, np.int32)
+
+    if logit_positions is None:
+        positions = np.full((batch, 1), length - 1, np.int32)
+    elif isinstance(logit_positions, str):
+        if logit_positions != "all":
+            raise ValueError(f"logit_positions={logit_positions!r}: use None, 'all' or an array")
+        positions = np.broadcast_to(np.arange(padded, dtype=np.int32), (batch, padded))
+    else:
+        positions = np.asarray(logit_positions)
+        if positions.ndim == 1:
+            positions = np.broadcast_to(positions, (batch, positions.shape[0]))
+        if positions.ndim != 2 or positions.shape[0] != batch or positions.size == 0:
+            raise ValueError(f"logit_positions must be [P] or [B={batch}, P], got {positions.shape}")
+        if positions.min() < 0 or positions.max() >= length:
+            raise ValueError(f"logit_positions must lie in [0, {length}), got {positions.tolist()}")
+        positions = positions.astype(np.int32)
+
+    attention = DenseAttention() if attention is None else attention
+    spec, dynamic = _split_attention(attention)
+    graphdef, state = nnx.split(model)
+    logits, cache, stats = _prefill_jit(
+        graphdef, state, padded_tokens, lengths, np.ascontiguousarray(positions), spec, dynamic
+    )
+    if isinstance(logit_positions, str):
+        logits, positions = logits[:, :length], positions[:, :length]
+    return PrefillResult(logits=logits, positions=jnp.asarray(positions), cache=cache, stats=stats)
+
+
+def _sample(logits: jax.Array, rng: jax.Array, temperature: float, top_p: float) -> jax.Array:
+    """Draws one token per row: float32[B, V] -> int32[B]."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_p < 1:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # The smallest kept logit: the last one whose preceding mass is still below top_p.
+        kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _decode_jit(graphdef, state, cache, first_logits, rng, sampling, return_logits):
+    model = nnx.merge(graphdef, state)
+    batch, vocab = first_logits.shape
+    max_new = sampling.max_new_tokens
+    stop_tokens = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
+    out_tokens = jnp.full((batch, max_new), sampling.pad_token, jnp.int32)
+    out_logits = jnp.zeros((batch, max_new, vocab), jnp.float32) if return_logits else None
+    num_tokens = jnp.zeros((batch,), jnp.int32)
+    is_done = jnp.zeros((batch,), bool)
+
+    def keep_going(carry):
+        step, *_, is_done = carry
+        return (step < max_new) & ~jnp.all(is_done)
+
+    def decode_one(carry):
+        step, logits, cache, rng, out_tokens, out_logits, num_tokens, is_done = carry
+        rng, key = jax.random.split(rng)
+        token = _sample(logits, key, sampling.temperature, sampling.top_p)
+        token = jnp.where(is_done, sampling.pad_token, token)
+        out_tokens = out_tokens.at[:, step].set(token)
+        if out_logits is not None:
+            out_logits = out_logits.at[:, step].set(logits)
+        num_tokens = num_tokens + (~is_done).astype(jnp.int32)
+        is_done = is_done | jnp.isin(token, stop_tokens)
+        next_logits, next_cache = model.decode_step(token, cache)
+        # A sequence that is done stops growing its cache.
+        lengths = jnp.where(is_done, cache.lengths, next_cache.lengths)
+        cache = KVCache(k=next_cache.k, v=next_cache.v, lengths=lengths)
+        return step + 1, next_logits, cache, rng, out_tokens, out_logits, num_tokens, is_done
+
+    carry = (0, first_logits, cache, rng, out_tokens, out_logits, num_tokens, is_done)
+    carry = jax.lax.while_loop(keep_going, decode_one, carry)
+    _, _, cache, _, out_tokens, out_logits, num_tokens, _ = carry
+    return DecodeResult(tokens=out_tokens, num_tokens=num_tokens, logits=out_logits, cache=cache)
+
+
+def decode(
+    model: Transformer,
+    prefilled: PrefillResult,
+    *,
+    sampling: SamplingConfig,
+    rng: jax.Array | None = None,
+    return_logits: bool = False,
+) -> DecodeResult:
+    """Generates tokens after a prefill with dense attention over the KV cache.
+
+    Args:
+      model: the decoder that ran the prefill.
+      prefilled: its result; the last logit position of every row must be the last prompt token.
+      sampling: how tokens are chosen and when to stop.
+      rng: PRNG key, needed when temperature > 0.
+      return_logits: also return float32[B, max_new_tokens, V] logits.
+
+    Returns:
+      tokens int32[B, max_new_tokens], per-row counts, optional logits, the grown cache.
+    """
+    cache = prefilled.cache
+    lengths = np.asarray(cache.lengths)
+    if not np.array_equal(np.asarray(prefilled.positions)[:, -1], lengths - 1):
+        raise ValueError(
+            "decode needs the logits of the last prompt token: prefill with logit_positions "
+            "whose last column is the last prompt position (the default)"
+        )
+    if sampling.temperature > 0 and rng is None:
+        raise ValueError(f"temperature={sampling.temperature} > 0 needs an rng key")
+    total = int(lengths.max()) + sampling.max_new_tokens
+    _check_context(model, total, "the prompt plus max_new_tokens")
+    capacity = -(-total // BUCKET_MULTIPLE) * BUCKET_MULTIPLE
+    if capacity > cache.k.shape[2]:
+        grow = [(0, 0), (0, 0), (0, capacity - cache.k.shape[2]), (0, 0), (0, 0)]
+        cache = KVCache(k=jnp.pad(cache.k, grow), v=jnp.pad(cache.v, grow), lengths=cache.lengths)
+    rng = jax.random.key(0) if rng is None else rng
+    graphdef, state = nnx.split(model)
+    return _decode_jit(
+        graphdef, state, cache, prefilled.logits[:, -1], rng, sampling, bool(return_logits)
+    )
+
+
+def generate(
+    model: Transformer,
+    tokens: Any,
+    *,
+    sampling: SamplingConfig,
+    attention: PrefillAttention | None = None,
+    rng: jax.Array | None = None,
+) -> tuple[list[list[int]], dict[str, jax.Array]]:
+    """Prefills a batch of equal-length prompts, then decodes.
+
+    Args:
+      model: the decoder.
+      tokens: [B, T] prompt ids or a list of equal-length lists.
+      sampling: decoding settings.
+      attention: prefill attention (dense by default); decoding is always dense.
+      rng: PRNG key for sampling.
+
+    Returns:
+      Each sequence's new tokens (up to and including a stop token) and the prefill stats.
+    """
+    array = prompt_array(model, tokens)
+    _check_context(model, array.shape[1] + sampling.max_new_tokens, "the prompt plus max_new_tokens")
+    prefilled = prefill(model, array, attention=attention)
+    result = decode(model, prefilled, sampling=sampling, rng=rng)
+    out_tokens, counts = np.asarray(result.tokens), np.asarray(result.num_tokens)
+    return [row[:count].tolist() for row, count in zip(out_tokens, counts, strict=True)], (
+        prefilled.stats
+    )
