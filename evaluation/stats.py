@@ -203,7 +203,7 @@ def _newcombe_paired(
             phi = (cross - n / 2) / math.sqrt(margins)
         elif cross < 0:
             phi = cross / math.sqrt(margins)
-    difference = p1 - p2
+    difference = (only_candidate - only_reference) / n  # p1 - p2 without the rounding
     below = math.sqrt(max((p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2), 0))
     above = math.sqrt(max((p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1), 0))
     return difference, max(-1.0, difference - below), min(1.0, difference + above)
