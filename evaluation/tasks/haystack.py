@@ -117,9 +117,27 @@ def essay_haystack(text: str) -> EssayHaystack:
     return EssayHaystack(text)
 
 
-def _insertion_points(num_units: int, depths: Sequence[float]) -> list[int]:
-    """Map fractional depths to unit indices: insert before unit `round(depth * num_units)`."""
-    return [min(num_units, int(depth * num_units + 0.5)) for depth in depths]
+def _insertion_points(
+    num_units: int, depths: Sequence[float], sizes: Sequence[int] | None
+) -> list[int]:
+    """Map fractional depths to the unit boundaries (0..num_units) to insert at.
+
+    Without sizes every unit counts the same: the boundary is `round(depth * num_units)`. With
+    sizes, it is the boundary whose share of the total size is nearest to the depth.
+    """
+    if sizes is None:
+        return [min(num_units, int(depth * num_units + 0.5)) for depth in depths]
+    if len(sizes) != num_units:
+        raise ValueError(f"{len(sizes)} unit sizes for {num_units} units")
+    boundaries = [0, *itertools.accumulate(sizes)]
+    points = []
+    for depth in depths:
+        target = depth * boundaries[-1]
+        after = min(bisect.bisect_left(boundaries, target), num_units)
+        before = max(after - 1, 0)
+        nearer = before if target - boundaries[before] <= boundaries[after] - target else after
+        points.append(nearer)
+    return points
 
 
 def assemble(
@@ -128,6 +146,7 @@ def assemble(
     inserts: Sequence[tuple[float, str]],
     *,
     style: Literal["repeat", "spaces", "lines"],
+    sizes: Sequence[int] | None = None,
 ) -> str:
     """Build a haystack of `num_units` units with texts inserted at fractional depths.
 
@@ -139,13 +158,15 @@ def assemble(
       style: how pieces are joined. `spaces`: all pieces with single spaces (prose).
         `lines`: one piece per line. `repeat`: units with spaces and a line break after every
         `len(REPEAT_SENTENCES)`-th unit, inserted texts on lines of their own.
+      sizes: the size of each unit (e.g. its characters), to measure depth by amount of text
+        rather than by count of units; None counts units.
 
     Returns:
       The text, without leading or trailing whitespace.
     """
     if not callable(units):
         units = units.__getitem__
-    points = _insertion_points(num_units, [depth for depth, _ in inserts])
+    points = _insertion_points(num_units, [depth for depth, _ in inserts], sizes)
     order = sorted(range(len(inserts)), key=lambda i: (points[i], i))
     pieces: list[tuple[str, bool]] = []
     next_insert = 0

@@ -198,9 +198,10 @@ def generate_niah(
         essay = haystack_lib.essay_haystack(haystack_text)
 
         def make_context(size: int) -> str:
-            # size counts words; needles go between sentences
+            # size counts words; needles go between sentences, at depths measured in characters
             units = essay.sentences(size)
-            return haystack_lib.assemble(units, len(units), inserts, style="spaces")
+            sizes = [len(unit) + 1 for unit in units]
+            return haystack_lib.assemble(units, len(units), inserts, style="spaces", sizes=sizes)
 
     else:
         distractors = _Distractors(

@@ -74,8 +74,10 @@ class TaskSample:
       metric: `all` (score = fraction of `answers` found) or `part` (1 if any is found).
       length: the target length in tokens; the prompt has at most this many.
       num_tokens: the prompt's length under the tokenizer it was generated with.
-      depths: for each inserted needle (or assignment), in order of appearance, its depth as a
-        fraction of the haystack: 0 = before all filler, 1 = after it.
+      depths: for each inserted needle (or assignment), in order of appearance, the requested
+        depth as a fraction of the haystack: 0 = before all filler, 1 = after it. Prose
+        haystacks measure it in characters (needles go to the nearest sentence boundary),
+        the others in units (sentences of the repeated filler, distractor lines).
       seed: the seed of the sample set.
       index: the sample's index in the set; (task, seed, index) determine the random draws.
       haystack_size: number of haystack units the prompt holds.

@@ -89,3 +89,16 @@ def test_fit_to_length_errors():
         haystack.fit_to_length(lambda n: "x" * (50 + n), _byte_count, 10)
     with pytest.raises(ValueError, match="does not grow"):
         haystack.fit_to_length(lambda n: "x" * (n % 3), lambda text: [], 10)
+
+
+def test_assemble_measures_depth_by_size_when_given():
+    units = ["a", "b", "c", "d", "a long tail unit"]
+    sizes = [1, 1, 1, 1, 10]
+    by_count = haystack.assemble(units, 5, [(0.5, "X")], style="lines")
+    by_size = haystack.assemble(units, 5, [(0.5, "X")], style="lines", sizes=sizes)
+    assert by_count.split("\n").index("X") == 3  # round(0.5 * 5)
+    assert by_size.split("\n").index("X") == 4  # 4 of 14 characters is nearest to 7
+    ends = haystack.assemble(units, 5, [(0.0, "S"), (1.0, "E")], style="lines", sizes=sizes)
+    assert ends.split("\n") == ["S", *units, "E"]
+    with pytest.raises(ValueError, match="unit sizes"):
+        haystack.assemble(units, 5, [(0.5, "X")], style="lines", sizes=[1, 2])

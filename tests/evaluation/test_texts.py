@@ -5,6 +5,7 @@ import json
 import pytest
 
 from evaluation import texts
+from evaluation.tasks import generate_sample
 from tests.evaluation import archives, rwriter
 
 _DATA = "usr/lib/R/site-library/janeaustenr/data"
@@ -81,3 +82,11 @@ def test_real_downloads(tmp_path_factory):
     assert novels["prideprejudice"].startswith("PRIDE AND PREJUDICE")
     essays = texts.load_paul_graham_essays()
     assert len(essays) == 3048882 and len(essays.split()) == 525448
+    # The real essays as a haystack: the needle lands where asked, the answer once.
+    sample = generate_sample(
+        "niah_single_2", length=20_000, encode=str.encode, haystack_text=essays, depths=(0.5,)
+    )
+    assert 19_900 < sample.num_tokens <= 20_000
+    assert sample.prompt.count(sample.answers[0]) == 1
+    needle = sample.prompt.index(f"is: {sample.answers[0]}.")
+    assert needle / len(sample.prompt) == pytest.approx(0.5, abs=0.03)
