@@ -12,12 +12,13 @@ from evaluation import stats
 @pytest.mark.parametrize(
     ("successes", "trials", "low", "high"),
     [
-        # Newcombe (1998), Statistics in Medicine 17:857, Table II, method 3 (Wilson score).
+        # Newcombe (1998), Statistics in Medicine 17:857-872, worked examples, Wilson score.
         (81, 263, 0.2553, 0.3662),
         (15, 148, 0.0624, 0.1605),
         (0, 20, 0.0, 0.1611),
         (1, 29, 0.0061, 0.1718),
-        (29, 29, 0.8830, 1.0),
+        # All successes: the lower end is n / (n + z^2) in closed form.
+        (29, 29, 29 / (29 + 1.959964**2), 1.0),
     ],
 )
 def test_wilson_matches_published_values(successes, trials, low, high):
