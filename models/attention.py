@@ -27,7 +27,13 @@ class PrefillAttention(Protocol):
         ...
 
     def __call__(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, state: PyTree, *, layer: jax.Array,
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        state: PyTree,
+        *,
+        layer: jax.Array,
         lengths: jax.Array,
     ) -> tuple[jax.Array, PyTree, dict[str, jax.Array]]:
         """Attends one layer.
@@ -67,7 +73,13 @@ class DenseAttention:
         return ()
 
     def __call__(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, state: PyTree, *, layer: jax.Array,
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        state: PyTree,
+        *,
+        layer: jax.Array,
         lengths: jax.Array,
     ) -> tuple[jax.Array, PyTree, dict[str, jax.Array]]:
         """Causal attention; padding sits after the real tokens, so causality already hides it.
@@ -104,12 +116,13 @@ def decode_attention(
     batch, _, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     q = q.reshape(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = jnp.einsum(
-        "bkgh,bskh->bkgs", q, k_cache, preferred_element_type=jnp.float32
-    ) * (head_dim**-0.5)
+    scores = jnp.einsum("bkgh,bskh->bkgs", q, k_cache, preferred_element_type=jnp.float32) * (
+        head_dim**-0.5
+    )
     is_valid = jnp.arange(k_cache.shape[1])[None, :] < lengths[:, None]  # [B, S]
     scores = jnp.where(is_valid[:, None, None, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgs,bskh->bkgh", probs.astype(v_cache.dtype), v_cache,
-                     preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+        "bkgs,bskh->bkgh", probs.astype(v_cache.dtype), v_cache, preferred_element_type=jnp.float32
+    )
     return out.reshape(batch, 1, num_heads, head_dim).astype(q.dtype)

@@ -157,11 +157,14 @@ def load_checkpoint(
         raise FileNotFoundError(f"{directory} is not a checkpoint directory (no params/)")
     config = read_config(directory)
     params = load_params(directory, config, dtype=dtype, sharding=sharding)
-    tokenizer = Tokenizer.from_directory(directory) if (
-        directory / "tokenizer.json").is_file() else None
+    tokenizer = (
+        Tokenizer.from_directory(directory) if (directory / "tokenizer.json").is_file() else None
+    )
     conversion = json.loads((directory / "conversion.json").read_text())
     return LoadedCheckpoint(
-        model=model_from_params(config, params), config=config, tokenizer=tokenizer,
+        model=model_from_params(config, params),
+        config=config,
+        tokenizer=tokenizer,
         conversion=conversion,
     )
 
@@ -169,8 +172,10 @@ def load_checkpoint(
 def _check_tree(config: ModelConfig, params: dict[str, Any]) -> None:
     """Raises unless `params` has exactly the names and shapes the config implies."""
     expected = _flat(parameter_shapes(config))
-    actual = {name: tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
-              for name, leaf in _flat(params).items()}
+    actual = {
+        name: tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
+        for name, leaf in _flat(params).items()
+    }
     missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
     if missing or extra:
         raise ValueError(f"parameter tree mismatch: missing {missing}, unexpected {extra}")

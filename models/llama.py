@@ -121,8 +121,11 @@ class Transformer(nnx.Module):
         return rope_tables(positions, inv_freq, attention_scale)
 
     def _layer_params(self) -> dict[str, jax.Array]:
-        return {name: param[...] for name, param in vars(self.layers).items()
-                if isinstance(param, nnx.Param)}
+        return {
+            name: param[...]
+            for name, param in vars(self.layers).items()
+            if isinstance(param, nnx.Param)
+        }
 
     def _logits(self, x: jax.Array) -> jax.Array:
         """Final norm and output head: [B, P, D] -> float32[B, P, V]."""
@@ -132,7 +135,10 @@ class Transformer(nnx.Module):
         return jnp.einsum("bpd,dv->bpv", x, self.lm_head[...], preferred_element_type=jnp.float32)
 
     def prefill(
-        self, tokens: jax.Array, lengths: jax.Array, logit_positions: jax.Array,
+        self,
+        tokens: jax.Array,
+        lengths: jax.Array,
+        logit_positions: jax.Array,
         attention: PrefillAttention,
     ) -> tuple[jax.Array, KVCache, dict[str, jax.Array]]:
         """Runs the prompt through every layer, keeping the KV cache.

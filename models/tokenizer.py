@@ -1,4 +1,4 @@
-"""Tokenizers (the `tokenizers` library) from `tokenizer.json` or GGUF metadata, with chat templates.
+"""Tokenizers (`tokenizers` library) from `tokenizer.json` or GGUF metadata, with chat templates.
 
 GGUF files with `tokenizer.ggml.model == "gpt2"` describe a byte-level BPE: the vocabulary and
 merges are stored, and `tokenizer.ggml.pre` names how text is split before BPE. The splits below

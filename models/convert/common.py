@@ -40,7 +40,9 @@ class ParameterFiller:
             self._filled[name] = np.zeros(layers, bool)
         self._sources: set[str] = set()
 
-    def fill(self, target: str, value: np.ndarray, *, source: str, layer: int | None = None) -> None:
+    def fill(
+        self, target: str, value: np.ndarray, *, source: str, layer: int | None = None
+    ) -> None:
         """Writes one target (one layer of it for stacked parameters).
 
         Args:

@@ -40,8 +40,11 @@ _LAYER_TARGETS = {
     "ffn_up.bias": "layers/up_bias",
     "ffn_down.bias": "layers/down_bias",
 }
-_TOP_TARGETS = {"token_embd.weight": "embed", "output_norm.weight": "final_norm",
-                "output.weight": "lm_head"}
+_TOP_TARGETS = {
+    "token_embd.weight": "embed",
+    "output_norm.weight": "final_norm",
+    "output.weight": "lm_head",
+}
 # Architecture metadata keys (after "<arch>.") that this converter reads or checks.
 _KNOWN_ARCH_KEYS = frozenset(
     {
@@ -67,10 +70,17 @@ _KNOWN_ARCH_KEYS = frozenset(
 
 def read_metadata(reader: GGUFReader) -> dict[str, Any]:
     """Every metadata field except the large tokenizer arrays, as Python values."""
-    skip = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-            "tokenizer.ggml.scores"}
-    return {name: field.contents() for name, field in reader.fields.items()
-            if name not in skip and not name.startswith("GGUF.")}
+    skip = {
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.scores",
+    }
+    return {
+        name: field.contents()
+        for name, field in reader.fields.items()
+        if name not in skip and not name.startswith("GGUF.")
+    }
 
 
 def hf_config_from_gguf(reader: GGUFReader) -> dict[str, Any]:
@@ -87,8 +97,9 @@ def hf_config_from_gguf(reader: GGUFReader) -> dict[str, Any]:
     if arch not in ARCHITECTURES:
         raise ValueError(f"GGUF general.architecture={arch!r} is not one of {ARCHITECTURES}")
     prefix = f"{arch}."
-    unknown = sorted(k for k in metadata if k.startswith(prefix) and
-                     k[len(prefix):] not in _KNOWN_ARCH_KEYS)
+    unknown = sorted(
+        k for k in metadata if k.startswith(prefix) and k[len(prefix) :] not in _KNOWN_ARCH_KEYS
+    )
     if unknown:
         raise ValueError(f"GGUF metadata keys {unknown} are not understood; refusing to guess")
 

@@ -31,36 +31,56 @@ TINY_MODELS: list[dict[str, Any]] = [
     {
         "name": "llama3_rope_bias",
         "family": "llama",
-        "config": _BASE | {
+        "config": _BASE
+        | {
             "attention_bias": True,
             "mlp_bias": True,
             "rope_theta": 500000.0,
-            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
         },
     },
     {
         "name": "llama_linear_tied_gqa3",
         "family": "llama",
-        "config": _BASE | {
-            "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 2,
-            "tie_word_embeddings": True, "rope_scaling": {"rope_type": "linear", "factor": 2.5},
+        "config": _BASE
+        | {
+            "hidden_size": 96,
+            "num_attention_heads": 6,
+            "num_key_value_heads": 2,
+            "tie_word_embeddings": True,
+            "rope_scaling": {"rope_type": "linear", "factor": 2.5},
         },
     },
     {"name": "qwen2", "family": "qwen2", "config": _BASE | {"rope_theta": 1000000.0}},
     {
         "name": "qwen2_yarn",
         "family": "qwen2",
-        "config": _BASE | {
-            "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128},
+        "config": _BASE
+        | {
+            "rope_scaling": {
+                "type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+            },
         },
         "length": 150,
     },
     {
         "name": "mistral_head_dim",
         "family": "mistral",
-        "config": _BASE | {"num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 32,
-                           "sliding_window": None},
+        "config": _BASE
+        | {
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "sliding_window": None,
+        },
     },
 ]
 
@@ -68,9 +88,17 @@ TINY_MODELS: list[dict[str, Any]] = [
 def _request() -> dict[str, Any]:
     models = []
     for seed, spec in enumerate(TINY_MODELS):
-        models.append({"name": spec["name"], "family": spec["family"], "config": spec["config"],
-                       "seed": 1000 + seed, "batch": 2, "length": spec.get("length", 45),
-                       "new_tokens": 6})
+        models.append(
+            {
+                "name": spec["name"],
+                "family": spec["family"],
+                "config": spec["config"],
+                "seed": 1000 + seed,
+                "batch": 2,
+                "length": spec.get("length", 45),
+                "new_tokens": 6,
+            }
+        )
     return {"models": models}
 
 

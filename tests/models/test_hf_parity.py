@@ -63,7 +63,8 @@ def test_bfloat16_load_stays_close(tiny_hf_dir, tmp_path):
     loaded = checkpoint.load_checkpoint(directory, dtype=jnp.bfloat16)
     assert loaded.model.embed[...].dtype == jnp.bfloat16
     reference = load_reference(tiny_hf_dir / "llama")
-    logits = np.asarray(generate.prefill(loaded.model, reference["input_ids"],
-                                         logit_positions="all").logits)
+    logits = np.asarray(
+        generate.prefill(loaded.model, reference["input_ids"], logit_positions="all").logits
+    )
     error = np.abs(logits - reference["logits"]).max() / np.abs(reference["logits"]).max()
     assert error < 0.1

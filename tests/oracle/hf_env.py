@@ -47,7 +47,8 @@ def find_python311() -> str:
             continue
         check = subprocess.run(
             [candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 11)"],
-            capture_output=True, check=False,
+            capture_output=True,
+            check=False,
         )
         if check.returncode == 0:
             return candidate
@@ -70,8 +71,15 @@ def oracle_python() -> Path:
         env_dir.parent.mkdir(parents=True, exist_ok=True)
         _run([find_python311(), "-m", "venv", str(env_dir)], "creating the oracle venv")
         _run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             *ORACLE_REQUIREMENTS],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                *ORACLE_REQUIREMENTS,
+            ],
             "installing the oracle requirements",
         )
         (env_dir / ".complete").write_text("\n".join(ORACLE_REQUIREMENTS) + "\n")
@@ -104,8 +112,10 @@ def oracle_results(task: str, request: dict[str, Any]) -> Path:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         (staging / "request.json").write_text(payload)
-        _run([str(python), str(ORACLE_SCRIPT), str(staging / "request.json"), str(staging)],
-             f"running the oracle task {task!r}")
+        _run(
+            [str(python), str(ORACLE_SCRIPT), str(staging / "request.json"), str(staging)],
+            f"running the oracle task {task!r}",
+        )
         (staging / ".complete").write_text("ok\n")
         staging.rename(out_dir)
     return out_dir

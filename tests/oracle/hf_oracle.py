@@ -56,21 +56,28 @@ def tiny_models(request, out_dir):
             ids = torch.from_numpy(input_ids)
             logits = model(ids).logits.float().numpy()
             generated = model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=spec["new_tokens"],
-                do_sample=False, pad_token_id=0, eos_token_id=None,
-            )[:, input_ids.shape[1]:].numpy()
-        np.savez(model_dir / "reference.npz", input_ids=input_ids, logits=logits,
-                 generated=generated)
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=spec["new_tokens"],
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )[:, input_ids.shape[1] :].numpy()
+        np.savez(
+            model_dir / "reference.npz", input_ids=input_ids, logits=logits, generated=generated
+        )
 
 
 def gguf_reference(request, out_dir):
     path = Path(request["gguf"])
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    result = {"encodings": [tokenizer.encode(text, add_special_tokens=False)
-                            for text in request["texts"]]}
+    result = {
+        "encodings": [tokenizer.encode(text, add_special_tokens=False) for text in request["texts"]]
+    }
     result["chat_texts"] = [
         tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
-        for messages in request["chats"] for generation in (True, False)
+        for messages in request["chats"]
+        for generation in (True, False)
     ]
     model = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
