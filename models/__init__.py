@@ -1,1 +1,56 @@
-"""Flax NNX decoders converted from real checkpoints, with dense or SharePrefill attention."""
+"""Flax NNX decoders converted from real checkpoints, with dense or SharePrefill attention.
+
+Typical use:
+
+    from models import SamplingConfig, generate, load_builtin
+    loaded = load_builtin()                       # SmolLM2-135M-Instruct, fetched + converted once
+    prompt = loaded.tokenizer.apply_chat_template(messages, tokenize=True)
+    sampling = SamplingConfig(max_new_tokens=64, stop_tokens=(loaded.tokenizer.eos_token_id,))
+    tokens, stats = generate.generate(loaded.model, [prompt], sampling=sampling)
+
+(`models.generate` is the module; its `generate` function is not re-exported so the name keeps
+meaning the module.)
+"""
+
+from models.attention import DenseAttention, PrefillAttention, decode_attention
+from models.checkpoint import LoadedCheckpoint, load_checkpoint, model_from_params
+from models.config import ModelConfig, RopeConfig
+from models.convert import convert_checkpoint
+from models.fetch import BUILTIN_MODELS, builtin_checkpoint, cache_dir, fetch_gguf, load_builtin
+from models.generate import (
+    DecodeResult,
+    PrefillResult,
+    SamplingConfig,
+    bucket_length,
+    decode,
+    prefill,
+)
+from models.llama import KVCache, Transformer, parameter_shapes
+from models.tokenizer import Tokenizer
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DecodeResult",
+    "DenseAttention",
+    "KVCache",
+    "LoadedCheckpoint",
+    "ModelConfig",
+    "PrefillAttention",
+    "PrefillResult",
+    "RopeConfig",
+    "SamplingConfig",
+    "Tokenizer",
+    "Transformer",
+    "bucket_length",
+    "builtin_checkpoint",
+    "cache_dir",
+    "convert_checkpoint",
+    "decode",
+    "decode_attention",
+    "fetch_gguf",
+    "load_builtin",
+    "load_checkpoint",
+    "model_from_params",
+    "parameter_shapes",
+    "prefill",
+]
