@@ -23,7 +23,12 @@ class PrefillAttention(Protocol):
     """Causal self-attention over a whole (padded) prompt, one layer at a time."""
 
     def init_state(self, batch: int, num_queries: int) -> PyTree:
-        """The state carried through the layer loop (scan carry) before layer 0."""
+        """The state carried through the layer loop (scan carry) before layer 0.
+
+        Args:
+          batch: B.
+          num_queries: T, the padded prompt length (static), so states can be sized per block.
+        """
         ...
 
     def __call__(

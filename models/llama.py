@@ -172,7 +172,7 @@ class Transformer(nnx.Module):
                 x = x + _mlp(params, rms_norm(x, params["mlp_norm"], config.rms_norm_eps))
             return (x, attention_state), (k, v, stats)
 
-        state = attention.init_state(batch, config.num_heads)
+        state = attention.init_state(batch, length)  # num_queries: T, the padded length
         layer_index = jnp.arange(config.num_layers, dtype=jnp.int32)
         (x, _), (k_cache, v_cache, stats) = jax.lax.scan(
             layer_body, (x, state), (self._layer_params(), layer_index)

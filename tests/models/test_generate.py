@@ -90,7 +90,11 @@ class RecordingAttention:
     """Dense attention that threads a layer counter through the carry and reports stats."""
 
     def init_state(self, batch, num_queries):
-        return {"calls": jnp.zeros((), jnp.int32), "q_energy": jnp.zeros((batch,), jnp.float32)}
+        return {
+            "calls": jnp.zeros((), jnp.int32),
+            "q_energy": jnp.zeros((batch,), jnp.float32),
+            "num_queries": jnp.full((batch,), num_queries, jnp.int32),
+        }
 
     def __call__(self, q, k, v, state, *, layer, lengths):
         out, _, _ = DenseAttention()(q, k, v, (), layer=layer, lengths=lengths)
@@ -100,10 +104,15 @@ class RecordingAttention:
             "layer": layer,
             "calls_before": state["calls"],
             "lengths": lengths,
+            "num_queries": state["num_queries"],
             "q_energy": energy,
             "kv_heads": jnp.full((k.shape[2],), k.shape[1]),
         }
-        new_state = {"calls": state["calls"] + 1, "q_energy": state["q_energy"] + energy}
+        new_state = {
+            "calls": state["calls"] + 1,
+            "q_energy": state["q_energy"] + energy,
+            "num_queries": state["num_queries"],
+        }
         return out, new_state, stats
 
 
@@ -117,6 +126,7 @@ def test_attention_state_and_stats_under_scan(model):
     np.testing.assert_array_equal(stats["layer"], np.arange(num_layers))
     np.testing.assert_array_equal(stats["calls_before"], np.arange(num_layers))
     np.testing.assert_array_equal(stats["lengths"], np.full((num_layers, 2), 50))
+    np.testing.assert_array_equal(stats["num_queries"], np.full((num_layers, 2), 128))
     assert stats["q_energy"].shape == (num_layers, 2) and np.all(stats["q_energy"] > 0)
     # padded keys reach attention: S is the bucket length
     np.testing.assert_array_equal(stats["kv_heads"], np.full((num_layers, 2), 128))
