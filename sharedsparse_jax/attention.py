@@ -1,0 +1,113 @@
+"""The prefill attention models call: plan the layer, run the block-sparse kernel, share.
+
+`SharePrefillAttention` implements the models' PrefillAttention protocol: the sharing state is a
+value threaded through the layer loop, and each call returns (out, new_state, stats).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+
+from pallas_kernels.block_sparse_attention import (
+    block_sparse_attention,
+    block_sparse_attention_with_block_map,
+    layout_from_mask,
+)
+from sharedsparse_jax import planner
+from sharedsparse_jax.config import SharePrefillConfig
+from sharedsparse_jax.sharing import SharingState, SharingTable
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SharePrefillAttention:
+    """Sparse prefill attention for one model.
+
+    Attributes:
+      config: the planner's config (its `method` picks SharePrefill or a baseline).
+      table: the model's sharing table; None or a table without shared clusters means no head
+        ever shares (SharePrefill then behaves like FlexPrefill).
+      implementation: the kernel implementation(s), as for block_sparse_attention.
+      interpret: run Pallas kernels in interpret mode (CPU tests).
+    """
+
+    config: SharePrefillConfig = dataclasses.field(default_factory=SharePrefillConfig)
+    table: SharingTable | None = None
+    implementation: str | Sequence[str] | None = None
+    interpret: bool = False
+
+    @property
+    def num_shared(self) -> int:
+        if self.table is None or self.config.method != "shareprefill":
+            return 0
+        return self.table.num_shared
+
+    def init_state(self, batch: int, num_queries: int) -> SharingState:
+        """The sharing state at the start of a forward pass over a prompt padded to T tokens."""
+        num_blocks = -(-num_queries // self.config.block_size)
+        return SharingState.initial(batch, self.num_shared, num_blocks)
+
+    def __call__(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        state: SharingState,
+        *,
+        layer: jax.Array | int,
+        lengths: jax.Array,
+    ) -> tuple[jax.Array, SharingState, dict[str, jax.Array]]:
+        """One layer's prefill attention.
+
+        Args:
+          q: [B, T, N, H] after RoPE; k, v: [B, T, K, H] (prefill: keys are the same positions).
+          state: the sharing state from earlier layers.
+          layer: this layer's index.
+          lengths: int32[B] real prompt lengths (the rest of T is end padding).
+
+        Returns:
+          out [B, T, N, H], the new state, and this layer's stats (planner.layer_stats).
+        """
+        if k.shape[1] != q.shape[1]:
+            raise ValueError(
+                f"SharePrefill plans prefill over the prompt itself: q has {q.shape[1]} positions"
+                f" but k has {k.shape[1]}"
+            )
+        if self.table is not None and self.table.num_heads != q.shape[2]:
+            raise ValueError(
+                f"sharing table has {self.table.num_heads} query heads per layer, q has"
+                f" {q.shape[2]}"
+            )
+        bs = self.config.block_size
+        plan, state = planner.plan_layer(
+            q, k, state, layer=layer, lengths=lengths, config=self.config, table=self.table
+        )
+        layout = layout_from_mask(plan.block_mask, block_size=bs)
+        if self.num_shared:
+            batch, _, num_heads, _ = q.shape
+            out, _, block_maps = block_sparse_attention_with_block_map(
+                q,
+                k,
+                v,
+                layout,
+                plan.category == planner.PIVOT,
+                max_selected=min(batch * num_heads, batch * self.num_shared),
+                implementation=self.implementation,
+                interpret=self.interpret,
+            )
+            state = planner.absorb_pivot_maps(
+                state,
+                plan,
+                block_maps,
+                layer=layer,
+                lengths=lengths,
+                config=self.config,
+                table=self.table,
+            )
+        else:
+            out = block_sparse_attention(
+                q, k, v, layout, implementation=self.implementation, interpret=self.interpret
+            )
+        return out, state, planner.layer_stats(plan, lengths, bs)

@@ -1,0 +1,184 @@
+"""Estimation from the last query block: vertical and slash profiles, budgets, query-aware test.
+
+All heads and batch elements at once. `lengths` (the real token counts) are traced, so block
+counts are bounded by the static Tb = ceil(T / bs) and masked beyond each prompt's own nb.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sharedsparse_jax.config import SharePrefillConfig
+
+
+class LastBlockEstimate(NamedTuple):
+    """Per (batch, query head) estimates.
+
+    vertical: [B, N, Tb] block-pooled mean attention of the last block's queries to each key
+      block (zero past the prompt).
+    slash: [B, N, Tb] block-pooled mass per block diagonal offset d (offset 0 = the diagonal).
+    num_vertical, num_slash: int32[B, N] budgets in blocks, clipped to [b_min, b_max].
+    query_aware: bool[B, N], the pooled estimate agrees with the true last-block attention.
+    """
+
+    vertical: jax.Array
+    slash: jax.Array
+    num_vertical: jax.Array
+    num_slash: jax.Array
+    query_aware: jax.Array
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """float32, or float64 for float64 inputs (used by exact parity tests under x64)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def num_blocks(lengths: jax.Array, block_size: int) -> jax.Array:
+    """int32[B]: nb = ceil(n / bs)."""
+    return (lengths + block_size - 1) // block_size
+
+
+def sqrt_js_distance(p: jax.Array, q: jax.Array, valid: jax.Array, *, quirks: bool) -> jax.Array:
+    """Square-root Jensen-Shannon distance over the last axis, natural log.
+
+    Entries where `valid` is False take no part. With `quirks`, p * log(p / m) is NaN at p = 0
+    and NaN decides (every comparison with it is False), as in the reference; otherwise
+    0 * log 0 = 0 and rounding below zero is clipped, so no NaN decides anything.
+    """
+    m = 0.5 * (p + q)
+    if quirks:
+        terms = p * jnp.log(p / m) + q * jnp.log(q / m)
+        divergence = 0.5 * jnp.sum(jnp.where(valid, terms, 0.0), axis=-1)
+        return jnp.sqrt(divergence)
+    safe_m = jnp.where(m > 0, m, 1.0)
+
+    def kl_term(x):
+        return jnp.where(valid & (x > 0), x * jnp.log(jnp.where(x > 0, x, 1.0) / safe_m), 0.0)
+
+    divergence = 0.5 * jnp.sum(kl_term(p) + kl_term(q), axis=-1)
+    return jnp.sqrt(jnp.maximum(divergence, 0.0))
+
+
+def coverage_count(x: jax.Array, target: jax.Array | float) -> jax.Array:
+    """int32: entries of x, largest first, whose running sum stays <= target, plus one.
+
+    The reference's budget rule (score_cover_topk): it includes the element that crosses.
+    """
+    running = jnp.cumsum(-jnp.sort(-x, axis=-1), axis=-1)
+    return jnp.sum(running <= target, axis=-1, dtype=jnp.int32) + 1
+
+
+def estimate_last_block(
+    q: jax.Array, k: jax.Array, lengths: jax.Array, config: SharePrefillConfig
+) -> LastBlockEstimate:
+    """Estimates every head's attention from its prompt's last `block_size` queries.
+
+    Args:
+      q: [B, T, N, H] (RoPE applied), the prompt padded at the end to T.
+      k: [B, T, K, H].
+      lengths: int32[B] real prompt lengths n, each at least one block.
+      config: the planner's config.
+
+    Returns:
+      The LastBlockEstimate.
+    """
+    batch, num_queries, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[2]
+    bs = config.block_size
+    tb = -(-num_queries // bs)
+    dtype = compute_dtype(q.dtype)
+    nb = num_blocks(lengths, bs)
+    start = jnp.maximum(lengths - bs, 0)  # n >= dense_below >= bs whenever this is used
+
+    last_q = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0))(q, start)
+    last_q = last_q.astype(dtype) * (head_dim**-0.5)  # [B, bs, N, H]
+    grouped = last_q.reshape(batch, bs, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    logits = jnp.einsum(
+        "bikgh,bjkh->bkgij", grouped, k.astype(dtype), precision=jax.lax.Precision.HIGHEST
+    )
+    logits = logits.reshape(batch, num_heads, bs, num_queries)
+    q_pos = start[:, None] + jnp.arange(bs)  # [B, bs]
+    visible = (jnp.arange(num_queries)[None, None, :] <= q_pos[:, :, None])[:, None]
+    probs = jax.nn.softmax(jnp.where(visible, logits, -jnp.inf), axis=-1)
+    probs = jnp.where(visible, probs, 0.0)  # [B, N, bs, T]
+
+    vertical_tokens = probs.mean(axis=2)  # [B, N, T]
+    # Slash by token offset delta = query position - key position (offset 0: the diagonal).
+    key_of_offset = q_pos[:, :, None] - jnp.arange(num_queries)[None, None, :]  # [B, bs, T]
+    on_diagonal = key_of_offset >= 0
+    per_row = jnp.take_along_axis(probs, jnp.maximum(key_of_offset, 0)[:, None], axis=-1)
+    slash_tokens = jnp.where(on_diagonal[:, None], per_row, 0.0).sum(axis=2) / bs  # [B, N, T]
+
+    b_min = config.min_blocks
+    b_max = nb if config.max_blocks is None else jnp.minimum(config.max_blocks, nb)
+    b_max = b_max[:, None]
+
+    def budget(tokens):
+        blocks = coverage_count(tokens, config.gamma) // bs + 1
+        return jnp.minimum(jnp.maximum(blocks, b_min), b_max)
+
+    vertical = _sum_pool(vertical_tokens, bs, tb)
+    slash = _pool_slash(slash_tokens, lengths, nb, bs, tb, quirks=config.reference_quirks)
+
+    block_is_real = jnp.arange(tb)[None, :] < nb[:, None]  # [B, Tb]
+    key_mean = block_mean_keys(k.astype(dtype), lengths, bs)  # [B, Tb, K, H]
+    query_mean = last_q.mean(axis=1).reshape(
+        batch, num_kv_heads, num_heads // num_kv_heads, head_dim
+    )
+    pooled_logits = jnp.einsum(
+        "bkgh,bckh->bkgc", query_mean, key_mean, precision=jax.lax.Precision.HIGHEST
+    ).reshape(batch, num_heads, tb)
+    pooled = jax.nn.softmax(jnp.where(block_is_real[:, None], pooled_logits, -jnp.inf), axis=-1)
+    pooled = jnp.where(block_is_real[:, None], pooled, 0.0)
+    distance = sqrt_js_distance(
+        pooled, vertical, block_is_real[:, None], quirks=config.reference_quirks
+    )
+    return LastBlockEstimate(
+        vertical=vertical,
+        slash=slash,
+        num_vertical=budget(vertical_tokens),
+        num_slash=budget(slash_tokens),
+        query_aware=distance < config.tau_qa,
+    )
+
+
+def block_mean_keys(k: jax.Array, lengths: jax.Array, block_size: int) -> jax.Array:
+    """[B, Tb, K, H]: mean of each block's real keys (the partial last block by its own count)."""
+    batch, num_keys, num_kv_heads, head_dim = k.shape
+    tb = -(-num_keys // block_size)
+    is_real = jnp.arange(num_keys)[None, :] < lengths[:, None]
+    k = jnp.where(is_real[:, :, None, None], k, 0.0)
+    k = jnp.pad(k, ((0, 0), (0, tb * block_size - num_keys), (0, 0), (0, 0)))
+    sums = k.reshape(batch, tb, block_size, num_kv_heads, head_dim).sum(axis=2)
+    counts = jnp.clip(lengths[:, None] - jnp.arange(tb)[None, :] * block_size, 0, block_size)
+    return sums / jnp.maximum(counts, 1)[:, :, None, None]
+
+
+def _sum_pool(x: jax.Array, block_size: int, num_out: int) -> jax.Array:
+    """Sums the last axis in consecutive bins of block_size (zero-padded at the end)."""
+    pad = num_out * block_size - x.shape[-1]
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+    return x.reshape(x.shape[:-1] + (num_out, block_size)).sum(-1)
+
+
+def _pool_slash(slash_tokens, lengths, nb, block_size, num_out, *, quirks):
+    """[B, N, Tb] slash mass per block diagonal offset.
+
+    Exact mapping: token offset delta falls in block offset delta // bs. With `quirks`, the
+    reference's binning: it pools the profile indexed by t = n - 1 - delta from t = 0, and reads
+    bin c as block offset nb - 1 - c, which shifts the bins when n is not a multiple of bs.
+    """
+    if not quirks:
+        return _sum_pool(slash_tokens, block_size, num_out)
+    num_tokens = slash_tokens.shape[-1]
+    t = jnp.arange(num_tokens)
+    offset_of_t = lengths[:, None] - 1 - t[None, :]  # [B, T]
+    by_t = jnp.take_along_axis(slash_tokens, jnp.maximum(offset_of_t, 0)[:, None, :], axis=-1)
+    by_t = jnp.where((offset_of_t >= 0)[:, None], by_t, 0.0)
+    bins = _sum_pool(by_t, block_size, num_out)  # bin c <-> block offset nb - 1 - c
+    c_of_offset = nb[:, None] - 1 - jnp.arange(num_out)[None, :]  # [B, Tb]
+    pooled = jnp.take_along_axis(bins, jnp.maximum(c_of_offset, 0)[:, None, :], axis=-1)
+    return jnp.where((c_of_offset >= 0)[:, None], pooled, 0.0)

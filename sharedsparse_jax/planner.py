@@ -1,0 +1,252 @@
+"""One layer's plan: every (batch, query head)'s category and block mask, from q, k and the state.
+
+No Python loops over heads, clusters or batch elements and no host syncs: the reference's
+per-head loop becomes reductions over the head axis (which head of a cluster comes first, which
+cluster a head's pivot belongs to), so the whole layer is one traced computation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sharedsparse_jax import estimate, patterns
+from sharedsparse_jax.config import SharePrefillConfig
+from sharedsparse_jax.sharing import SharingState, SharingTable
+
+# Head categories, in the order stats report them.
+CATEGORIES = ("dense", "pivot", "shared", "query_aware", "vertical_slash", "streaming")
+DENSE, PIVOT, SHARED, QUERY_AWARE, VERTICAL_SLASH, STREAMING = range(len(CATEGORIES))
+
+
+class LayerPlan(NamedTuple):
+    """block_mask: bool[B, N, Tb, Tb]; category: int32[B, N] (an index into CATEGORIES)."""
+
+    block_mask: jax.Array
+    category: jax.Array
+
+
+def plan_layer(
+    q: jax.Array,
+    k: jax.Array,
+    state: SharingState,
+    *,
+    layer: jax.Array | int,
+    lengths: jax.Array,
+    config: SharePrefillConfig,
+    table: SharingTable | None,
+) -> tuple[LayerPlan, SharingState]:
+    """Plans one layer for all heads and batch elements.
+
+    Args:
+      q: [B, T, N, H] after RoPE, padded at the end to T; k: [B, T, K, H].
+      state: the sharing state left by earlier layers.
+      layer: this layer's index (traced inside a scan over layers).
+      lengths: int32[B] real prompt lengths.
+      config: the planner's config.
+      table: the sharing table (None: no clusters).
+
+    Returns:
+      The plan, and the state with this layer's new pivots entered (their patterns arrive with
+      `absorb_pivot_maps` once the layer's attention has run).
+    """
+    batch, num_queries, num_heads, _ = q.shape
+    bs = config.block_size
+    tb = -(-num_queries // bs)
+    nb = estimate.num_blocks(lengths, bs)
+    causal = patterns.causal_blocks(tb)
+    full = jnp.broadcast_to(causal, (batch, num_heads, tb, tb))
+
+    if config.method == "dense":
+        plan = LayerPlan(full, jnp.full((batch, num_heads), DENSE, jnp.int32))
+    elif config.method == "streaming":
+        mask = patterns.streaming_mask(
+            tb, -(-config.streaming_sink // bs), -(-config.streaming_window // bs)
+        )
+        plan = LayerPlan(
+            jnp.broadcast_to(mask, full.shape), jnp.full((batch, num_heads), STREAMING, jnp.int32)
+        )
+    else:
+        plan, state = _plan_estimated(q, k, state, layer, lengths, nb, config, table)
+
+    is_short = (lengths < config.dense_below)[:, None]
+    rows_are_real = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
+    diagonal_only = jnp.eye(tb, dtype=bool)
+    mask = jnp.where(is_short[..., None, None], full, plan.block_mask)
+    mask = jnp.where(rows_are_real, mask, diagonal_only)  # padding rows: cheapest valid row
+    category = jnp.where(is_short, DENSE, plan.category)
+    return LayerPlan(mask, category), state
+
+
+def _plan_estimated(q, k, state, layer, lengths, nb, config, table):
+    """The vertical_slash, flexprefill and shareprefill methods (they all estimate)."""
+    batch, num_queries, num_heads, _ = q.shape
+    tb = -(-num_queries // config.block_size)
+    causal = patterns.causal_blocks(tb)
+    quirks = config.reference_quirks
+    est = estimate.estimate_last_block(q, k, lengths, config)
+    nb_heads = nb[:, None]
+    own_vertical, own_slash = patterns.vertical_slash_selection(
+        est.vertical, est.slash, est.num_vertical, est.num_slash, nb_heads
+    )
+    if config.method == "vertical_slash":
+        mask = patterns.expand_vertical_slash(own_vertical, own_slash)
+        return LayerPlan(mask, jnp.full((batch, num_heads), VERTICAL_SLASH, jnp.int32)), state
+
+    query_aware = est.query_aware
+    is_pivot = is_shared = jnp.zeros((batch, num_heads), bool)
+    is_short = (lengths < config.dense_below)[:, None]
+    if config.method == "shareprefill" and table is not None and table.num_shared:
+        slot = jnp.asarray(table.shared_slot_of)[layer]  # [N], -1: no shared cluster
+        member = slot[:, None] == jnp.arange(table.num_shared)[None, :]  # [N, C]
+        eligible = ~query_aware & (slot >= 0)[None, :] & ~is_short
+        per_slot = eligible[:, :, None] & member[None]  # [B, N, C]
+        # The first eligible member of a cluster without a pivot becomes its pivot.
+        earlier = jnp.cumsum(per_slot, axis=1) - per_slot
+        becomes_pivot = per_slot & (earlier == 0) & ~state.has_pivot[:, None, :]  # [B, N, C]
+        is_pivot = becomes_pivot.any(axis=-1)
+
+        def of_own_cluster(x):  # [B, C, ...] -> [B, N, ...], the value of each head's cluster
+            index = jnp.clip(slot, 0)[None, :].reshape((1, num_heads) + (1,) * (x.ndim - 2))
+            return jnp.take_along_axis(
+                x, jnp.broadcast_to(index, (batch,) + index.shape[1:]), axis=1
+            )
+
+        block_is_real = (jnp.arange(tb)[None, :] < nb_heads)[:, None, :]
+        similar = (
+            estimate.sqrt_js_distance(
+                of_own_cluster(state.vertical), est.vertical, block_is_real, quirks=quirks
+            )
+            < config.tau_sim
+        ) & (
+            estimate.sqrt_js_distance(
+                of_own_cluster(state.slash), est.slash, block_is_real, quirks=quirks
+            )
+            < config.tau_sim
+        )
+        is_shared = (
+            eligible
+            & of_own_cluster(state.has_pivot)
+            & similar
+            & (of_own_cluster(state.vs_ratio) < config.tau_fb)
+        )
+        state = _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash)
+
+    b_min = config.min_blocks
+    at_floor = query_aware | is_shared
+    vertical_sel, slash_sel = patterns.vertical_slash_selection(
+        est.vertical,
+        est.slash,
+        jnp.where(at_floor, b_min, est.num_vertical),
+        jnp.where(at_floor, b_min, est.num_slash),
+        nb_heads,
+    )
+    mask = patterns.expand_vertical_slash(vertical_sel, slash_sel)
+    mask |= is_pivot[..., None, None] & causal
+    if table is not None and table.num_shared and config.method == "shareprefill":
+        mask |= is_shared[..., None, None] & of_own_cluster(state.pattern)
+    selected = patterns.query_aware_selection(q, k, lengths, config.block_size, config.gamma)
+    mask |= query_aware[..., None, None] & selected
+    category = jnp.where(
+        is_pivot,
+        PIVOT,
+        jnp.where(is_shared, SHARED, jnp.where(query_aware, QUERY_AWARE, VERTICAL_SLASH)),
+    )
+    return LayerPlan(mask, category.astype(jnp.int32)), state
+
+
+def _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash) -> SharingState:
+    """Records each new pivot's profiles and own vertical-slash selection in its slot."""
+    has_new = becomes_pivot.any(axis=1)  # [B, C]
+    weight = becomes_pivot.astype(est.vertical.dtype)
+
+    def from_pivot(x):  # [B, N, Tb] -> [B, C, Tb], a sum over heads with one nonzero term
+        return jnp.einsum(
+            "bnc,bnt->bct", weight, x.astype(weight.dtype), precision=jax.lax.Precision.HIGHEST
+        )
+
+    def put(old, new):
+        return jnp.where(has_new[..., None], new.astype(old.dtype), old)
+
+    return dataclasses.replace(
+        state,
+        has_pivot=state.has_pivot | has_new,
+        vertical=put(state.vertical, from_pivot(est.vertical)),
+        slash=put(state.slash, from_pivot(est.slash)),
+        vs_vertical=put(state.vs_vertical, from_pivot(own_vertical) > 0.5),
+        vs_slash=put(state.vs_slash, from_pivot(own_slash) > 0.5),
+    )
+
+
+def absorb_pivot_maps(
+    state: SharingState,
+    plan: LayerPlan,
+    block_maps: jax.Array,
+    *,
+    layer: jax.Array | int,
+    lengths: jax.Array,
+    config: SharePrefillConfig,
+    table: SharingTable | None,
+) -> SharingState:
+    """Turns this layer's pivots' exact block maps into their clusters' patterns and vs_ratios.
+
+    Args:
+      state: as returned by plan_layer for this layer.
+      plan: this layer's plan.
+      block_maps: float[B, N, Tb, Tb] block-averaged attention maps, valid for pivot heads.
+      layer, lengths, config, table: as for plan_layer.
+
+    Returns:
+      The state later layers share from.
+    """
+    if table is None or not table.num_shared or config.method != "shareprefill":
+        return state
+    slot = jnp.asarray(table.shared_slot_of)[layer]
+    member = slot[:, None] == jnp.arange(table.num_shared)[None, :]  # [N, C]
+    new_pivot = (plan.category == PIVOT)[:, :, None] & member[None]  # [B, N, C]
+    has_new = new_pivot.any(axis=1)
+    nb = estimate.num_blocks(lengths, config.block_size)
+
+    def absorb(state):
+        pivot_map = jnp.einsum(
+            "bnc,bnrs->bcrs",
+            new_pivot.astype(block_maps.dtype),
+            block_maps,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        pattern = patterns.row_coverage_pattern(
+            pivot_map, nb[:, None], config.gamma, quirks=config.reference_quirks
+        )
+        ratio = patterns.vertical_slash_coverage(
+            pivot_map, state.vs_vertical, state.vs_slash, quirks=config.reference_quirks
+        )
+        return dataclasses.replace(
+            state,
+            pattern=jnp.where(has_new[..., None, None], pattern, state.pattern),
+            vs_ratio=jnp.where(has_new, ratio.astype(state.vs_ratio.dtype), state.vs_ratio),
+        )
+
+    return jax.lax.cond(has_new.any(), absorb, lambda s: s, state)
+
+
+def layer_stats(plan: LayerPlan, lengths: jax.Array, block_size: int) -> dict[str, jax.Array]:
+    """Per batch element: how many heads of each category, and the share of causal blocks kept.
+
+    Returns:
+      {"num_<category>": int32[B] for each category, "density": float32[B]} (density counts
+      the prompt's real query blocks only, averaged over heads).
+    """
+    num_heads, tb = plan.category.shape[1], plan.block_mask.shape[-1]
+    nb = estimate.num_blocks(lengths, block_size)
+    real_rows = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
+    kept = jnp.sum(plan.block_mask & real_rows, axis=(1, 2, 3)).astype(jnp.float32)
+    causal = (nb * (nb + 1) // 2).astype(jnp.float32) * num_heads
+    stats = {
+        f"num_{name}": jnp.sum(plan.category == code, axis=1, dtype=jnp.int32)
+        for code, name in enumerate(CATEGORIES)
+    }
+    stats["density"] = kept / causal
+    return stats

@@ -1,0 +1,222 @@
+"""The sharing table (offline: which heads share) and the sharing state (online: pivot patterns).
+
+The table is host data: `cluster_of[L, N]` (-1: no cluster) and which clusters share. It reads
+and writes the reference JSON schema, `{"clusters": {id: [[layer, head], ...]},
+"shared_clusters": [ids]}`, plus our own `"metadata"`.
+
+The state is a pytree of arrays with static shapes, one slot per shared cluster, threaded
+through the layer loop as a value (a scan carry), never stored in a module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TABLE_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SharingTable:
+    """Cluster of every (layer, query head) and which clusters share a pivot's pattern.
+
+    Attributes:
+      cluster_of: int32[L, N], index into `cluster_ids`, or -1 for a head in no cluster (such a
+        head never shares).
+      cluster_ids: the clusters' ids as written in the JSON file.
+      is_shared: bool[C], whether each cluster shares.
+      metadata: free-form provenance (model, calibration texts, thresholds, tool version).
+    """
+
+    cluster_of: np.ndarray
+    cluster_ids: tuple[str, ...]
+    is_shared: np.ndarray
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        cluster_of = np.asarray(self.cluster_of)
+        if cluster_of.ndim != 2:
+            raise ValueError(f"cluster_of must be [L, N], got shape {cluster_of.shape}")
+        num_clusters = len(self.cluster_ids)
+        if np.asarray(self.is_shared).shape != (num_clusters,):
+            raise ValueError(
+                f"is_shared has shape {np.asarray(self.is_shared).shape}, expected"
+                f" ({num_clusters},) for {num_clusters} clusters"
+            )
+        if ((cluster_of < -1) | (cluster_of >= num_clusters)).any():
+            raise ValueError(f"cluster_of holds indices outside [-1, {num_clusters})")
+        if len(set(self.cluster_ids)) != num_clusters:
+            raise ValueError(f"duplicate cluster ids in {self.cluster_ids}")
+        object.__setattr__(self, "cluster_of", cluster_of.astype(np.int32))
+        object.__setattr__(self, "is_shared", np.asarray(self.is_shared, bool))
+
+    @property
+    def num_layers(self) -> int:
+        return self.cluster_of.shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.cluster_of.shape[1]
+
+    @property
+    def num_shared(self) -> int:
+        """C_s, the number of shared clusters (slots of the sharing state)."""
+        return int(self.is_shared.sum())
+
+    @property
+    def shared_slot_of(self) -> np.ndarray:
+        """int32[L, N]: the sharing-state slot of each head's cluster, -1 if it does not share."""
+        slot_of_cluster = np.where(self.is_shared, np.cumsum(self.is_shared) - 1, -1)
+        slot = np.where(self.cluster_of >= 0, slot_of_cluster[self.cluster_of], -1)
+        return slot.astype(np.int32)
+
+    @classmethod
+    def empty(cls, num_layers: int, num_heads: int) -> SharingTable:
+        """A table with no clusters: SharePrefill then has no pivots and shares nothing."""
+        return cls(
+            np.full((num_layers, num_heads), -1, np.int32),
+            (),
+            np.zeros((0,), bool),
+            {"note": "no clusters"},
+        )
+
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Raises a ValueError if the table was made for another layer or head count."""
+        if (self.num_layers, self.num_heads) != (num_layers, num_heads):
+            raise ValueError(
+                f"sharing table is for {self.num_layers} layers x {self.num_heads} query heads,"
+                f" the model has {num_layers} x {num_heads}"
+            )
+
+    @classmethod
+    def from_json_dict(
+        cls, data: Mapping[str, Any], *, num_layers: int, num_heads: int
+    ) -> SharingTable:
+        """Builds a table from the reference schema, checking it against the model's shape."""
+        if not isinstance(data, Mapping) or "clusters" not in data:
+            raise ValueError("sharing table must be an object with a 'clusters' key")
+        clusters = data["clusters"]
+        if not isinstance(clusters, Mapping):
+            raise ValueError("'clusters' must map cluster ids to lists of [layer, head]")
+        metadata = dict(data.get("metadata", {}))
+        for key, want in (("num_layers", num_layers), ("num_heads", num_heads)):
+            if key in metadata and metadata[key] != want:
+                raise ValueError(
+                    f"sharing table metadata says {key}={metadata[key]}, the model has {want}"
+                )
+        cluster_ids = tuple(str(c) for c in clusters)
+        cluster_of = np.full((num_layers, num_heads), -1, np.int32)
+        for index, (cluster_id, members) in enumerate(clusters.items()):
+            for member in members:
+                if (
+                    not isinstance(member, (list, tuple))
+                    or len(member) != 2
+                    or not all(isinstance(x, int) for x in member)
+                ):
+                    raise ValueError(
+                        f"cluster {cluster_id!r}: members must be [layer, head] integer pairs,"
+                        f" got {member!r}"
+                    )
+                layer, head = member
+                if not 0 <= layer < num_layers:
+                    raise ValueError(
+                        f"cluster {cluster_id!r}: layer {layer} out of range [0, {num_layers})"
+                    )
+                if not 0 <= head < num_heads:
+                    raise ValueError(
+                        f"cluster {cluster_id!r}: head {head} out of range [0, {num_heads})"
+                    )
+                if cluster_of[layer, head] >= 0:
+                    other = cluster_ids[cluster_of[layer, head]]
+                    raise ValueError(
+                        f"head [{layer}, {head}] is listed twice (clusters {other!r} and"
+                        f" {cluster_id!r})"
+                    )
+                cluster_of[layer, head] = index
+        shared = [str(s) for s in data.get("shared_clusters", [])]
+        if len(set(shared)) != len(shared):
+            raise ValueError(f"duplicate ids in shared_clusters: {shared}")
+        unknown = sorted(set(shared) - set(cluster_ids))
+        if unknown:
+            raise ValueError(f"shared_clusters names unknown clusters {unknown}")
+        is_shared = np.array([c in set(shared) for c in cluster_ids], bool)
+        return cls(cluster_of, cluster_ids, is_shared, metadata)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        clusters = {
+            cluster_id: [
+                [int(layer), int(head)] for layer, head in np.argwhere(self.cluster_of == index)
+            ]
+            for index, cluster_id in enumerate(self.cluster_ids)
+        }
+        metadata = {
+            "format_version": TABLE_FORMAT_VERSION,
+            **self.metadata,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+        }
+        return {
+            "clusters": clusters,
+            "shared_clusters": [
+                c for c, s in zip(self.cluster_ids, self.is_shared, strict=True) if s
+            ],
+            "metadata": metadata,
+        }
+
+    @classmethod
+    def load(cls, path: str | Path, *, num_layers: int, num_heads: int) -> SharingTable:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"sharing table {path} is not valid JSON: {e}") from e
+        return cls.from_json_dict(data, num_layers=num_layers, num_heads=num_heads)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json_dict(), indent=1) + "\n")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SharingState:
+    """What the pivots of one forward pass left for later layers, per (batch, shared slot).
+
+    Attributes:
+      has_pivot: bool[B, C]: a pivot was chosen in an earlier layer (its pattern is ready once
+        its layer's maps are absorbed).
+      pattern: bool[B, C, Tb, Tb]: the pivot's block pattern (per-row gamma coverage of its map).
+      vertical: float32[B, C, Tb]: the pivot's block-pooled vertical profile.
+      slash: float32[B, C, Tb]: the pivot's block-pooled slash profile, by block offset.
+      vs_vertical, vs_slash: bool[B, C, Tb]: the pivot's own vertical-slash selection.
+      vs_ratio: float32[B, C]: how much of the pivot's map its vertical-slash pattern covers.
+    """
+
+    has_pivot: jax.Array
+    pattern: jax.Array
+    vertical: jax.Array
+    slash: jax.Array
+    vs_vertical: jax.Array
+    vs_slash: jax.Array
+    vs_ratio: jax.Array
+
+    @classmethod
+    def initial(
+        cls, batch: int, num_shared: int, num_blocks: int, dtype: jnp.dtype = jnp.float32
+    ) -> SharingState:
+        """The state at the start of a forward pass: no pivots yet."""
+        slots = (batch, num_shared)
+        return cls(
+            has_pivot=jnp.zeros(slots, bool),
+            pattern=jnp.zeros(slots + (num_blocks, num_blocks), bool),
+            vertical=jnp.zeros(slots + (num_blocks,), dtype),
+            slash=jnp.zeros(slots + (num_blocks,), dtype),
+            vs_vertical=jnp.zeros(slots + (num_blocks,), bool),
+            vs_slash=jnp.zeros(slots + (num_blocks,), bool),
+            vs_ratio=jnp.zeros(slots, dtype),
+        )
