@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sharedsparse_jax import coverage
 from sharedsparse_jax.config import SharePrefillConfig
 
 
@@ -62,15 +63,6 @@ def sqrt_js_distance(p: jax.Array, q: jax.Array, valid: jax.Array, *, quirks: bo
     return jnp.sqrt(jnp.maximum(divergence, 0.0))
 
 
-def coverage_count(x: jax.Array, target: jax.Array | float) -> jax.Array:
-    """int32: entries of x, largest first, whose running sum stays <= target, plus one.
-
-    The reference's budget rule (score_cover_topk): it includes the element that crosses.
-    """
-    running = jnp.cumsum(-jnp.sort(-x, axis=-1), axis=-1)
-    return jnp.sum(running <= target, axis=-1, dtype=jnp.int32) + 1
-
-
 def estimate_last_block(
     q: jax.Array, k: jax.Array, lengths: jax.Array, config: SharePrefillConfig
 ) -> LastBlockEstimate:
@@ -116,8 +108,12 @@ def estimate_last_block(
     b_max = nb if config.max_blocks is None else jnp.minimum(config.max_blocks, nb)
     b_max = b_max[:, None]
 
-    def budget(tokens):
-        blocks = coverage_count(tokens, config.gamma) // bs + 1
+    # The reference's profiles hold n entries (positions, or offsets, 0..n-1).
+    in_prompt = (jnp.arange(num_queries)[None, :] < lengths[:, None])[:, None, :]
+
+    def budget(tokens):  # tokens to reach gamma (the crossing one included), in blocks
+        target = coverage.mass_target(config.gamma, quirks=config.reference_quirks)
+        blocks = coverage.count_to_reach(tokens, target, in_prompt) // bs + 1
         return jnp.minimum(jnp.maximum(blocks, b_min), b_max)
 
     vertical = _sum_pool(vertical_tokens, bs, tb)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sharedsparse_jax import coverage
 from sharedsparse_jax.estimate import block_mean_keys, compute_dtype
 
 
@@ -14,13 +15,6 @@ def causal_blocks(num_blocks: int) -> jax.Array:
     """bool[Tb, Tb]: c <= r."""
     r = jnp.arange(num_blocks)
     return r[None, :] <= r[:, None]
-
-
-def top_k_mask(x: jax.Array, k: jax.Array) -> jax.Array:
-    """bool[..., n]: the k[...] largest entries of x along the last axis (ties all kept)."""
-    descending = -jnp.sort(-x, axis=-1)
-    kth = jnp.take_along_axis(descending, jnp.maximum(k - 1, 0)[..., None], axis=-1)
-    return (x >= kth) & (k[..., None] > 0)
 
 
 def vertical_slash_selection(
@@ -48,7 +42,7 @@ def vertical_slash_selection(
 
     def pick(profile, count):
         profile = jnp.where(forced, jnp.inf, jnp.where(is_real, profile, -jnp.inf))
-        return top_k_mask(profile, jnp.minimum(count, nb)) & is_real
+        return coverage.top_k_mask(profile, jnp.minimum(count, nb)) & is_real
 
     return pick(vertical, num_vertical), pick(slash, num_slash)
 
@@ -69,7 +63,13 @@ def streaming_mask(num_blocks: int, sink_blocks: int, window_blocks: int) -> jax
 
 
 def query_aware_selection(
-    q: jax.Array, k: jax.Array, lengths: jax.Array, block_size: int, gamma: float
+    q: jax.Array,
+    k: jax.Array,
+    lengths: jax.Array,
+    block_size: int,
+    gamma: float,
+    *,
+    quirks: bool,
 ) -> jax.Array:
     """bool[B, N, Tb, Tb]: FlexPrefill's pooled selection for every head.
 
@@ -94,11 +94,9 @@ def query_aware_selection(
     allowed = causal_blocks(tb)[None] & is_real[:, :, None] & is_real[:, None, :]
     probs = jax.nn.softmax(jnp.where(allowed[:, None], logits, -jnp.inf), axis=-1)
     probs = jnp.where(allowed[:, None], probs, 0.0).reshape(batch, num_heads, tb * tb)
-    target = gamma * nb.astype(probs.dtype)[:, None, None]
-    descending = -jnp.sort(-probs, axis=-1)
-    running = jnp.cumsum(descending, axis=-1)
-    count = jnp.sum(running <= target, axis=-1)  # the crossing entry is excluded
-    keep = top_k_mask(probs, count) & (probs > 0)
+    target = coverage.mass_target(gamma, nb.astype(probs.dtype)[:, None], quirks=quirks)
+    valid = jnp.broadcast_to(allowed[:, None], (batch, num_heads, tb, tb)).reshape(probs.shape)
+    keep = coverage.keep_within_mass(probs, target, valid)  # the crossing entry is not kept
     return keep.reshape(batch, num_heads, tb, tb)
 
 
@@ -109,16 +107,14 @@ def row_coverage_pattern(
 
     The entry that crosses gamma is kept. A row that never reaches gamma (rounding, gamma = 1)
     keeps all its blocks; with `quirks` it keeps only its largest, as the reference does.
+    gamma = 1 keeps every block (coverage.mass_target).
     Block (0, 0) is always kept (the reference pads with flat index 0).
     """
     tb = block_map.shape[-1]
-    descending = -jnp.sort(-block_map, axis=-1)
-    running = jnp.cumsum(descending, axis=-1)
-    reached = running >= gamma
-    count = jnp.argmax(reached, axis=-1) + 1
-    if not quirks:
-        count = jnp.where(reached.any(axis=-1), count, tb)
-    keep = top_k_mask(block_map, count) & (block_map > 0)
+    count = coverage.count_to_reach(block_map, coverage.mass_target(gamma, quirks=quirks))
+    never_reached = block_map.sum(axis=-1) < gamma
+    count = jnp.where(never_reached, 1 if quirks else tb, count)
+    keep = coverage.top_k_mask(block_map, count) & (block_map > 0)
     rows = jnp.arange(tb)
     first = (rows[:, None] == 0) & (rows[None, :] == 0)
     row_is_real = rows < nb[..., None]  # [..., Tb]

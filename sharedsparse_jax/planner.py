@@ -148,7 +148,9 @@ def _plan_estimated(q, k, state, layer, lengths, nb, config, table):
     mask |= is_pivot[..., None, None] & causal
     if table is not None and table.num_shared and config.method == "shareprefill":
         mask |= is_shared[..., None, None] & of_own_cluster(state.pattern)
-    selected = patterns.query_aware_selection(q, k, lengths, config.block_size, config.gamma)
+    selected = patterns.query_aware_selection(
+        q, k, lengths, config.block_size, config.gamma, quirks=quirks
+    )
     mask |= query_aware[..., None, None] & selected
     category = jnp.where(
         is_pivot,

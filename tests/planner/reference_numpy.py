@@ -7,7 +7,8 @@ documented fixes, each marked `# fix:` below:
   - vs_ratio over unique, causal-valid blocks (not the inflated list sum);
   - slash profile pooled by exact block offset (not binned from token 0);
   - Jensen-Shannon terms with 0 * log 0 = 0 (no NaN decides);
-  - a pivot row that never reaches gamma keeps every block (not only its largest).
+  - a pivot row that never reaches gamma keeps every block (not only its largest);
+  - gamma = 1 keeps every entry (a float running sum may stop a rounding error short).
 Independent of the package: it imports nothing from it.
 """
 
@@ -114,7 +115,7 @@ class ReferencePlanner:
                         slash_tok[t] += probs[i, j] / bs
 
             def budget(x):
-                blocks = cover_count(x, self.gamma) // bs + 1
+                blocks = cover_count(x, self.target(1.0)) // bs + 1
                 return min(max(blocks, self.b_min), b_max)
 
             vertical = np.zeros(nb)
@@ -140,6 +141,11 @@ class ReferencePlanner:
                 }
             )
         return out
+
+    def target(self, scale):
+        if self.gamma >= 1.0 and not self.quirks:  # fix: gamma = 1 keeps everything
+            return np.inf
+        return self.gamma * scale
 
     def vertical_slash_blocks(self, vertical, slash, num_vertical, num_slash, nb):
         """(set of (r, c), flat list with duplicates and invalid -> 0, columns, offsets)."""
@@ -237,7 +243,7 @@ class ReferencePlanner:
             blocks[h].add((0, 0))  # the reference pads the cut entries with flat index 0
             for i in order:
                 running += flat[i]
-                if running > self.gamma * nb:
+                if running > self.target(nb):
                     break
                 blocks[h].add(divmod(i, nb))
         return blocks, category
@@ -262,7 +268,7 @@ class ReferencePlanner:
                 row = block_map[r]
                 order = sorted(range(nb), key=lambda c: (-row[c], c))
                 running = np.cumsum(row[order])
-                reached = np.nonzero(running >= self.gamma)[0]
+                reached = np.nonzero(running >= self.target(1.0))[0]
                 if len(reached):
                     count = reached[0] + 1
                 elif self.quirks:

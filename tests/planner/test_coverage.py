@@ -1,0 +1,51 @@
+"""Cumulative-mass selection by bisection against the reference's sort-and-cumsum rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sharedsparse_jax import coverage
+
+
+def _reference_keep(x, target):
+    order = np.argsort(-x, kind="stable")
+    running = np.cumsum(x[order])
+    keep = np.zeros(x.shape, bool)
+    keep[order[running <= target]] = True
+    return keep
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_keep_within_mass_matches_sorting(dtype):
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(dtype == jnp.float64):
+        for _ in range(20):
+            x = rng.dirichlet(np.full(300, rng.uniform(0.05, 2.0))) * rng.uniform(1, 4)
+            target = rng.uniform(0.1, 0.99) * x.sum()
+            got = np.asarray(coverage.keep_within_mass(jnp.asarray(x, dtype), target))
+            np.testing.assert_array_equal(got, _reference_keep(x.astype(dtype), target))
+            count = int(coverage.count_to_reach(jnp.asarray(x, dtype), target))
+            assert count == _reference_keep(x.astype(dtype), target).sum() + 1
+
+
+def test_valid_mask_and_edges():
+    x = jnp.asarray([0.5, 0.3, 0.1, 0.1, 9.0])
+    valid = jnp.asarray([True, True, True, True, False])
+    np.testing.assert_array_equal(
+        coverage.keep_within_mass(x, 0.85, valid), [True, True, False, False, False]
+    )
+    # Everything fits: every valid entry is kept, zeros included.
+    np.testing.assert_array_equal(
+        coverage.keep_within_mass(x, jnp.inf, valid), [True, True, True, True, False]
+    )
+    assert int(coverage.count_to_reach(x, 0.0, valid)) == 1
+    assert coverage.mass_target(1.0, quirks=False) == jnp.inf
+    assert coverage.mass_target(1.0, 4.0, quirks=True) == 4.0
+
+
+def test_top_k_mask_per_row_counts():
+    x = jnp.asarray([[3.0, 1.0, 2.0], [0.1, 0.3, 0.2]])
+    got = coverage.top_k_mask(x, jnp.asarray([2, 5]))
+    np.testing.assert_array_equal(got, [[True, False, True], [True, True, True]])
+    np.testing.assert_array_equal(coverage.top_k_mask(x, jnp.asarray([0, 1]))[0], False)
