@@ -22,3 +22,11 @@ class TestMosaicTpuInterpret(Battery):
     implementation = "mosaic_tpu"
     cases = map_cases = TINY_CASES
     smoke_cases = TINY_CASES[:1]
+
+
+@pytest.mark.gpu
+class TestTritonGpu(Battery):
+    """The same battery compiled for a real GPU (SHAREDSPARSE_TEST_PLATFORM=gpu)."""
+
+    implementation = "triton"
+    interpret = False

@@ -1,0 +1,145 @@
+"""Planner overhead for one Llama-3.1-8B-shaped layer, against that layer's cuDNN attention.
+
+N=32 query / K=8 kv heads, H=128, bf16, B=1, at 32K and 128K. The planner's work is timed as
+the models pay it: plan_layer (estimation, query-aware test, classification, every head's
+block mask), layout_from_mask (block lists for the kernel) and absorb_pivot_maps (pivot
+patterns and vs_ratios). The table puts the layer's heads in four shared clusters and
+tau_qa = 0, so every cluster gets a pivot and the absorb step does its full work.
+
+    python -m benchmarks.planner_overhead --out benchmarks/results/planner_overhead_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import timing
+from pallas_kernels.block_sparse_attention import layout_from_mask
+from sharedsparse_jax import estimate, planner
+from sharedsparse_jax.config import SharePrefillConfig
+from sharedsparse_jax.sharing import SharingState, SharingTable
+
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
+
+
+def structured_inputs(seq_len: int, seed: int = 0):
+    """q, k, v with a sink and a local band on top of noise (not uniform attention)."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    positions = jnp.arange(seq_len, dtype=jnp.float32)[:, None]
+    frequencies = 1.0 / (10.0 ** jnp.linspace(0.0, 3.0, HEAD_DIM // 4))
+    local = jnp.concatenate(
+        [jnp.cos(positions * frequencies), jnp.sin(positions * frequencies)], axis=1
+    )  # [S, H/2]
+    local = jnp.pad(local, ((0, 0), (0, HEAD_DIM // 2)))
+    q = jax.random.normal(keys[0], (1, seq_len, NUM_HEADS, HEAD_DIM)) + 2.0 * local[None, :, None]
+    k = (
+        jax.random.normal(keys[1], (1, seq_len, NUM_KV_HEADS, HEAD_DIM))
+        + 2.0 * local[None, :, None]
+    )
+    k = k.at[:, 0].add(6.0)  # a sink
+    v = jax.random.normal(keys[2], (1, seq_len, NUM_KV_HEADS, HEAD_DIM))
+    return q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+
+
+def make_table() -> SharingTable:
+    clusters = {str(c): [[0, h] for h in range(NUM_HEADS) if h % 4 == c] for c in range(4)}
+    return SharingTable.from_json_dict(
+        {"clusters": clusters, "shared_clusters": list(clusters)}, num_layers=1, num_heads=NUM_HEADS
+    )
+
+
+def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> dict:
+    q, k, v = structured_inputs(seq_len)
+    lengths = jnp.asarray([seq_len], jnp.int32)
+    tb = -(-seq_len // config.block_size)
+    state = SharingState.initial(1, table.num_shared, tb)
+
+    @jax.jit
+    def dense(q, k, v):
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            implementation="cudnn" if jax.default_backend() == "gpu" else None,
+        )
+
+    @jax.jit
+    def only_estimate(q, k):
+        return estimate.estimate_last_block(q, k, lengths, config)
+
+    @jax.jit
+    def plan(q, k, state):
+        return planner.plan_layer(q, k, state, layer=0, lengths=lengths, config=config, table=table)
+
+    build_layout = jax.jit(functools.partial(layout_from_mask, block_size=config.block_size))
+
+    @jax.jit
+    def absorb(state, layer_plan, maps):
+        return planner.absorb_pivot_maps(
+            state, layer_plan, maps, layer=0, lengths=lengths, config=config, table=table
+        )
+
+    layer_plan, planned_state = plan(q, k, state)
+    # Stand-in maps for the pivots (rows normalised like real block-averaged maps).
+    raw = jax.random.uniform(jax.random.PRNGKey(1), layer_plan.block_mask.shape)
+    maps = jnp.where(layer_plan.block_mask, raw, 0.0)
+    maps = maps / maps.sum(-1, keepdims=True)
+
+    t_dense = timing.time_call(dense, q, k, v)
+    t_estimate = timing.time_call(only_estimate, q, k)
+    t_plan = timing.time_call(plan, q, k, state)
+    t_layout = timing.time_call(build_layout, layer_plan.block_mask)
+    t_absorb = timing.time_call(absorb, planned_state, layer_plan, maps)
+    total = t_plan + t_layout + t_absorb
+    stats = planner.layer_stats(layer_plan, lengths, config.block_size)
+    return {
+        "seq_len": seq_len,
+        "dense_attention_ms": t_dense * 1e3,
+        "estimate_ms": t_estimate * 1e3,
+        "plan_layer_ms": t_plan * 1e3,
+        "layout_ms": t_layout * 1e3,
+        "absorb_ms": t_absorb * 1e3,
+        "planner_ms": total * 1e3,
+        "overhead_fraction_of_dense": total / t_dense,
+        "num_pivot": int(stats["num_pivot"][0]),
+        "density": float(stats["density"][0]),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    meta = timing.environment()
+    print(meta, flush=True)
+    config = SharePrefillConfig(tau_qa=0.0)
+    table = make_table()
+    records = [measure(seq_len, config, table) for seq_len in args.seq_lens]
+    out = args.out or Path(f"benchmarks/results/planner_overhead_{timing.gpu_tag()}.json")
+    timing.write_records(out, records, meta)
+    timing.print_table(
+        records,
+        [
+            "seq_len",
+            "dense_attention_ms",
+            "estimate_ms",
+            "plan_layer_ms",
+            "layout_ms",
+            "absorb_ms",
+            "planner_ms",
+            "overhead_fraction_of_dense",
+            "num_pivot",
+            "density",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
