@@ -33,7 +33,6 @@ DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02)
 TUNING_CONFIGS = (
     triton_backend.TritonConfig(block_q=128, num_warps=8, num_stages=2),
     triton_backend.TritonConfig(block_q=128, num_warps=8, num_stages=3),
-    triton_backend.TritonConfig(block_q=128, num_warps=8, num_stages=4),
     triton_backend.TritonConfig(block_q=64, num_warps=4, num_stages=2),
     triton_backend.TritonConfig(block_q=64, num_warps=4, num_stages=3),
     triton_backend.TritonConfig(block_q=128, num_warps=4, num_stages=2),
@@ -131,6 +130,7 @@ def sparse_triton(q, k, v, layout, config=None):
         sm_scale=HEAD_DIM**-0.5,
         causal=True,
         geometry=geometry,
+        with_block_lse=False,
         interpret=not ON_GPU,
         config=config,
     ).out

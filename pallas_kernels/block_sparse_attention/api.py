@@ -80,6 +80,7 @@ def block_sparse_attention(
         geometry=geometry,
         sm_scale=_scale(q, sm_scale),
         causal=causal,
+        with_block_lse=False,
         implementation=_candidates(implementation),
         interpret=interpret,
     )
@@ -101,16 +102,16 @@ def block_sparse_attention_with_block_map(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Block-sparse attention that also returns block-averaged maps for selected heads.
 
-    In the same launch, each selected head records every listed block's per-row log-sum-exp
-    into its map slot; the maps are finished from those and the final LSE (block_map.py).
-    Unselected heads skip the recording (one branch per step).
+    The selected heads run in a second launch that records each listed block's per-row
+    log-sum-exp; their maps are finished from those and the final LSE (block_map.py). The other
+    heads pay nothing beyond being excluded from that launch.
 
     Args:
       q, k, v, layout, sm_scale, causal, implementation, interpret: as block_sparse_attention.
       selected: bool[B, N], which (batch, head) maps to compute; traced values are fine.
-      max_selected: static capacity P, at least the number of selected heads (default B * N);
-        memory grows as P * Tb * M * bs floats. Under jit, heads selected beyond P get no map
-        (their output is still exact); with concrete `selected` a count above P raises.
+      max_selected: static capacity P, at least the number of selected heads (default B * N).
+        Under jit, heads selected beyond P get no map (their output is still exact); with
+        concrete `selected` a count above P raises.
 
     Returns:
       out [B, T, N, H], lse float32[B, N, T], block_map float32[B, N, Tb, Sb] (zero for
@@ -152,40 +153,61 @@ def _attention_with_block_map(
     q, k, v, layout, selected, *, geometry, capacity, sm_scale, causal, implementation, interpret
 ):
     batch, _, num_heads, _ = q.shape
+    group = num_heads // k.shape[2]
     num_rows = batch * num_heads
-    # Static-size list of the selected (b, h): slot p belongs to the p-th selected head.
+    # Static-size list of the selected (b, h); unused slots point past the end.
     picked = jnp.nonzero(selected.reshape(-1), size=capacity, fill_value=num_rows)[0]
-    map_slots = jnp.full((num_rows,), -1, jnp.int32)
-    map_slots = map_slots.at[picked].set(jnp.arange(capacity, dtype=jnp.int32), mode="drop")
-    result = _dispatch(
+    is_real = picked < num_rows
+    b_sel = jnp.where(is_real, picked // num_heads, 0)
+    h_sel = jnp.where(is_real, picked % num_heads, 0)
+    in_map_launch = jnp.zeros((num_rows,), bool).at[picked].set(True, mode="drop")
+    in_map_launch = in_map_launch.reshape(batch, num_heads)
+
+    # Heads in the map launch are skipped (count 0) in the main launch.
+    main_layout = BlockLayout(
+        layout.kv_block_idx,
+        jnp.where(in_map_launch[..., None], 0, layout.kv_block_count),
+        layout.block_size,
+    )
+    main = _dispatch(
         q,
         k,
         v,
-        layout,
+        main_layout,
         geometry=geometry,
         sm_scale=sm_scale,
         causal=causal,
-        map_slots=map_slots.reshape(batch, num_heads),
-        num_map_slots=capacity,
+        with_block_lse=False,
         implementation=implementation,
         interpret=interpret,
     )
-    is_real = picked < num_rows
-    b_sel = jnp.where(is_real, picked // num_heads, batch)  # out of range: dropped below
-    h_sel = picked % num_heads
-    maps = block_map.block_map_from_block_lse(
-        result.block_lse,
-        result.lse[b_sel, h_sel],
-        layout.kv_block_idx[b_sel, h_sel],
-        jnp.where(is_real[:, None], layout.kv_block_count[b_sel, h_sel], 0),
-        geometry,
+    sel_layout = BlockLayout(
+        layout.kv_block_idx[b_sel, h_sel][:, None],
+        jnp.where(is_real[:, None], layout.kv_block_count[b_sel, h_sel], 0)[:, None],
+        layout.block_size,
     )
+    sel = _dispatch(
+        q[b_sel, :, h_sel][:, :, None],  # [P, T, 1, H]
+        k[b_sel, :, h_sel // group][:, :, None],
+        v[b_sel, :, h_sel // group][:, :, None],
+        sel_layout,
+        geometry=geometry,
+        sm_scale=sm_scale,
+        causal=causal,
+        with_block_lse=True,
+        implementation=implementation,
+        interpret=interpret,
+    )
+    maps = block_map.block_map_from_block_lse(sel.block_lse, sel.lse, sel_layout, geometry)
+    b_put = jnp.where(is_real, b_sel, batch)  # out of range: dropped
+    out = main.out.at[b_put, :, h_sel].set(sel.out[:, :, 0], mode="drop")
+    lse = main.lse.at[b_put, h_sel].set(sel.lse[:, 0], mode="drop")
     full_map = (
         jnp.zeros((batch, num_heads, geometry.num_q_blocks, geometry.num_k_blocks), jnp.float32)
-        .at[b_sel, h_sel]
-        .set(maps, mode="drop")
+        .at[b_put, h_sel]
+        .set(maps[:, 0], mode="drop")
     )
-    return result.out, result.lse, full_map
+    return out, lse, full_map
 
 
 def _scale(q: jax.Array, sm_scale: float | None) -> float:
@@ -253,7 +275,7 @@ _attention = jax.jit(
         "geometry",
         "sm_scale",
         "causal",
-        "num_map_slots",
+        "with_block_lse",
         "implementation",
         "interpret",
     ),

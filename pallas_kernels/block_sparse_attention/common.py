@@ -22,11 +22,10 @@ class BackendResult(NamedTuple):
 
     out: [B, T, N, H] in q's dtype.
     lse: float32[B, N, T], natural log.
-    block_lse: float32[P, Tb, M, bs] or None: for the head that owns map slot p (see
-      `map_slots`), each listed block (entry m of the row's list) and each padded query row r of
-      the block, the natural-log log-sum-exp of that row's visible scores inside the block.
-      exp(block_lse - lse) is the attention mass the row puts on that block, which is what the
-      block-averaged map needs. Entries of unowned slots and past a row's count are unspecified.
+    block_lse: float32[B, N, Tb, M, bs] or None: for each listed block (slot m of the row's list)
+      and each padded query row r of the block, the natural-log log-sum-exp of that row's visible
+      scores inside the block. exp(block_lse - lse) summed over a block's keys is the attention
+      mass the row puts on that block, which is what the block-averaged map needs.
     """
 
     out: jax.Array
@@ -67,20 +66,3 @@ def unpad_queries(x: jax.Array, geometry: BlockGeometry, axis: int = 1) -> jax.A
     return jax.lax.slice_in_dim(
         x, geometry.front_pad, geometry.front_pad + geometry.num_queries, axis=axis
     )
-
-
-def slot_owners(map_slots: jax.Array, num_map_slots: int) -> tuple[jax.Array, jax.Array]:
-    """(batch, head) owning each map slot.
-
-    Args:
-      map_slots: int32[B, N], the map slot of each head, or -1 for heads without a map.
-      num_map_slots: P.
-
-    Returns:
-      int32[P] batch and head indices; unowned slots point at (B, 0), out of range.
-    """
-    batch, num_heads = map_slots.shape
-    flat_slot = jnp.where(map_slots >= 0, map_slots, num_map_slots).reshape(-1)
-    owner = jnp.full((num_map_slots,), batch * num_heads, jnp.int32)
-    owner = owner.at[flat_slot].set(jnp.arange(batch * num_heads, dtype=jnp.int32), mode="drop")
-    return owner // num_heads, owner % num_heads

@@ -51,7 +51,6 @@ def check_supported(q: jax.Array, layout: BlockLayout, interpret: bool) -> None:
 def _kernel(
     idx_ref,
     count_ref,
-    slot_ref,
     q_ref,
     k_ref,
     v_ref,
@@ -66,12 +65,11 @@ def _kernel(
     causal: bool,
     with_block_lse: bool,
 ):
-    b, h, i, j = (pl.program_id(axis) for axis in range(4))
     if with_block_lse:
-        block_lse_hbm, m_ref, l_ref, acc_ref, rows_ref, copy_sem = refs
-        is_recorded = slot_ref[b, h] >= 0
+        block_lse_ref, m_ref, l_ref, acc_ref = refs
     else:
-        block_lse_hbm, (m_ref, l_ref, acc_ref) = None, refs
+        block_lse_ref, (m_ref, l_ref, acc_ref) = None, refs
+    b, h, i, j = (pl.program_id(axis) for axis in range(4))
     count = count_ref[b, h, i]
 
     @pl.when(j == 0)
@@ -115,12 +113,9 @@ def _kernel(
             (((1,), (0,)), ((), ())),
             preferred_element_type=jnp.float32,
         )
-        if block_lse_hbm is not None:
-
-            @pl.when(is_recorded)
-            def _record():
-                column = m_next + jnp.log(row_sum)  # [bs, 128], lanes equal
-                rows_ref[pl.ds(j, 1), :] = column.T[:1, :]
+        if block_lse_ref is not None:
+            column = m_next + jnp.log(row_sum)  # [bs, 128], lanes equal
+            block_lse_ref[pl.ds(j, 1), :] = column.T[:1, :]
 
     @pl.when((j < count) & crosses)
     def _masked():
@@ -138,14 +133,6 @@ def _kernel(
         o_ref[...] = (acc_ref[...] / safe_l[:, :1]).astype(o_ref.dtype)
         lse_ref[...] = jnp.where(has_keys, m_ref[...] + jnp.log(safe_l), common.MASK_VALUE)
 
-    if block_lse_hbm is not None:
-
-        @pl.when((j == max_blocks - 1) & is_recorded)
-        def _store_record():
-            copy = pltpu.make_async_copy(rows_ref, block_lse_hbm.at[slot_ref[b, h], i], copy_sem)
-            copy.start()
-            copy.wait()
-
 
 def attention(
     q: jax.Array,
@@ -156,8 +143,7 @@ def attention(
     sm_scale: float,
     causal: bool,
     geometry: BlockGeometry,
-    map_slots: jax.Array | None = None,
-    num_map_slots: int = 0,
+    with_block_lse: bool,
     interpret: bool = False,
 ) -> common.BackendResult:
     """See common.BackendResult for what is returned."""
@@ -171,15 +157,11 @@ def attention(
     k_t = common.pad_keys(k, geometry).transpose(0, 2, 1, 3)  # [B, K, Sp, H]
     v_t = common.pad_keys(v, geometry).transpose(0, 2, 1, 3)
 
-    with_block_lse = map_slots is not None
-    slots = map_slots if with_block_lse else jnp.full((batch, num_heads), -1, jnp.int32)
-
-    def kv_index(b, h, i, j, idx_ref, count_ref, slot_ref):
-        del slot_ref
+    def kv_index(b, h, i, j, idx_ref, count_ref):
         slot = jnp.minimum(j, jnp.maximum(count_ref[b, h, i] - 1, 0))
         return b, h // group, idx_ref[b, h, i, slot], 0
 
-    def row_index(b, h, i, j, *_):
+    def row_index(b, h, i, j, idx_ref, count_ref):
         return b, h, i, 0
 
     in_specs = [
@@ -195,20 +177,15 @@ def attention(
         jax.ShapeDtypeStruct(q_t.shape, q.dtype),
         jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries, NUM_LANES), jnp.float32),
     ]
-    scratch_shapes = [
-        pltpu.VMEM((bs, NUM_LANES), jnp.float32),
-        pltpu.VMEM((bs, NUM_LANES), jnp.float32),
-        pltpu.VMEM((bs, head_dim), jnp.float32),
-    ]
     if with_block_lse:
-        # A selected row collects its records in VMEM and copies them to its slot in HBM once.
-        out_specs.append(pl.BlockSpec(memory_space=pl.ANY))
+        out_specs.append(
+            pl.BlockSpec((None, None, None, max_blocks, bs), lambda b, h, i, j, *_: (b, h, i, 0, 0))
+        )
         out_shape.append(
             jax.ShapeDtypeStruct(
-                (num_map_slots, geometry.num_q_blocks, max_blocks, bs), jnp.float32
+                (batch, num_heads, geometry.num_q_blocks, max_blocks, bs), jnp.float32
             )
         )
-        scratch_shapes += [pltpu.VMEM((max_blocks, bs), jnp.float32), pltpu.SemaphoreType.DMA]
     kernel = functools.partial(
         _kernel,
         sm_scale=sm_scale,
@@ -222,11 +199,15 @@ def attention(
     outs = pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=3,
+            num_scalar_prefetch=2,
             grid=(batch, num_heads, geometry.num_q_blocks, max_blocks),
             in_specs=in_specs,
             out_specs=out_specs,
-            scratch_shapes=scratch_shapes,
+            scratch_shapes=[
+                pltpu.VMEM((bs, NUM_LANES), jnp.float32),
+                pltpu.VMEM((bs, NUM_LANES), jnp.float32),
+                pltpu.VMEM((bs, head_dim), jnp.float32),
+            ],
         ),
         out_shape=out_shape,
         compiler_params=pltpu.CompilerParams(
@@ -234,7 +215,7 @@ def attention(
         ),
         interpret=pltpu.InterpretParams() if interpret else False,
         name="block_sparse_attention_tpu",
-    )(layout.kv_block_idx, layout.kv_block_count, slots, q_t, k_t, v_t)
+    )(layout.kv_block_idx, layout.kv_block_count, q_t, k_t, v_t)
     out = common.unpad_queries(outs[0].transpose(0, 2, 1, 3), geometry)
     lse = common.unpad_queries(outs[1][..., 0], geometry, axis=2)
     return common.BackendResult(out, lse, outs[2] if with_block_lse else None)

@@ -47,14 +47,13 @@ def attention(
     sm_scale: float,
     causal: bool,
     geometry: BlockGeometry,
-    map_slots: jax.Array | None = None,
-    num_map_slots: int = 0,
+    with_block_lse: bool,
     interpret: bool = False,
 ) -> common.BackendResult:
     """Dense masked attention over the layout's blocks, in float32.
 
-    Returns out in q's dtype, natural-log lse float32[B, N, T] and, when `map_slots` is given,
-    the per-block row log-sum-exp of the slot owners (see common.BackendResult).
+    Returns out in q's dtype, natural-log lse float32[B, N, T] and, when asked, the per-block
+    row log-sum-exp float32[B, N, Tb, M, bs] (see common.BackendResult).
     """
     del interpret
     batch, num_queries, num_heads, head_dim = q.shape
@@ -68,9 +67,8 @@ def attention(
         "bkgts,bskh->btkgh", p, v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
     ).reshape(batch, num_queries, num_heads, head_dim)
     block_lse = None
-    if map_slots is not None:
-        b_own, h_own = common.slot_owners(map_slots, num_map_slots)
-        block_lse = _block_lse(s, layout, geometry)[b_own, h_own]
+    if with_block_lse:
+        block_lse = _block_lse(s, layout, geometry)
     return common.BackendResult(out.astype(q.dtype), lse, block_lse)
 
 

@@ -42,6 +42,11 @@ def default_config(head_dim: int, block_size: int) -> TritonConfig:
     return TritonConfig(block_q=block_q, num_warps=8 if block_q >= 128 else 4, num_stages=3)
 
 
+# Recording block LSEs needs more shared memory: 3 stages exceed the H200's 227 KB at
+# bq = bs = H = 128 in bf16 (measured), 2 fit.
+RECORDING_MAX_STAGES = 2
+
+
 def check_supported(q: jax.Array, block_size: int, config: TritonConfig) -> None:
     """Raises NotImplementedError with the reason when this backend cannot run the call."""
     head_dim = q.shape[-1]
@@ -65,7 +70,9 @@ def _kernel(
     q_ref,
     k_ref,
     v_ref,
-    *refs,
+    o_ref,
+    lse_ref,
+    *block_lse_refs,
     qk_scale: float,
     block_size: int,
     block_q: int,
@@ -75,17 +82,12 @@ def _kernel(
     causal: bool,
     precision,
 ):
-    if len(refs) == 4:  # with block maps: the slot input, and the whole block_lse array
-        slot_ref, o_ref, lse_ref, block_lse_ref = refs
-        slot = slot_ref[0]
-    else:
-        (o_ref, lse_ref), block_lse_ref, slot = refs, None, None
+    block_lse_ref = block_lse_refs[0] if block_lse_refs else None
     # Heavier (later) query tiles launch first: causal rows grow with the tile index.
     tile = num_q_tiles - 1 - pl.program_id(1)
     q_start = first_q_pos + tile * block_q
     q_pos = q_start + jax.lax.broadcasted_iota(jnp.int32, (block_q, block_size), 0)
     k_offsets = jax.lax.broadcasted_iota(jnp.int32, (block_q, block_size), 1)
-    q_block, q_row0 = tile // (block_size // block_q), tile % (block_size // block_q) * block_q
     q = q_ref[...]
     head_dim = q.shape[-1]
     count = count_ref[0]
@@ -125,12 +127,7 @@ def _kernel(
         row_sum = jnp.sum(p, axis=1)
         alpha = jnp.exp2(m - m_new)
         if block_lse_ref is not None:
-
-            @pl.when(slot >= 0)
-            def _record():
-                row_lse = (m_new + jnp.log2(row_sum)) * common.LN_2
-                block_lse_ref[slot, q_block, pl.ds(j, 1), pl.ds(q_row0, block_q)] = row_lse[None]
-
+            block_lse_ref[pl.ds(j, 1), :] = ((m_new + jnp.log2(row_sum)) * common.LN_2)[None, :]
         acc = acc * alpha[:, None] + jnp.dot(
             p.astype(v.dtype), v, preferred_element_type=jnp.float32, precision=precision
         )
@@ -158,14 +155,17 @@ def attention(
     sm_scale: float,
     causal: bool,
     geometry: BlockGeometry,
-    map_slots: jax.Array | None = None,
-    num_map_slots: int = 0,
+    with_block_lse: bool,
     interpret: bool = False,
     config: TritonConfig | None = None,
 ) -> common.BackendResult:
     """See common.BackendResult for what is returned."""
     bs = geometry.block_size
     config = config or default_config(q.shape[-1], bs)
+    if with_block_lse:
+        config = dataclasses.replace(
+            config, num_stages=min(config.num_stages, RECORDING_MAX_STAGES)
+        )
     check_supported(q, bs, config)
     batch, _, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
@@ -202,15 +202,24 @@ def attention(
         jax.ShapeDtypeStruct(q_padded.shape, q.dtype),
         jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
     ]
-    inputs = [layout.kv_block_idx, layout.kv_block_count[..., None], q_padded, k_padded, v_padded]
-    if map_slots is not None:
-        # Every program sees the whole block_lse array and writes only its own slot's rows, so
-        # heads without a map cost one branch per step and no memory traffic.
-        block_lse_shape = (num_map_slots, geometry.num_q_blocks, max_blocks, bs)
-        in_specs.append(pl.BlockSpec((None, None, 1), lambda h, i, b: (b, h, 0)))
-        inputs.append(map_slots[..., None])
-        out_specs.append(pl.BlockSpec(block_lse_shape, lambda h, i, b: (0, 0, 0, 0)))
-        out_shape.append(jax.ShapeDtypeStruct(block_lse_shape, jnp.float32))
+    if with_block_lse:
+        out_specs.append(
+            pl.BlockSpec(
+                (None, None, None, max_blocks, block_q),
+                lambda h, i, b: (
+                    b,
+                    h,
+                    tile_of(i) // tiles_per_block,
+                    0,
+                    tile_of(i) % tiles_per_block,
+                ),
+            )
+        )
+        out_shape.append(
+            jax.ShapeDtypeStruct(
+                (batch, num_heads, geometry.num_q_blocks, max_blocks, bs), jnp.float32
+            )
+        )
     kernel = functools.partial(
         _kernel,
         qk_scale=sm_scale * common.LOG2_E,
@@ -233,10 +242,10 @@ def attention(
         ),
         interpret=interpret,
         name="block_sparse_attention",
-    )(*inputs)
+    )(layout.kv_block_idx, layout.kv_block_count[..., None], q_padded, k_padded, v_padded)
     out, lse = outs[0], outs[1]
     return common.BackendResult(
         common.unpad_queries(out, geometry),
         common.unpad_queries(lse, geometry, axis=2),
-        outs[2] if map_slots is not None else None,
+        outs[2] if with_block_lse else None,
     )

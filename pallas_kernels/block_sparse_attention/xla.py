@@ -23,8 +23,7 @@ def attention(
     sm_scale: float,
     causal: bool,
     geometry: BlockGeometry,
-    map_slots: jax.Array | None = None,
-    num_map_slots: int = 0,
+    with_block_lse: bool,
     interpret: bool = False,
 ) -> common.BackendResult:
     """See common.BackendResult for what is returned."""
@@ -42,8 +41,6 @@ def attention(
     q_pos = common.query_positions(geometry).reshape(num_q_blocks, bs)
     batch_ix = jnp.arange(batch)[:, None, None]
     kv_head_ix = (jnp.arange(num_heads) // (num_heads // num_kv_heads))[None, :, None]
-    if map_slots is not None:
-        b_own, h_own = common.slot_owners(map_slots, num_map_slots)
     compute_dtype = jnp.float32 if q.dtype == jnp.float32 else q.dtype
     precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
 
@@ -84,7 +81,7 @@ def attention(
         acc = acc * alpha[..., None] + pv
         if block_lse is not None:
             this = jnp.where(row_sum > 0, m_new + jnp.log(row_sum), common.MASK_VALUE)
-            block_lse = block_lse.at[:, :, j].set(this[b_own, h_own], mode="drop")
+            block_lse = block_lse.at[:, :, :, j].set(this)
         return m_new, l, acc, block_lse
 
     rows = (batch, num_heads, num_q_blocks, bs)
@@ -92,8 +89,8 @@ def attention(
         jnp.full(rows, common.MASK_VALUE, jnp.float32),
         jnp.zeros(rows, jnp.float32),
         jnp.zeros(rows + (head_dim,), jnp.float32),
-        jnp.full((num_map_slots, num_q_blocks, max_blocks, bs), common.MASK_VALUE, jnp.float32)
-        if map_slots is not None
+        jnp.full((batch, num_heads, num_q_blocks, max_blocks, bs), common.MASK_VALUE, jnp.float32)
+        if with_block_lse
         else None,
     )
     num_steps = jnp.minimum(jnp.max(layout.kv_block_count), max_blocks)

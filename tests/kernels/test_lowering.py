@@ -46,28 +46,40 @@ def _lower(fn, platform, device_kind, *args):
 )
 def test_triton_lowers_for_cuda(with_maps, H, dtype):
     g, layout, q, kv = _specs(T=1000, S=1300, N=4, K=2, H=H, bs=128, M=7, dtype=dtype)
-    slots = _abstract((1, 4), jnp.int32) if with_maps else None
 
-    def run(q, k, v, layout, slots):
+    def run(q, k, v, layout):
         return triton.attention(
-            q, k, v, layout, sm_scale=0.1, causal=True, geometry=g, map_slots=slots, num_map_slots=2
+            q,
+            k,
+            v,
+            layout,
+            sm_scale=0.1,
+            causal=True,
+            geometry=g,
+            with_block_lse=with_maps,
         )
 
-    text = _lower(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout, slots)
+    text = _lower(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
     assert "__gpu$xla.gpu.triton" in text
 
 
 @pytest.mark.parametrize("with_maps", [False, True])
 def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
     g, layout, q, kv = _specs(T=1000, S=1000, N=4, K=2, H=128, bs=128, M=7, dtype=jnp.bfloat16)
-    slots = _abstract((1, 4), jnp.int32) if with_maps else None
     # The supported-check refuses to run without a TPU; lowering needs none.
     monkeypatch.setattr(mosaic_tpu, "check_supported", lambda *args: None)
 
-    def run(q, k, v, layout, slots):
+    def run(q, k, v, layout):
         return mosaic_tpu.attention(
-            q, k, v, layout, sm_scale=0.1, causal=True, geometry=g, map_slots=slots, num_map_slots=2
+            q,
+            k,
+            v,
+            layout,
+            sm_scale=0.1,
+            causal=True,
+            geometry=g,
+            with_block_lse=with_maps,
         )
 
-    text = _lower(run, "tpu", "TPU v5p", q, kv, kv, layout, slots)
+    text = _lower(run, "tpu", "TPU v5p", q, kv, kv, layout)
     assert "tpu_custom_call" in text
