@@ -87,22 +87,29 @@ def estimate_last_block(
 
     last_q = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0))(q, start)
     last_q = last_q.astype(dtype) * (head_dim**-0.5)  # [B, bs, N, H]
-    grouped = last_q.reshape(batch, bs, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    # Logits in the inputs' precision (bf16 inputs: bf16 logits, as the reference), softmax
+    # statistics in float32 (float64 under x64).
+    logits_dtype = q.dtype if q.dtype in (jnp.bfloat16, jnp.float16) else dtype
+    grouped = last_q.astype(logits_dtype).reshape(
+        batch, bs, num_kv_heads, num_heads // num_kv_heads, head_dim
+    )
+    precision = None if logits_dtype != dtype else jax.lax.Precision.HIGHEST
     logits = jnp.einsum(
-        "bikgh,bjkh->bkgij", grouped, k.astype(dtype), precision=jax.lax.Precision.HIGHEST
+        "bikgh,bjkh->bkgij",
+        grouped,
+        k.astype(logits_dtype),
+        precision=precision,
+        preferred_element_type=logits_dtype,
     )
     logits = logits.reshape(batch, num_heads, bs, num_queries)
     q_pos = start[:, None] + jnp.arange(bs)  # [B, bs]
     visible = (jnp.arange(num_queries)[None, None, :] <= q_pos[:, :, None])[:, None]
-    probs = jax.nn.softmax(jnp.where(visible, logits, -jnp.inf), axis=-1)
-    probs = jnp.where(visible, probs, 0.0)  # [B, N, bs, T]
+    logits = jnp.where(visible, logits, -jnp.inf)  # [B, N, bs, T]
+    lse = jax.nn.logsumexp(logits.astype(dtype), axis=-1, keepdims=True)  # [B, N, bs, 1]
 
-    vertical_tokens = probs.mean(axis=2)  # [B, N, T]
-    # Slash by token offset delta = query position - key position (offset 0: the diagonal).
-    key_of_offset = q_pos[:, :, None] - jnp.arange(num_queries)[None, None, :]  # [B, bs, T]
-    on_diagonal = key_of_offset >= 0
-    per_row = jnp.take_along_axis(probs, jnp.maximum(key_of_offset, 0)[:, None], axis=-1)
-    slash_tokens = jnp.where(on_diagonal[:, None], per_row, 0.0).sum(axis=2) / bs  # [B, N, T]
+    # Vertical: mean over the block's queries of each key's probability.
+    vertical_tokens = jnp.exp(logits.astype(dtype) - lse).mean(axis=2)  # [B, N, T]
+    slash_tokens = _slash_profile(logits, lse, start)  # [B, N, T], by token offset
 
     b_min = config.min_blocks
     b_max = nb if config.max_blocks is None else jnp.minimum(config.max_blocks, nb)
@@ -139,6 +146,31 @@ def estimate_last_block(
         num_slash=budget(slash_tokens),
         query_aware=distance < config.tau_qa,
     )
+
+
+def _slash_profile(logits: jax.Array, lse: jax.Array, start: jax.Array) -> jax.Array:
+    """[B, N, T]: mean over the block's queries of the probability at each token offset.
+
+    Query i of the block sits at position start + i; offset delta reads key start + i - delta.
+    Padding each row on the left by bs and re-reading the flat rows with a stride one longer
+    lines up every diagonal in a column (no gather): column u holds the keys u - bs + i, which
+    is offset delta = start + bs - u for every row. Cells that run past a row's end land in the
+    next row's left padding, which is -inf, so they add nothing.
+    """
+    batch, num_heads, bs, num_keys = logits.shape
+    width = num_keys + bs
+    padded = jnp.pad(logits, ((0, 0), (0, 0), (0, 0), (bs, 0)), constant_values=-jnp.inf)
+    flat = padded.reshape(batch, num_heads, bs * width)
+    flat = jnp.pad(flat, ((0, 0), (0, 0), (0, bs)), constant_values=-jnp.inf)
+    skewed = flat.reshape(batch, num_heads, bs, width + 1)  # [.., i, u] = padded[.., i, u + i]
+    by_column = jnp.exp(skewed.astype(lse.dtype) - lse).sum(axis=2) / bs  # [B, N, width + 1]
+    # delta = start + bs - u, for delta = 0 .. T - 1: u runs down from start + bs.
+    by_column = jnp.pad(by_column, ((0, 0), (0, 0), (num_keys, 0)))
+    first = start + bs + num_keys - (num_keys - 1)  # padded index of u = start + bs - (T - 1)
+    window = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, num_keys, axis=-1))(
+        by_column, first
+    )
+    return window[..., ::-1]
 
 
 def block_mean_keys(k: jax.Array, lengths: jax.Array, block_size: int) -> jax.Array:
