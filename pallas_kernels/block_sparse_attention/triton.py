@@ -36,8 +36,15 @@ class TritonConfig:
             raise ValueError(f"block_q must be a power of two >= 16, got {self.block_q}")
 
 
-def default_config(head_dim: int, block_size: int) -> TritonConfig:
-    """The measured best launch for a head dim (see docs/results.md, kernel tuning)."""
+def default_config(head_dim: int, block_size: int, dtype=jnp.bfloat16) -> TritonConfig:
+    """The measured best launch for a head dim and dtype on the H200 (docs/results.md).
+
+    16-bit inputs: 128 query rows, 8 warps, 3 stages (the sweep's best). float32 tiles are
+    twice as large: at bs = H = 128 no 128-row launch fits the H200's shared memory (measured),
+    so float32 uses 64 rows and one stage.
+    """
+    if jnp.dtype(dtype).itemsize >= 4:
+        return TritonConfig(block_q=min(block_size, 64), num_warps=4, num_stages=1)
     block_q = min(block_size, 64 if head_dim > 128 else 128)
     return TritonConfig(block_q=block_q, num_warps=8 if block_q >= 128 else 4, num_stages=3)
 
@@ -161,7 +168,7 @@ def attention(
 ) -> common.BackendResult:
     """See common.BackendResult for what is returned."""
     bs = geometry.block_size
-    config = config or default_config(q.shape[-1], bs)
+    config = config or default_config(q.shape[-1], bs, q.dtype)
     if with_block_lse:
         config = dataclasses.replace(
             config, num_stages=min(config.num_stages, RECORDING_MAX_STAGES)
