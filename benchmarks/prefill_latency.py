@@ -1,0 +1,466 @@
+"""End-to-end prefill latency: dense against SharePrefill (and baselines) on whole models.
+
+    python -m benchmarks.prefill_latency                        # every case, on one GPU
+    python -m benchmarks.prefill_latency --models llama8b       # a subset
+    python -m benchmarks.prefill_latency --dry-run              # tiny lengths: a CPU smoke run
+
+Cases (`--models`, `--lengths`, `--methods` select subsets):
+- smollm2: SmolLM2-135M-Instruct, every method, at 1K, 2K, 4K and 8K tokens;
+- qwen: Qwen2.5-Coder-0.5B-Instruct, dense and shareprefill, at 4K, 8K, 16K and 32K;
+- llama8b: a Llama-3.1-8B-shaped model with random bf16 weights (32 layers, D 4096, 32/8
+  heads, head dim 128, FFN 14336, vocab 128256, llama3 RoPE), dense only, at 8K-128K: the
+  end-to-end baseline sparse prefill has to beat.
+
+Protocol: the prompt is a long text (Austen's novels from the cache, else Paul Graham's essays,
+or `--text-file`) tokenized, repeated and cut to the target length; batch 1; logits of the
+last position only. Per case: one warm-up call (its compile time is measured separately, from
+JAX's compile events), then ten timed calls, each waited for on the device; median, min and
+max milliseconds. SharePrefill and the other planned methods also record block density and
+head counts. Records go to `benchmarks/results/prefill_latency_<gpu>.json` (merged with the
+records of other cases already there, and rewritten after every case) and a table is printed.
+
+Nothing can be downloaded on the GPU machine: carry the built-in models' GGUF files
+(`<cache>/gguf/*.gguf`, `--gguf PATH`, identified by their SHA-256) and a text file
+(`--text-file`, plain text or RULER's essays JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from benchmarks import timing
+from models import (
+    BUILTIN_MODELS,
+    DenseAttention,
+    ModelConfig,
+    RopeConfig,
+    Transformer,
+    cache_dir,
+    load_builtin,
+    prefill,
+)
+from sharedsparse_jax.attention import SharePrefillAttention
+from sharedsparse_jax.config import METHODS, SharePrefillConfig
+from sharedsparse_jax.planner import CATEGORIES
+from sharedsparse_jax.sharing import SharingTable
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+LLAMA_8B = ModelConfig(
+    model_type="llama",
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=128,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=131072,
+    rope=RopeConfig(
+        rope_type="llama3",
+        theta=500000.0,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    ),
+)
+# The dry run's stand-in for LLAMA_8B: the same family and RoPE, a few million parameters.
+LLAMA_8B_DRY = dataclasses.replace(
+    LLAMA_8B, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+    head_dim=32, vocab_size=512,
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelCase:
+    """One model of the benchmark.
+
+    Attributes:
+      name: the --models key.
+      builtin: the built-in model it loads, or None for random weights of `config`.
+      config: the random model's config (builtin None only).
+      lengths: prompt lengths in tokens.
+      methods: prefill methods (`dense` is the model's dense attention).
+    """
+
+    name: str
+    builtin: str | None
+    config: ModelConfig | None = None
+    lengths: tuple[int, ...]
+    methods: tuple[str, ...]
+
+
+CASES = {
+    case.name: case
+    for case in (
+        ModelCase(
+            name="smollm2",
+            builtin="smollm2-135m-instruct",
+            lengths=(1024, 2048, 4096, 8192),
+            methods=("dense", "shareprefill", "flexprefill", "vertical_slash", "streaming"),
+        ),
+        ModelCase(
+            name="qwen",
+            builtin="qwen2.5-coder-0.5b-instruct",
+            lengths=(4096, 8192, 16384, 32768),
+            methods=("dense", "shareprefill"),
+        ),
+        ModelCase(
+            name="llama8b",
+            builtin=None,
+            config=LLAMA_8B,
+            lengths=(8192, 16384, 32768, 65536, 131072),
+            methods=("dense",),
+        ),
+    )
+}
+DRY_RUN_LENGTHS = (256, 384)
+# Planner knobs of the dry run, so that its short prompts are planned sparsely.
+DRY_RUN_PLANNER = {"block_size": 64, "dense_below": 128, "min_budget": 64}
+
+
+@contextlib.contextmanager
+def compile_clock() -> Iterator[list[float]]:
+    """Measures the wall time JAX spends tracing, lowering and compiling inside the block.
+
+    Yields:
+      A list that, when the block exits, holds one number: the seconds covered by JAX's
+      compile events (nested events, e.g. inner jits traced inside outer ones, count once).
+    """
+    spans: list[tuple[float, float]] = []
+
+    def listener(event: str, start: float, end: float, **kwargs: Any) -> None:
+        del kwargs
+        if event in COMPILE_EVENTS:
+            spans.append((start, end))
+
+    total: list[float] = []
+    jax.monitoring.register_event_time_span_listener(listener)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_time_span_listener(listener)
+        total.append(_union_length(spans))
+
+
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    covered, reach = 0.0, -np.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
+
+
+def stats_summary(stats: dict[str, jax.Array]) -> dict[str, Any]:
+    """Summarises a prefill's stacked planner stats ({name: [L, B]}) for one prompt.
+
+    Returns:
+      density (the share of causal blocks computed, mean over layers and batch),
+      density_per_layer, and num_<category>: (layer, head) pairs of each category, summed over
+      layers (mean over the batch).
+    """
+    density = np.asarray(stats["density"], np.float64)
+    summary: dict[str, Any] = {
+        "density": float(density.mean()),
+        "density_per_layer": [round(float(x), 4) for x in density.mean(axis=1)],
+    }
+    for name in CATEGORIES:
+        counts = np.asarray(stats[f"num_{name}"]).sum(axis=0).mean()
+        summary[f"num_{name}"] = int(round(float(counts)))
+    return summary
+
+
+def install_gguf(path: Path) -> str:
+    """Puts a carried GGUF file into the cache as the built-in model whose SHA-256 it has.
+
+    Args:
+      path: a GGUF file of one of `models.BUILTIN_MODELS`.
+
+    Returns:
+      The built-in model's name.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    by_hash = {model.sha256: name for name, model in BUILTIN_MODELS.items()}
+    name = by_hash.get(digest.hexdigest())
+    if name is None:
+        raise SystemExit(
+            f"--gguf {path}: its SHA-256 {digest.hexdigest()} is not that of a built-in model"
+            f" ({', '.join(BUILTIN_MODELS)})"
+        )
+    target = cache_dir() / "gguf" / f"{name}.gguf"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        shutil.copyfile(path, partial)
+        partial.rename(target)
+    return name
+
+
+def load_text(text_file: Path | None) -> tuple[str, str]:
+    """The benchmark's long text and where it came from.
+
+    Args:
+      text_file: plain text, or a JSON object with a `text` field (RULER's essays file); None
+        reads Austen's novels from the cache, else the essays (no download).
+
+    Returns:
+      (text, source description).
+    """
+    from evaluation import texts
+
+    if text_file is not None:
+        if text_file.suffix == ".json":
+            return texts.read_essays_json(text_file), str(text_file)
+        return text_file.read_text(), str(text_file)
+    try:
+        novels = texts.load_austen_novels(download=False)
+        return "\n\n".join(novels.values()), "Austen's six novels (cache)"
+    except FileNotFoundError:
+        pass
+    try:
+        return texts.load_paul_graham_essays(download=False), "Paul Graham's essays (cache)"
+    except FileNotFoundError as error:
+        raise SystemExit(
+            "no text in the cache (Austen novels or Paul Graham essays): pass --text-file"
+        ) from error
+
+
+def prompt_tokens(token_ids: Sequence[int], length: int) -> np.ndarray:
+    """int32[length]: the text's tokens repeated and cut to `length`."""
+    ids = np.asarray(token_ids, np.int32)
+    return np.tile(ids, -(-length // ids.size))[:length]
+
+
+def make_attention(method: str, planner: dict[str, Any], table: SharingTable | None, args):
+    """DenseAttention for `dense`, else SharePrefillAttention with the given planner knobs."""
+    if method == "dense":
+        return DenseAttention()
+    implementation = args.implementation.split(",") if args.implementation else None
+    return SharePrefillAttention(
+        SharePrefillConfig(method=method, **planner),
+        table if method == "shareprefill" else None,
+        implementation=implementation,
+        interpret=args.interpret,
+    )
+
+
+def shipped_table(name: str | None, num_layers: int, num_heads: int) -> SharingTable | None:
+    """The sharing table shipped for a built-in model, or None if there is none (yet)."""
+    try:
+        from sharedsparse_jax import tables
+    except ImportError:
+        return None
+    if name not in tables.BUILTIN_TABLES:
+        return None
+    try:
+        return tables.builtin_table(name, num_layers=num_layers, num_heads=num_heads)
+    except FileNotFoundError:
+        return None
+
+
+def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: int) -> dict:
+    """One warm-up prefill (compile time measured apart), then `runs` timed ones.
+
+    Returns:
+      warmup_s, compile_s, median_ms / min_ms / max_ms over the timed runs, and the stats
+      summary of the last run when the attention returns planner stats.
+    """
+    with compile_clock() as compiled:
+        start = time.perf_counter()
+        result = prefill(model, tokens[None], attention=attention)
+        jax.block_until_ready(result)
+        warmup_s = time.perf_counter() - start
+    del result
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = prefill(model, tokens[None], attention=attention)
+        jax.block_until_ready(result)
+        samples.append(time.perf_counter() - start)
+        stats = result.stats
+        del result
+    record = {
+        "warmup_s": warmup_s,
+        "compile_s": compiled[0],
+        "runs": runs,
+        "median_ms": 1e3 * float(np.median(samples)),
+        "min_ms": 1e3 * float(np.min(samples)),
+        "max_ms": 1e3 * float(np.max(samples)),
+    }
+    if "density" in stats:
+        record |= stats_summary(stats)
+    return record
+
+
+def load_case_model(case: ModelCase, dtype: jnp.dtype, dry_run: bool):
+    """(model, tokenizer or None, sharing table or None, description) for one case."""
+    if case.builtin is None:
+        config = LLAMA_8B_DRY if dry_run else case.config
+        # Random weights are drawn on the device inside one jit (no host copy of 16 GB).
+        graphdef, state = nnx.split(
+            nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
+        )
+
+        @jax.jit
+        def init():
+            return nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))[1]
+
+        del state
+        model = nnx.merge(graphdef, init())
+        return model, None, None, f"random weights, {_describe(config)}"
+    loaded = load_builtin(case.builtin, dtype=dtype)
+    config = loaded.config
+    table = shipped_table(case.builtin, config.num_layers, config.num_heads)
+    return loaded.model, loaded.tokenizer, table, f"{case.builtin}, {_describe(config)}"
+
+
+def _describe(config: ModelConfig) -> str:
+    return (
+        f"{config.num_layers} layers, D {config.hidden_size}, {config.num_heads}/"
+        f"{config.num_kv_heads} heads x {config.head_dim}, FFN {config.intermediate_size}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=tuple(CASES), default=tuple(CASES))
+    parser.add_argument(
+        "--lengths", nargs="+", type=int, help="prompt lengths (default: each model's own)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        help="keep only these of each model's methods (default: all of them)",
+    )
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per case (>= 1)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    parser.add_argument(
+        "--implementation", help="block-sparse kernel implementation(s), comma-separated"
+    )
+    parser.add_argument("--interpret", action="store_true", help="Pallas interpret mode")
+    parser.add_argument(
+        "--gguf",
+        type=Path,
+        action="append",
+        default=[],
+        help="a carried built-in GGUF file to install in the cache (repeatable)",
+    )
+    parser.add_argument("--text-file", type=Path, help="the long text (plain or essays JSON)")
+    parser.add_argument("--out", type=Path, help="results JSON (default: results/...<gpu>.json)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="overwrite --out instead of merging into it"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"tiny lengths {DRY_RUN_LENGTHS}, 2 runs, planner {DRY_RUN_PLANNER}, a tiny"
+        " llama8b stand-in, float32: checks the script on a CPU",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.runs < 1:
+        raise SystemExit(f"--runs must be >= 1, got {args.runs}")
+    for path in args.gguf:
+        print(f"installed {path} as {install_gguf(path)}")
+    dtype = jnp.dtype("float32" if args.dry_run else args.dtype)
+    runs = min(args.runs, 2) if args.dry_run else args.runs
+    planner = DRY_RUN_PLANNER if args.dry_run else {}
+    default_out = f"prefill_latency_{timing.gpu_tag()}{'_dryrun' if args.dry_run else ''}.json"
+    out = args.out or RESULTS_DIR / default_out
+    cases = [CASES[name] for name in args.models]
+    needs_text = any(case.builtin is not None for case in cases)
+    text, text_source = load_text(args.text_file) if needs_text else (None, None)
+
+    previous = [] if args.fresh or not out.is_file() else json.loads(out.read_text())["records"]
+    environment = timing.environment() | {
+        "dtype": str(dtype),
+        "text": text_source,
+        "dry_run": args.dry_run,
+        "planner_overrides": planner,
+    }
+    records: list[dict] = []
+
+    def save() -> None:
+        keys = {(r["model"], r["method"], r["seq_len"]) for r in records}
+        kept = [r for r in previous if (r["model"], r["method"], r["seq_len"]) not in keys]
+        timing.write_records(out, kept + records, environment)
+
+    for case in cases:
+        model, tokenizer, table, description = load_case_model(case, dtype, args.dry_run)
+        lengths = args.lengths or (DRY_RUN_LENGTHS if args.dry_run else case.lengths)
+        methods = [m for m in case.methods if args.methods is None or m in args.methods]
+        limit = model.config.max_position_embeddings
+        lengths = [n for n in lengths if n <= limit]
+        if tokenizer is not None:
+            # Enough of the text for the longest prompt (about 4 characters per token).
+            token_ids = tokenizer.encode(text[: 5 * max(lengths) + 1000])
+        else:  # random weights: any ids do; the text's bytes keep them deterministic
+            token_ids = list((text or "SharePrefill " * 64).encode("utf-8"))
+        progress = tqdm(
+            [(n, m) for n in lengths for m in methods], desc=case.name, unit="case", leave=False
+        )
+        for length, method in progress:
+            progress.set_postfix(seq_len=length, method=method)
+            record = {
+                "model": case.name,
+                "description": description,
+                "method": method,
+                "seq_len": length,
+                "dtype": str(dtype),
+                "table": None if method != "shareprefill" or table is None else "shipped",
+                "num_shared_clusters": 0 if table is None else table.num_shared,
+            }
+            attention = make_attention(method, planner, table, args)
+            try:
+                record |= time_prefill(model, prompt_tokens(token_ids, length), attention, runs)
+            except Exception as error:  # noqa: BLE001 (an OOM must not lose the other cases)
+                record["error"] = f"{type(error).__name__}: {str(error)[:400]}"
+            records.append(record)
+            save()
+        del model
+        gc.collect()
+
+    print(f"wrote {out}")
+    columns = ["model", "method", "seq_len", "median_ms", "min_ms", "max_ms", "compile_s"]
+    columns += ["density", "num_pivot", "num_shared", "num_query_aware", "num_vertical_slash"]
+    timing.print_table(records, columns)
+    failed = [r for r in records if "error" in r]
+    for r in failed:
+        print(f"FAILED {r['model']} {r['method']} {r['seq_len']}: {r['error']}")
+    return records
+
+
+if __name__ == "__main__":
+    sys.exit(1 if any("error" in record for record in main()) else 0)

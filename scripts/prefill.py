@@ -1,0 +1,432 @@
+"""Answer a long-context question with dense and SharePrefill prefill: the project's main job.
+
+    python scripts/prefill.py            # built-in question on SmolLM2-135M-Instruct
+
+With no arguments: fetch SmolLM2-135M-Instruct into the cache and convert it (both once), build
+the built-in question (a five-digit pass key hidden near the end of a haystack of about 3,500
+tokens), prefill it with dense attention and with SharePrefill, decode greedily, and print both
+answers (and whether each is right), prefill times, block density and how many heads of each
+kind the planner chose. Bring your own prompt, checkpoint and sharing table:
+
+    python scripts/prefill.py --prompt-file question.txt --answer "Paris" \
+        --checkpoint qwen2.5-coder-0.5b-instruct --method dense shareprefill flexprefill \
+        --table my_table.json --gamma 0.9 --min-budget 512
+
+`--checkpoint` takes a built-in name, a converted checkpoint directory, an HF safetensors
+directory or a GGUF file (the last two are converted into the cache once). docs/usage.md
+describes every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.prefill_latency import compile_clock, stats_summary  # noqa: E402
+from evaluation.tasks.passkey import PasskeyTask, generate_passkey  # noqa: E402
+from evaluation.tasks.sample import PROMPT_FORMATS  # noqa: E402
+from models import (  # noqa: E402
+    BUILTIN_MODELS,
+    DenseAttention,
+    LoadedCheckpoint,
+    SamplingConfig,
+    cache_dir,
+    convert_checkpoint,
+    decode,
+    load_builtin,
+    load_checkpoint,
+    prefill,
+)
+from models.convert import CONVERTER_VERSION  # noqa: E402
+from models.fetch import DEFAULT_MODEL, cache_lock  # noqa: E402
+from sharedsparse_jax.attention import SharePrefillAttention  # noqa: E402
+from sharedsparse_jax.config import METHODS, SharePrefillConfig  # noqa: E402
+from sharedsparse_jax.sharing import SharingTable  # noqa: E402
+
+DTYPES = ("float32", "bfloat16", "float16")
+BUILTIN_CONTEXT_TOKENS = 3500
+# The pass key sits 95% of the way into the haystack: SmolLM2-135M finds a pass key at ~1K
+# tokens but not in the middle of 3K+ tokens (docs/usage.md); near the end, dense attention
+# finds it at 3.5K, which keeps the question answerable while its context stays long.
+BUILTIN_NEEDLE_DEPTH = 0.95
+BUILTIN_SAMPLE_INDEX = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """A prompt as token ids, with the expected answer when known."""
+
+    description: str
+    token_ids: list[int]
+    expected: str | None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    source = parser.add_argument_group("model and prompt")
+    source.add_argument(
+        "--checkpoint",
+        default=DEFAULT_MODEL,
+        help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a converted checkpoint directory,\n"
+        "an HF safetensors directory or a .gguf file (default: %(default)s)",
+    )
+    source.add_argument(
+        "--prompt-file",
+        type=Path,
+        help="text file with the prompt (default: the built-in pass-key question)",
+    )
+    source.add_argument(
+        "--raw-prompt",
+        action="store_true",
+        help="feed the prompt file as it is (default: wrap it in the model's chat template)",
+    )
+    source.add_argument(
+        "--answer", help="expected answer of the prompt file; an answer is right if it contains it"
+    )
+    source.add_argument(
+        "--context-tokens",
+        type=int,
+        default=BUILTIN_CONTEXT_TOKENS,
+        help="length of the built-in question in tokens (default: %(default)s)",
+    )
+    source.add_argument(
+        "--needle-depth",
+        type=float,
+        default=BUILTIN_NEEDLE_DEPTH,
+        help="where the built-in pass key sits in its haystack, 0..1 (default: %(default)s)",
+    )
+    source.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="parameter and activation dtype (default: float32 on CPU, bfloat16 otherwise)",
+    )
+
+    methods = parser.add_argument_group("attention")
+    methods.add_argument(
+        "--method",
+        nargs="+",
+        choices=METHODS,
+        default=["dense", "shareprefill"],
+        help="prefill methods to run, in order (default: dense shareprefill); `dense` runs the\n"
+        "model's dense attention (cuDNN / XLA), the others the planner + block-sparse kernels",
+    )
+    methods.add_argument(
+        "--table",
+        help="sharing table JSON for shareprefill, or `none` (default: the table shipped for a\n"
+        "built-in model, if there is one)",
+    )
+    methods.add_argument(
+        "--implementation",
+        help="block-sparse kernel implementation(s), comma-separated fall-through order\n"
+        "(reference, xla, triton, mosaic_tpu; default: the best for the backend)",
+    )
+    methods.add_argument(
+        "--interpret", action="store_true", help="run Pallas kernels in interpret mode"
+    )
+    methods.add_argument(
+        "--dense-implementation",
+        choices=("xla", "cudnn"),
+        help="implementation of the dense method (default: cuDNN for bf16/f16 on GPU, else XLA)",
+    )
+
+    defaults = SharePrefillConfig()
+    knobs = parser.add_argument_group("planner (SharePrefillConfig)")
+    for name, kind, what in (
+        ("block_size", int, "tokens per block"),
+        ("gamma", float, "cumulative-mass coverage (pattern threshold)"),
+        ("tau_sim", float, "similarity bound for sharing"),
+        ("tau_fb", float, "a cluster whose pivot vertical-slash coverage reaches this won't share"),
+        ("tau_qa", float, "query-aware bound"),
+        ("min_budget", int, "vertical / slash budget floor, tokens"),
+        ("max_budget", int, "vertical / slash budget cap, tokens (default: none)"),
+        ("dense_below", int, "prompts shorter than this run dense"),
+        ("streaming_sink", int, "sink tokens of `streaming`"),
+        ("streaming_window", int, "local window tokens of `streaming`"),
+    ):
+        knobs.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            default=getattr(defaults, name),
+            help=f"{what} (default: %(default)s)",
+        )
+    knobs.add_argument(
+        "--reference-quirks",
+        action="store_true",
+        help="reproduce the reference implementation's quirks exactly",
+    )
+
+    run = parser.add_argument_group("generation and timing")
+    run.add_argument(
+        "--max-new-tokens", type=int, default=16, help="tokens to generate (default: %(default)s)"
+    )
+    run.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="timed prefills after the first call, whose median is reported (default: 0: the\n"
+        "first call only, from which compile time is subtracted)",
+    )
+    run.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    return parser.parse_args(argv)
+
+
+def resolve_checkpoint(source: str, dtype: jnp.dtype) -> tuple[LoadedCheckpoint, str]:
+    """Loads a built-in model, a converted checkpoint, or converts an HF / GGUF source once.
+
+    Args:
+      source: the --checkpoint value.
+      dtype: parameter dtype after loading.
+
+    Returns:
+      The loaded checkpoint and the model's name (a built-in name, else the source's name).
+    """
+    if source in BUILTIN_MODELS:
+        return load_builtin(source, dtype=dtype), source
+    path = Path(source).expanduser()
+    if (path / "params").is_dir():
+        return load_checkpoint(path, dtype=dtype), path.name
+    if not path.exists():
+        raise SystemExit(
+            f"--checkpoint {source}: not a built-in model ({', '.join(BUILTIN_MODELS)}) and no"
+            " such file or directory"
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise SystemExit(f"--checkpoint {source}: neither params/ nor config.json in it")
+    converted = cache_dir() / "checkpoints" / f"{path.stem}-{_source_digest(path)}"
+    converted = converted.with_name(f"{converted.name}-float32-v{CONVERTER_VERSION}")
+    with cache_lock(f"convert-{converted.name}"):
+        if not (converted / "params").is_dir():
+            print(f"converting {path} into {converted} (once)", flush=True)
+            convert_checkpoint(path, converted, dtype="float32")
+    return load_checkpoint(converted, dtype=dtype), path.stem
+
+
+def _source_digest(path: Path) -> str:
+    """A short digest of a source's absolute path, sizes and modification times."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256(str(path.absolute()).encode())
+    for file in files:
+        info = file.stat()
+        digest.update(f"{file.name}:{info.st_size}:{info.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
+def build_question(args: argparse.Namespace, loaded: LoadedCheckpoint) -> Question:
+    """The prompt file (chat-wrapped unless --raw-prompt) or the built-in pass-key question."""
+    tokenizer = loaded.tokenizer
+    if tokenizer is None:
+        raise SystemExit("the checkpoint has no tokenizer (tokenizer.json); cannot encode text")
+    uses_chatml = "<|im_start|>" in (tokenizer.chat_template or "")
+    if args.prompt_file is None:
+        sample = generate_passkey(
+            PasskeyTask(),
+            length=args.context_tokens,
+            encode=tokenizer.encode,
+            index=BUILTIN_SAMPLE_INDEX,
+            depths=[args.needle_depth],
+            prompt_format=PROMPT_FORMATS["chatml" if uses_chatml else "base"],
+        )
+        description = (
+            f"built-in: a {PasskeyTask().digits}-digit pass key hidden at"
+            f" {args.needle_depth:.0%} depth of a repeated-sentence haystack; the prompt ends"
+            " with 'The pass key is'"
+        )
+        return Question(description, tokenizer.encode(sample.prompt), sample.answers[0])
+    text = args.prompt_file.read_text()
+    if args.raw_prompt or tokenizer.chat_template is None:
+        ids = tokenizer.encode(text)
+        how = "as it is" if args.raw_prompt else "as it is (the tokenizer has no chat template)"
+    else:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True)
+        how = "in the chat template"
+    return Question(f"{args.prompt_file} ({how})", list(ids), args.answer)
+
+
+def resolve_table(
+    arg: str | None, model_name: str, num_layers: int, num_heads: int
+) -> tuple[SharingTable | None, str]:
+    """The sharing table for shareprefill and a line saying where it came from."""
+    if arg is not None and arg.lower() == "none":
+        return None, "none (--table none): SharePrefill shares nothing"
+    if arg is not None:
+        table = SharingTable.load(arg, num_layers=num_layers, num_heads=num_heads)
+        return table, f"{arg}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
+    try:
+        from sharedsparse_jax import tables
+    except ImportError:
+        tables = None
+    if tables is None or model_name not in tables.BUILTIN_TABLES:
+        return None, (
+            f"none: no sharing table is shipped for {model_name}; SharePrefill runs with no shared"
+            " clusters (no pivot or shared heads, so it plans like FlexPrefill); pass --table"
+        )
+    try:
+        table = tables.builtin_table(model_name, num_layers=num_layers, num_heads=num_heads)
+    except FileNotFoundError:
+        return None, (
+            f"none: the sharing table of {model_name} is not shipped yet; SharePrefill runs with"
+            " no shared clusters (no pivot or shared heads, so it plans like FlexPrefill)"
+        )
+    return table, (
+        f"shipped for {model_name}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
+    )
+
+
+def make_attention(method: str, args: argparse.Namespace, table: SharingTable | None):
+    """The model's DenseAttention for `dense`, else SharePrefillAttention with the knobs."""
+    if method == "dense":
+        return DenseAttention(implementation=args.dense_implementation)
+    config = SharePrefillConfig(
+        method=method,
+        block_size=args.block_size,
+        gamma=args.gamma,
+        tau_sim=args.tau_sim,
+        tau_fb=args.tau_fb,
+        tau_qa=args.tau_qa,
+        min_budget=args.min_budget,
+        max_budget=args.max_budget,
+        dense_below=args.dense_below,
+        streaming_sink=args.streaming_sink,
+        streaming_window=args.streaming_window,
+        reference_quirks=args.reference_quirks,
+    )
+    implementation = args.implementation.split(",") if args.implementation else None
+    if implementation is not None and len(implementation) == 1:
+        implementation = implementation[0]
+    return SharePrefillAttention(
+        config,
+        table if method == "shareprefill" else None,
+        implementation=implementation,
+        interpret=args.interpret,
+    )
+
+
+def run_method(method, attention, loaded, question, args, sampling) -> dict:
+    """Prefills, times and decodes one method; returns its record."""
+    with compile_clock() as compiled:
+        start = time.perf_counter()
+        result = prefill(loaded.model, [question.token_ids], attention=attention)
+        jax.block_until_ready((result.logits, result.cache))
+        first_s = time.perf_counter() - start
+    compile_s = sum(compiled)
+    run_s = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(prefill(loaded.model, [question.token_ids], attention=attention))
+        run_s.append(time.perf_counter() - start)
+    prefill_s = float(np.median(run_s)) if run_s else max(first_s - compile_s, 0.0)
+    start = time.perf_counter()
+    decoded = decode(loaded.model, result, sampling=sampling)
+    count = int(decoded.num_tokens[0])
+    new_tokens = np.asarray(decoded.tokens[0, :count]).tolist()
+    decode_s = time.perf_counter() - start
+    answer = loaded.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    record = {
+        "method": method,
+        "prefill_s": prefill_s,
+        "prefill_timed_from": (
+            f"median of {len(run_s)} calls after the first" if run_s else "first call minus compile"
+        ),
+        "first_call_s": first_s,
+        "compile_s": compile_s,
+        "decode_s": decode_s,
+        "new_tokens": len(new_tokens),
+        "answer": answer,
+        "correct": None if question.expected is None else question.expected in answer,
+    }
+    if method != "dense":
+        record |= stats_summary(result.stats)
+    return record
+
+
+def print_report(records: list[dict], question: Question) -> None:
+    """The answers, then one line per method."""
+    for record in records:
+        verdict = {None: "", True: "  [correct]", False: "  [wrong]"}[record["correct"]]
+        print(f"\n{record['method']:>14} answer: {record['answer']!r}{verdict}")
+    if question.expected is not None:
+        print(f"{'expected':>14} answer: {question.expected!r}")
+    header = (
+        f"\n{'method':>14}  {'prefill s':>9}  {'compile s':>9}  {'density':>7}  {'pivot':>5}"
+        f"  {'shared':>6}  {'q-aware':>7}  {'v-slash':>7}  {'dense':>5}  {'stream':>6}  correct"
+    )
+    print(header)
+    for r in records:
+        counts = [
+            r.get(f"num_{name}", "-")
+            for name in ("pivot", "shared", "query_aware", "vertical_slash", "dense", "streaming")
+        ]
+        density = f"{r['density']:.3f}" if "density" in r else "1 (all)"
+        correct = {None: "?", True: "yes", False: "no"}[r["correct"]]
+        print(
+            f"{r['method']:>14}  {r['prefill_s']:>9.2f}  {r['compile_s']:>9.2f}  {density:>7}"
+            f"  {counts[0]:>5}  {counts[1]:>6}  {counts[2]:>7}  {counts[3]:>7}  {counts[4]:>5}"
+            f"  {counts[5]:>6}  {correct}"
+        )
+    timed_from = records[0]["prefill_timed_from"]
+    print(
+        f"prefill s: {timed_from} (seconds); compile s: JAX tracing and compiling of the prefill;"
+        " head counts: (layer, head) pairs"
+    )
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    on_cpu = jax.default_backend() == "cpu"
+    dtype_name = args.dtype or ("float32" if on_cpu else "bfloat16")
+    loaded, model_name = resolve_checkpoint(args.checkpoint, jnp.dtype(dtype_name))
+    config = loaded.config
+    question = build_question(args, loaded)
+    table, table_line = resolve_table(args.table, model_name, config.num_layers, config.num_heads)
+    eos = loaded.tokenizer.eos_token_id
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, stop_tokens=() if eos is None else (eos,)
+    )
+    heads = config.num_layers * config.num_heads
+    print(
+        f"model: {model_name} ({config.model_type}, {config.num_layers} layers,"
+        f" {config.num_heads}/{config.num_kv_heads} heads, {dtype_name}) on"
+        f" {jax.devices()[0].device_kind}"
+    )
+    print(f"prompt: {question.description}: {len(question.token_ids)} tokens")
+    if "shareprefill" in args.method:
+        print(f"sharing table: {table_line}")
+    print(
+        f"head counts below are (layer, head) pairs, {config.num_layers} x {config.num_heads} ="
+        f" {heads}; density is the share of causal blocks computed, averaged over layers",
+        flush=True,
+    )
+    records = []
+    for method in args.method:
+        print(f"prefilling with {method} ...", flush=True)
+        attention = make_attention(method, args, table)
+        record = run_method(method, attention, loaded, question, args, sampling)
+        records.append(record | {"model": model_name, "prompt_tokens": len(question.token_ids)})
+    print_report(records, question)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "question": question.description,
+            "expected": question.expected,
+            "table": table_line,
+        }
+        args.json.write_text(json.dumps({"run": meta, "records": records}, indent=1) + "\n")
+    return records
+
+
+if __name__ == "__main__":
+    main()

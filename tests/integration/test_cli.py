@@ -1,0 +1,116 @@
+"""The main job's CLI (scripts/prefill.py) and the prefill latency benchmark, on tiny models."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import prefill_latency
+from models.fetch import builtin_checkpoint
+from models.tokenizer import Tokenizer
+from tests.integration import helpers
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = (
+    "Mr. Bennet was so odd a mixture of quick parts, sarcastic humour, reserve, and caprice, "
+    "that the experience of three-and-twenty years had been insufficient to make his wife "
+    "understand his character. Her mind was less difficult to develop. She was a woman of mean "
+    "understanding, little information, and uncertain temper. What was the business of her life?"
+)
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("prefill_script", ROOT / "scripts" / "prefill.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_answers_a_prompt_file(script, tmp_path, capsys):
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny-llama")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(PROMPT)
+    table = helpers.write_tiny_table(tmp_path / "table.json")
+    out_json = tmp_path / "run.json"
+    # Planner knobs small enough that the ~360-token prompt is planned sparsely.
+    records = script.main(
+        [
+            "--checkpoint", str(checkpoint), "--prompt-file", str(prompt), "--answer", "news",
+            "--method", "dense", "shareprefill", "--table", str(table), "--block-size", "32",
+            "--dense-below", "64", "--min-budget", "32", "--tau-qa", "0", "--max-new-tokens", "3",
+            "--json", str(out_json),
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "model: tiny-llama (llama, 4 layers, 6/2 heads, float32)" in printed
+    assert "in the chat template" in printed
+    assert f"sharing table: {table}: 5 clusters, 3 shared" in printed
+    assert [r["method"] for r in records] == ["dense", "shareprefill"]
+    for record in records:
+        assert record["correct"] in (True, False)
+        assert 1 <= record["new_tokens"] <= 3
+        assert f"{record['method']:>14} answer: {record['answer']!r}" in printed
+        assert record["prefill_s"] >= 0 and record["compile_s"] > 0
+    sparse = records[1]
+    assert 0 < sparse["density"] < 1
+    assert sparse["num_pivot"] == 3 and sparse["num_query_aware"] == 0
+    total = sum(sparse[f"num_{name}"] for name in ("pivot", "shared", "vertical_slash"))
+    assert total == 4 * 6
+    assert json.loads(out_json.read_text())["records"][1]["density"] == sparse["density"]
+
+
+def test_cli_tables(script, tmp_path):
+    table, line = script.resolve_table(None, "tiny-llama", 4, 6)
+    assert table is None and "no sharing table is shipped for tiny-llama" in line
+    table, line = script.resolve_table("none", "smollm2-135m-instruct", 30, 9)
+    assert table is None and "--table none" in line
+    path = helpers.write_tiny_table(tmp_path / "table.json")
+    table, _ = script.resolve_table(str(path), "tiny-llama", 4, 6)
+    assert table.num_shared == 3
+    with pytest.raises(ValueError, match="layer 3 out of range"):
+        script.resolve_table(str(path), "tiny-llama", 3, 6)
+
+
+def test_cli_refuses_a_missing_checkpoint(script, tmp_path):
+    with pytest.raises(SystemExit, match="no such file or directory"):
+        script.resolve_checkpoint(str(tmp_path / "nowhere"), None)
+
+
+def test_builtin_question_holds_its_answer(script):
+    tokenizer = Tokenizer.from_directory(builtin_checkpoint("smollm2-135m-instruct"))
+    args = argparse.Namespace(prompt_file=None, context_tokens=600, needle_depth=0.95)
+    question = script.build_question(args, SimpleNamespace(tokenizer=tokenizer))
+    text = tokenizer.decode(question.token_ids)
+    assert len(question.expected) == 5 and question.expected.isdigit()
+    assert f"The pass key is {question.expected}." in text
+    assert text.startswith("<|im_start|>user\n") and text.endswith("The pass key is")
+    assert 560 <= len(question.token_ids) <= 600
+    # Near the end: the needle sits in the last tenth of the prompt.
+    assert text.index(question.expected) > 0.85 * len(text)
+
+
+def test_benchmark_dry_run(tmp_path, capsys):
+    out = tmp_path / "latency.json"
+    records = prefill_latency.main(
+        ["--models", "llama8b", "--dry-run", "--runs", "1", "--lengths", "200", "--out", str(out)]
+    )
+    assert [(r["model"], r["method"], r["seq_len"]) for r in records] == [("llama8b", "dense", 200)]
+    record = records[0]
+    assert "error" not in record and record["compile_s"] > 0
+    assert record["min_ms"] <= record["median_ms"] <= record["max_ms"]
+    saved = json.loads(out.read_text())
+    assert saved["records"] == records and saved["environment"]["dry_run"] is True
+    assert "median_ms" in capsys.readouterr().out
+
+
+def test_compile_clock_counts_nested_spans_once():
+    assert prefill_latency._union_length([(0.0, 2.0), (0.5, 1.0), (1.5, 3.0), (5.0, 6.0)]) == 4.0
+    assert prefill_latency._union_length([]) == 0.0

@@ -1,0 +1,121 @@
+"""Whole-model prefill with SharePrefill: equivalence with dense attention when every block is
+kept, a real sharing table under the layer scan, decoding after a sparse prefill, SmolLM2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.prefill_latency import compile_clock
+from models import SamplingConfig, decode, generate, load_builtin, prefill
+from models.attention import DenseAttention
+from sharedsparse_jax.attention import SharePrefillAttention
+from sharedsparse_jax.planner import CATEGORIES
+from tests.integration import helpers
+from tests.models import real_models
+
+BUCKET = 256  # the padded length of every tiny prompt below (one compilation per attention)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return helpers.tiny_model(seed=5)
+
+
+@pytest.fixture(scope="module")
+def keep_all():
+    """SharePrefill with the tiny model's sharing table, configured to keep every block."""
+    return SharePrefillAttention(
+        helpers.keep_every_block_config(BUCKET), helpers.tiny_table(), implementation="xla"
+    )
+
+
+@pytest.fixture(scope="module")
+def sparse():
+    """SharePrefill with the tiny model's sharing table, planning sparsely."""
+    return SharePrefillAttention(
+        helpers.sparse_config(), helpers.tiny_table(), implementation="xla"
+    )
+
+
+def test_keeping_every_block_equals_dense_prefill(model, keep_all):
+    """Pivots run dense, the rest keep every column (min_budget >= the prompt)."""
+    length = 200  # not a multiple of the block
+    prompt = helpers.random_prompt(length, length)
+    dense = prefill(
+        model, prompt, attention=DenseAttention(implementation="xla"), logit_positions="all"
+    )
+    got = prefill(model, prompt, attention=keep_all, logit_positions="all")
+    want = np.asarray(dense.logits)
+    assert np.unique(want.argmax(-1)).size > 3  # logits that discriminate
+    np.testing.assert_allclose(np.asarray(got.logits), want, atol=2e-5, rtol=0)
+    for got_kv, want_kv in ((got.cache.k, dense.cache.k), (got.cache.v, dense.cache.v)):
+        # Positions past the prompt are padding: what they hold may differ.
+        np.testing.assert_allclose(
+            np.asarray(got_kv[:, :, :length]), np.asarray(want_kv[:, :, :length]), atol=2e-5
+        )
+    stats = {name: np.asarray(value)[:, 0] for name, value in got.stats.items()}
+    np.testing.assert_allclose(stats["density"], 1.0)
+    assert stats["num_pivot"][0] == keep_all.table.num_shared  # each shared cluster's pivot
+
+
+def test_sharing_table_under_the_scan(model, sparse):
+    config, table = model.config, sparse.table
+    with compile_clock() as first_compile:
+        result = prefill(model, helpers.random_prompt(1, 250), attention=sparse)
+    stats = {name: np.asarray(value) for name, value in result.stats.items()}
+    assert stats["density"].shape == (config.num_layers, 1)
+    counts = np.stack([stats[f"num_{name}"][:, 0] for name in CATEGORIES])  # [categories, L]
+    np.testing.assert_array_equal(counts.sum(0), config.num_heads)
+    pivots, shared = stats["num_pivot"][:, 0], stats["num_shared"][:, 0]
+    # No query-aware heads: each shared cluster's layer-0 member is its pivot, and no head
+    # shares before a pivot exists; later members of shared clusters share (tau_sim = 1).
+    assert pivots[0] == table.num_shared == 3 and pivots.sum() == table.num_shared
+    assert shared[0] == 0
+    assert 1 <= shared.sum() <= int((table.shared_slot_of[1:] >= 0).sum())
+    assert stats["num_query_aware"].sum() == 0 and stats["num_dense"].sum() == 0
+    assert (stats["density"] > 0).all() and (stats["density"] <= 1).all()
+    assert stats["density"][1:].max() < 1  # later layers are sparse
+    assert np.isfinite(np.asarray(result.logits)).all()
+    assert first_compile[0] > 0
+    with compile_clock() as second_compile:  # another prompt of the same bucket: no recompiling
+        prefill(model, helpers.random_prompt(2, 240), attention=sparse)
+    assert second_compile[0] == 0
+
+
+def test_decode_after_shareprefill(model, keep_all, sparse):
+    prompt = helpers.random_prompt(3, 230)
+    sampling = SamplingConfig(max_new_tokens=6)
+    dense_tokens, _ = generate.generate(model, prompt, sampling=sampling)
+    kept_tokens, _ = generate.generate(model, prompt, sampling=sampling, attention=keep_all)
+    assert kept_tokens == dense_tokens
+
+    prefilled = prefill(model, prompt, attention=sparse)
+    decoded = decode(model, prefilled, sampling=sampling, return_logits=True)
+    assert np.asarray(decoded.tokens).shape == (1, 6)
+    np.testing.assert_array_equal(np.asarray(decoded.cache.lengths), 230 + 6)
+    # Decoding starts from the sparse prefill's logits and continues over its cache.
+    np.testing.assert_array_equal(
+        np.asarray(decoded.logits[:, 0]), np.asarray(prefilled.logits[:, -1])
+    )
+    assert int(decoded.tokens[0, 0]) == int(np.asarray(prefilled.logits[0, -1]).argmax())
+    assert np.isfinite(np.asarray(decoded.logits)).all()
+
+
+def test_smollm2_keeping_every_block_equals_dense():
+    smollm2 = load_builtin("smollm2-135m-instruct")
+    config = smollm2.config
+    ids = smollm2.tokenizer.encode(real_models.PASSAGE)[:240]
+    dense = prefill(smollm2.model, [ids], logit_positions="all")
+    attention = SharePrefillAttention(
+        helpers.keep_every_block_config(len(ids), block_size=64),
+        helpers.all_heads_table(config.num_layers, config.num_heads),
+        implementation="xla",
+    )
+    shared = prefill(smollm2.model, [ids], attention=attention, logit_positions="all")
+    want, got = np.asarray(dense.logits[0]), np.asarray(shared.logits[0])
+    np.testing.assert_allclose(got, want, atol=5e-4, rtol=0)
+    np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+    stats = {name: np.asarray(value)[:, 0] for name, value in shared.stats.items()}
+    np.testing.assert_allclose(stats["density"], 1.0)
+    assert stats["num_pivot"][0] == config.num_heads  # every cluster's pivot is in layer 0
