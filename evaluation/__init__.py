@@ -9,6 +9,8 @@ arrays. Modules:
 - `tasks`: passkey, needle-in-a-haystack and variable-tracking generators, and scoring.
 - `metrics`: log-likelihoods, perplexity, KL to dense, relative error of attention outputs.
 - `stats`: Wilson, bootstrap and paired (Newcombe, McNemar) intervals and tests.
+- `harness` (imported on its own; it needs JAX and the models): runs dense and sparse prefill
+  on these texts and tasks, caches results, summarizes and reports (`scripts/evaluate.py`).
 """
 
 from evaluation.metrics import (
@@ -35,6 +37,7 @@ from evaluation.windows import (
     Window,
     count_windows,
     document_windows,
+    interleaved_windows,
     iter_window_tokens,
     plan_windows,
     summarize_windows,
@@ -48,6 +51,7 @@ __all__ = [
     "bootstrap_mean",
     "count_windows",
     "document_windows",
+    "interleaved_windows",
     "iter_window_tokens",
     "kl_divergence",
     "load_austen_novels",

@@ -19,6 +19,7 @@ __all__ = [
     "count_windows",
     "document_windows",
     "iter_window_tokens",
+    "interleaved_windows",
     "plan_windows",
     "summarize_windows",
     "tokenize_documents",
@@ -163,3 +164,45 @@ def iter_window_tokens(
         if window.stop > ids.size:
             raise ValueError(f"{window} ends past {window.document}'s {ids.size} tokens")
         yield window, ids[window.start : window.stop]
+
+
+def interleaved_windows(
+    token_counts: Mapping[str, int],
+    window_length: int,
+    count: int,
+    *,
+    per_document: int = 8,
+    documents: Sequence[str] | None = None,
+) -> list[Window]:
+    """`count` windows taken round-robin over documents, so any prefix covers many documents.
+
+    Each document offers up to `per_document` windows spread evenly over it (`document_windows`);
+    the list takes every document's first offer, then every document's second, and so on. The
+    offers do not depend on `count`, so asking for more windows later extends the list without
+    changing the windows already chosen (results for them stay valid).
+
+    Args:
+      token_counts: document name -> length in tokens.
+      window_length: tokens per window.
+      count: how many windows (fewer if the documents do not hold that many).
+      per_document: windows offered per document.
+      documents: which documents, in this order (default: all, in mapping order).
+
+    Returns:
+      The windows, in round-robin order.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    names = list(token_counts) if documents is None else list(documents)
+    offers = [
+        plan_windows(
+            token_counts, window_length, max_windows_per_document=per_document, documents=[name]
+        )
+        for name in names
+    ]
+    chosen: list[Window] = []
+    for rank in range(max((len(o) for o in offers), default=0)):
+        for offer in offers:
+            if rank < len(offer) and len(chosen) < count:
+                chosen.append(offer[rank])
+    return chosen

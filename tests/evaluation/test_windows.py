@@ -47,3 +47,21 @@ def test_tokenize_and_iterate():
     too_long = windows.Window(document="b", slot=1, start=3, stop=6)
     with pytest.raises(ValueError, match="ends past"):
         list(windows.iter_window_tokens(tokens, [too_long]))
+
+
+def test_interleaved_windows_round_robin_and_stable_prefix():
+    counts = {"a": 10 * 100, "b": 3 * 100 + 50, "c": 99}
+    chosen = windows.interleaved_windows(counts, 100, 5, per_document=4)
+    assert [(w.document, w.slot) for w in chosen] == [
+        ("a", 0),
+        ("b", 0),
+        ("a", 3),
+        ("b", 1),
+        ("a", 6),
+    ]
+    more = windows.interleaved_windows(counts, 100, 50, per_document=4)
+    assert more[:5] == chosen and len(more) == 4 + 3  # c holds no whole window
+    assert all(w.length == 100 and w.stop <= counts[w.document] for w in more)
+    assert windows.interleaved_windows(counts, 100, 0) == []
+    with pytest.raises(ValueError, match="count"):
+        windows.interleaved_windows(counts, 100, -1)

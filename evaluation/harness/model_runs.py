@@ -1,0 +1,357 @@
+"""Model calls of the harness: load a model with its tokenizer and table, score a text window,
+answer a retrieval prompt, and turn an attention's per-layer stats into plain numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evaluation.harness.compare import ComparedAttention
+from evaluation.harness.settings import Setting
+from models.attention import DenseAttention, PrefillAttention
+from models.generate import SamplingConfig, decode, prefill
+from models.llama import Transformer
+from sharedsparse_jax.attention import SharePrefillAttention
+from sharedsparse_jax.sharing import SharingTable
+
+__all__ = [
+    "TINY_MODEL",
+    "EvalModel",
+    "TextScore",
+    "Answer",
+    "answer_prompt",
+    "load_eval_model",
+    "score_window",
+    "stats_record",
+    "tiny_random_model",
+]
+
+TINY_MODEL = "tiny-random"
+
+
+@dataclasses.dataclass(eq=False)
+class EvalModel:
+    """A model with what the harness needs around it.
+
+    Attributes:
+      name: the model's name in results (a built-in model name, or `tiny-random`).
+      model: the decoder.
+      encode: text -> token ids (no special tokens added).
+      decode: token ids -> text.
+      prompt_format: chat wrapper with one `{prompt}` marker.
+      stop_tokens: ids that end a reply.
+      table: the SharePrefill sharing table, or None (no head shares).
+      table_source: where the table came from, or why there is none (for the report).
+      dtype: the parameter / compute dtype's name.
+    """
+
+    name: str
+    model: Transformer
+    encode: Callable[[str], list[int]]
+    decode: Callable[[Sequence[int]], str]
+    prompt_format: str
+    stop_tokens: tuple[int, ...]
+    table: SharingTable | None
+    table_source: str
+    dtype: str
+    _attentions: dict[tuple[str, bool], PrefillAttention] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.config.num_heads
+
+    @property
+    def context(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def attention(self, setting: Setting, *, compare: bool = False) -> PrefillAttention:
+        """The prefill attention of a setting, built once (so jitted programs are reused).
+
+        Args:
+          setting: the method and variant.
+          compare: wrap it in `ComparedAttention` (per-layer error to dense in the stats).
+
+        Returns:
+          DenseAttention for dense, else SharePrefillAttention (shareprefill gets the table).
+        """
+        key = (setting.label, compare)
+        if key not in self._attentions:
+            if setting.is_dense:
+                attention: PrefillAttention = DenseAttention()
+            else:
+                config = setting.config()
+                table = self.table if setting.method == "shareprefill" else None
+                attention = SharePrefillAttention(config=config, table=table)
+            self._attentions[key] = ComparedAttention(attention) if compare else attention
+        return self._attentions[key]
+
+
+def _resolve_dtype(dtype: str) -> Any:
+    if dtype == "auto":
+        dtype = "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return dtype
+
+
+def _builtin_table(name: str, num_layers: int, num_heads: int) -> tuple[SharingTable | None, str]:
+    """The calibrated table shipped for a built-in model, or None with the reason."""
+    try:
+        from sharedsparse_jax.tables import builtin_table
+    except ImportError as error:
+        return None, f"none: sharedsparse_jax.tables is not available ({error})"
+    try:
+        table = builtin_table(name, num_layers=num_layers, num_heads=num_heads)
+    except (FileNotFoundError, ValueError) as error:
+        return None, f"none: {error}"
+    return table, f"sharedsparse_jax.tables builtin_table({name!r}), {table.num_shared} shared"
+
+
+def load_eval_model(name: str, *, dtype: str = "auto", table: str = "builtin") -> EvalModel:
+    """Loads a built-in model (fetched and converted once) or the tiny random test model.
+
+    Args:
+      name: a key of `models.BUILTIN_MODELS`, or `tiny-random`.
+      dtype: `auto` (bfloat16 on GPU/TPU, float32 on CPU), `float32`, `bfloat16`, `float16`.
+      table: `builtin` (the model's shipped table, if any), `none`, or a table JSON path.
+
+    Returns:
+      The model with its tokenizer functions, prompt format and table.
+    """
+    dtype = _resolve_dtype(dtype)
+    if name == TINY_MODEL:
+        evaluated = tiny_random_model(dtype=dtype)
+    else:
+        from models.fetch import load_builtin
+
+        loaded = load_builtin(name, dtype=jnp.dtype(dtype))
+        tokenizer = loaded.tokenizer
+        stops = set(loaded.config.eos_token_ids)
+        if tokenizer.eos_token is not None:
+            stops.add(tokenizer.eos_token_id)
+        prompt_format = tokenizer.apply_chat_template([{"role": "user", "content": "{prompt}"}])
+        evaluated = EvalModel(
+            name=name,
+            model=loaded.model,
+            encode=functools.partial(tokenizer.encode, add_special_tokens=False),
+            decode=tokenizer.decode,
+            prompt_format=prompt_format,
+            stop_tokens=tuple(sorted(stops)),
+            table=None,
+            table_source="none",
+            dtype=dtype,
+        )
+    layers, heads = evaluated.num_layers, evaluated.num_heads
+    if table == "builtin":
+        if name == TINY_MODEL:
+            evaluated.table, evaluated.table_source = None, "none: no table for the tiny model"
+        else:
+            evaluated.table, evaluated.table_source = _builtin_table(name, layers, heads)
+    elif table == "none":
+        evaluated.table, evaluated.table_source = None, "none: disabled (--table none)"
+    else:
+        evaluated.table = SharingTable.load(table, num_layers=layers, num_heads=heads)
+        evaluated.table_source = f"{table}, {evaluated.table.num_shared} shared"
+    return evaluated
+
+
+def tiny_random_model(*, dtype: str = "float32", seed: int = 0) -> EvalModel:
+    """A 2-layer random decoder over bytes, for tests and smoke runs of the harness.
+
+    Args:
+      dtype: parameter dtype.
+      seed: initialisation seed.
+
+    Returns:
+      The model with a byte tokenizer (ids 0..255 are bytes, 256 ends a reply).
+    """
+    from flax import nnx
+
+    from models.config import ModelConfig
+
+    config = ModelConfig(
+        model_type="llama",
+        vocab_size=257,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+    )
+    model = Transformer(config, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed))
+
+    def encode(text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(ids: Sequence[int]) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    return EvalModel(
+        name=TINY_MODEL,
+        model=model,
+        encode=encode,
+        decode=decode,
+        prompt_format="{prompt}",
+        stop_tokens=(256,),
+        table=None,
+        table_source="none",
+        dtype=dtype,
+    )
+
+
+@jax.jit
+def _chunk_log_likelihoods(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """float32[P, V], int32[P] -> float32[P] log-probabilities of the targets."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class TextScore:
+    """One window under one attention.
+
+    Attributes:
+      log_likelihoods: float64[T - 1], log p(token t + 1 | tokens <= t).
+      last_logits: float32[Q, V] next-token logits of the window's last Q positions.
+      stats: per-layer stats as NumPy arrays [L, ...] (batch axis dropped).
+      seconds: wall time of the forward pass and the scoring.
+    """
+
+    log_likelihoods: np.ndarray
+    last_logits: np.ndarray
+    stats: dict[str, np.ndarray]
+    seconds: float
+
+
+def score_window(
+    evaluated: EvalModel,
+    ids: np.ndarray,
+    attention: PrefillAttention,
+    *,
+    kl_positions: int,
+    chunk: int = 1024,
+) -> TextScore:
+    """Runs one window and scores every next token.
+
+    The model returns logits for every position ([T, V] float32: 1.6 GB for SmolLM2 at 8K,
+    20 GB for Qwen at 32K); log-likelihoods are then taken `chunk` rows at a time so the
+    log-softmax never holds a second [T, V] array.
+
+    Args:
+      evaluated: the model.
+      ids: int32[T] the window's tokens.
+      attention: the prefill attention.
+      kl_positions: Q, how many final positions' logits to keep for KL.
+      chunk: rows per log-softmax.
+
+    Returns:
+      The window's scores.
+    """
+    start = time.perf_counter()
+    length = int(ids.shape[0])
+    result = prefill(
+        evaluated.model,
+        ids[None],
+        attention=attention,
+        logit_positions=np.arange(length, dtype=np.int32),
+    )
+    logits = result.logits[0]  # [T, V]
+    targets = jnp.asarray(ids[1:], jnp.int32)
+    pieces = [
+        _chunk_log_likelihoods(logits[i : min(i + chunk, length - 1)], targets[i : i + chunk])
+        for i in range(0, length - 1, chunk)
+    ]
+    log_likelihoods = np.concatenate([np.asarray(p) for p in pieces]).astype(np.float64)
+    last_logits = np.asarray(logits[length - min(kl_positions, length) :], np.float32)
+    stats = {key: np.asarray(value)[:, 0] for key, value in result.stats.items()}
+    return TextScore(log_likelihoods, last_logits, stats, time.perf_counter() - start)
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A reply to one retrieval prompt.
+
+    Attributes:
+      text: the generated text (stop tokens removed).
+      num_tokens: tokens generated (a stop token included).
+      stats: the prefill's per-layer stats as NumPy arrays [L, ...].
+      seconds: wall time of prefill and decoding.
+    """
+
+    text: str
+    num_tokens: int
+    stats: dict[str, np.ndarray]
+    seconds: float
+
+
+def answer_prompt(
+    evaluated: EvalModel, ids: Sequence[int], attention: PrefillAttention, *, max_new_tokens: int
+) -> Answer:
+    """Prefills a prompt with `attention`, then decodes greedily (dense over the cache).
+
+    Args:
+      evaluated: the model.
+      ids: the prompt's token ids.
+      attention: the prefill attention.
+      max_new_tokens: the generation budget.
+
+    Returns:
+      The reply.
+    """
+    start = time.perf_counter()
+    prefilled = prefill(evaluated.model, np.asarray(ids, np.int32)[None], attention=attention)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, stop_tokens=evaluated.stop_tokens)
+    result = decode(evaluated.model, prefilled, sampling=sampling)
+    count = int(np.asarray(result.num_tokens)[0])
+    tokens = [
+        t for t in np.asarray(result.tokens)[0, :count].tolist() if t not in evaluated.stop_tokens
+    ]
+    stats = {key: np.asarray(value)[:, 0] for key, value in prefilled.stats.items()}
+    return Answer(evaluated.decode(tokens), count, stats, time.perf_counter() - start)
+
+
+def stats_record(stats: dict[str, np.ndarray], num_layers: int, num_heads: int) -> dict[str, Any]:
+    """Per-layer stats as JSON-ready lists.
+
+    Args:
+      stats: {name: [L, ...]} from a prefill (batch axis dropped); empty for dense attention.
+      num_layers, num_heads: L and N, to fill in a dense run's density and head counts.
+
+    Returns:
+      {"density": [L], "heads": {category: [L]}}, plus "attn_rel_error": [L] and
+      "attn_rel_error_head": [L][N] when the run was compared with dense.
+    """
+    if "density" in stats:
+        record: dict[str, Any] = {
+            "density": [round(float(x), 6) for x in stats["density"]],
+            "heads": {
+                key.removeprefix("num_"): [int(x) for x in value]
+                for key, value in stats.items()
+                if key.startswith("num_")
+            },
+        }
+    else:
+        record = {"density": [1.0] * num_layers, "heads": {"dense": [num_heads] * num_layers}}
+    if "attn_rel_error" in stats:
+        record["attn_rel_error"] = [float(f"{x:.6g}") for x in stats["attn_rel_error"]]
+        record["attn_rel_error_head"] = [
+            [float(f"{x:.6g}") for x in row] for row in stats["attn_rel_error_head"]
+        ]
+    return record

@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Accuracy evaluation of sparse prefill against dense: perplexity, fidelity and retrieval.
+
+One command runs every unfinished cell (results are cached unit by unit in --results-dir and
+skipped on a rerun), writes `summary.json` there, and regenerates the markdown report and its
+figures. Examples:
+
+    # everything, with the defaults (both models, all tasks, all methods, default variant)
+    python scripts/evaluate.py
+    # the CPU runs of docs/evaluation_results.md
+    python scripts/evaluate.py --models smollm2-135m-instruct --tasks text \
+        --text-lengths 1K 2K 4K --windows 4 --variants default small
+    # a quick end-to-end check (a temporary results directory, a few minutes on a CPU)
+    python scripts/evaluate.py --smoke
+    # only rebuild summary, tables and plots from what is on disk
+    python scripts/evaluate.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tqdm.auto import tqdm  # noqa: E402
+
+from evaluation.harness.settings import DEFAULT_METHODS, parse_variant  # noqa: E402
+from evaluation.harness.store import TEXT, ResultStore  # noqa: E402
+
+SMOLLM2 = "smollm2-135m-instruct"
+QWEN = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_TASKS = (
+    TEXT,
+    "passkey",
+    "niah_single_1",
+    "niah_single_2",
+    "niah_multikey_1",
+    "niah_multivalue",
+    "niah_multiquery",
+    "vt",
+)
+# Where each model is informative (docs/evaluation.md: retrieval only where dense succeeds).
+DEFAULT_TEXT_LENGTHS = {SMOLLM2: (1024, 2048, 4096, 8192), QWEN: (4096, 8192, 16384, 32768)}
+DEFAULT_RETRIEVAL_LENGTHS = {SMOLLM2: (1024,), QWEN: (4096, 8192, 16384, 32768)}
+DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
+
+
+def parse_length(text: str) -> int:
+    """`1024`, `1K`, `1k`, `32K` -> tokens (K = 1024)."""
+    match = re.fullmatch(r"(\d+)([kK]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a length: {text!r} (e.g. 4096 or 4K)")
+    return int(match.group(1)) * (1024 if match.group(2) else 1)
+
+
+def parse_duration(text: str) -> float:
+    """`5400`, `90m`, `1.5h`, `30s` -> seconds."""
+    match = re.fullmatch(r"([\d.]+)([smh]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90m)")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def parse_samples(values: list[str]) -> dict[str, int]:
+    """`50` or `passkey=50 vt=20` -> {task: n, "default": n}."""
+    samples: dict[str, int] = {}
+    for value in values:
+        task, _, count = value.rpartition("=")
+        samples[task or "default"] = int(count)
+    return samples
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=[SMOLLM2, QWEN])
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(DEFAULT_TASKS),
+        help=f"'{TEXT}' (perplexity + fidelity) and retrieval tasks",
+    )
+    parser.add_argument(
+        "--lengths",
+        nargs="+",
+        type=parse_length,
+        help="text and retrieval lengths for every model (overrides defaults)",
+    )
+    parser.add_argument("--text-lengths", nargs="+", type=parse_length)
+    parser.add_argument("--retrieval-lengths", nargs="+", type=parse_length)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default"],
+        help="presets (default, small) or NAME=BASE,key=value,...",
+    )
+    parser.add_argument("--windows", type=int, default=8, help="text windows per length")
+    parser.add_argument(
+        "--samples",
+        nargs="+",
+        default=["100"],
+        help="retrieval samples per cell: N, or task=N ... (default=N for the rest)",
+    )
+    parser.add_argument("--kl-positions", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, help="cap on each task's generation budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU/TPU, float32 on CPU")
+    parser.add_argument("--table", default="builtin", help="builtin, none, or a table JSON path")
+    parser.add_argument(
+        "--device-budget",
+        type=parse_duration,
+        help="stop starting new units after this long (e.g. 90m); rerun resumes",
+    )
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "evaluation_results.md")
+    parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
+    parser.add_argument("--no-report", action="store_true", help="run only")
+    parser.add_argument("--report-only", action="store_true", help="summarize what is on disk")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="SmolLM2, 1K text + passkey, dense and flexprefill (small variant), "
+        "1 window and 2 samples, in a temporary results directory",
+    )
+    return parser
+
+
+def apply_smoke(args: argparse.Namespace) -> None:
+    args.models = [SMOLLM2]
+    args.tasks = [TEXT, "passkey"]
+    args.lengths = [1024]
+    args.methods = ["dense", "flexprefill"]
+    args.variants = ["small"]
+    args.windows = 1
+    args.samples = ["2"]
+    args.max_new_tokens = args.max_new_tokens or 16
+    if args.results_dir == DEFAULT_RESULTS:
+        args.results_dir = Path(tempfile.mkdtemp(prefix="evaluate-smoke-"))
+    args.no_report = True
+
+
+def lengths_per_model(args, fixed, per_model_arg, defaults) -> dict[str, tuple[int, ...]]:
+    chosen = per_model_arg or fixed
+    return {m: tuple(chosen) if chosen else defaults.get(m, (1024,)) for m in args.models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.smoke:
+        apply_smoke(args)
+    store = ResultStore(args.results_dir)
+    if not args.report_only:
+        from evaluation.harness.environment import environment
+        from evaluation.harness.run import EvalOptions, run_evaluation
+
+        options = EvalOptions(
+            models=args.models,
+            tasks=args.tasks,
+            text_lengths=lengths_per_model(
+                args, args.lengths, args.text_lengths, DEFAULT_TEXT_LENGTHS
+            ),
+            retrieval_lengths=lengths_per_model(
+                args, args.lengths, args.retrieval_lengths, DEFAULT_RETRIEVAL_LENGTHS
+            ),
+            methods=args.methods,
+            variants=[parse_variant(v) for v in args.variants],
+            windows=args.windows,
+            samples=parse_samples(args.samples),
+            kl_positions=args.kl_positions,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            dtype=args.dtype,
+            table=args.table,
+            device_budget_s=args.device_budget,
+        )
+        env = environment()
+        print(
+            f"results: {args.results_dir}\nrunning on {env['device_kind']} ({env['cpu']}, "
+            f"{env['cpu_count']} cores), commit {env['commit'][:10] if env['commit'] else '?'}"
+            + (f", uncommitted changes in {len(env['dirty'])} files" if env["dirty"] else "")
+        )
+        store.log_run(
+            {
+                "environment": env,
+                "argv": sys.argv[1:] if argv is None else argv,
+                "variants": {
+                    v.name: {"overrides": v.overrides, "description": v.description}
+                    for v in options.variants
+                },
+            }
+        )
+        report = run_evaluation(
+            options,
+            store,
+            progress=lambda total, desc: tqdm(
+                total=total, desc=desc, unit="run", dynamic_ncols=True
+            ),
+            log=lambda message: tqdm.write(message),
+        )
+        for line in report.skipped:
+            print(f"skipped: {line}")
+        print(
+            f"ran {report.units_run} units, {report.units_done_before} were already done, "
+            f"{report.units_reused} reused (dense by construction, or SharePrefill without "
+            "shared clusters = FlexPrefill), "
+            f"{report.seconds / 60:.1f} min"
+            + (
+                " -- stopped by the device budget: rerun to continue"
+                if report.stopped_by_budget
+                else ""
+            )
+        )
+    from evaluation.harness.aggregate import summarize_store
+
+    summaries = summarize_store(store)
+    (args.results_dir / "summary.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    print(f"wrote {args.results_dir / 'summary.json'} ({len(summaries)} cells)")
+    if not args.no_report:
+        from evaluation.harness.report import write_report
+
+        written = write_report(store, summaries, args.report, args.figures, root=ROOT)
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

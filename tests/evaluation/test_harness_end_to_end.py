@@ -1,0 +1,122 @@
+"""The harness end to end on a tiny random model: run, resume, extend, summarize, report, CLI."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation.harness.aggregate import summarize_store
+from evaluation.harness.model_runs import tiny_random_model
+from evaluation.harness.report import write_report
+from evaluation.harness.run import EvalOptions, run_evaluation
+from evaluation.harness.settings import PRESET_VARIANTS, parse_variant
+from evaluation.harness.store import ResultStore
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = " ".join(f"Sentence {i % 53} of a tale, told plainly." for i in range(800))
+MODEL = "tiny-random"
+
+
+def _options(samples: int) -> EvalOptions:
+    tiny = parse_variant("tiny=small,block_size=32,min_budget=64,dense_below=64")
+    return EvalOptions(
+        models=[MODEL],
+        tasks=["text", "passkey"],
+        text_lengths={MODEL: [256]},
+        retrieval_lengths={MODEL: [320]},
+        methods=["dense", "shareprefill", "flexprefill"],
+        # `default` keeps every block of these short inputs: reused, never run.
+        variants=[tiny, PRESET_VARIANTS["default"]],
+        windows=2,
+        samples={"default": samples},
+        kl_positions=8,
+        max_new_tokens=4,
+        documents={"first": TEXT[:14000], "second": TEXT[14000:]},
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    model = tiny_random_model()
+    first = run_evaluation(_options(2), ResultStore(root), models={MODEL: model})
+    again = run_evaluation(_options(2), ResultStore(root), models={MODEL: model})
+    more = run_evaluation(_options(3), ResultStore(root), models={MODEL: model})
+    return root, first, again, more
+
+
+def test_runs_only_what_is_needed_and_resumes(run):
+    _, first, again, more = run
+    # Per unit: dense and flexprefill@tiny run; shareprefill@tiny copies flexprefill (no
+    # table), and the three @default settings copy dense (dense by construction).
+    # 5 settings (dense, 2 methods x 2 variants) x 4 units (2 windows, 2 samples).
+    assert (first.units_run, first.units_reused) == (2 * 4, 3 * 4)
+    assert again.units_run == 0 and again.units_done_before == 5 * 4
+    assert more.units_run == 2 and more.units_reused == 3
+    assert more.units_done_before == 5 * 2 + 5 * 2
+
+
+def test_summaries(run):
+    root = run[0]
+    by_key = {(s["task"], s["setting"]): s for s in summarize_store(ResultStore(root))}
+    assert len(by_key) == 2 * 5
+    dense, flex = by_key[("text", "dense")], by_key[("text", "flexprefill@tiny")]
+    assert dense["n"] == 2 and dense["tokens_scored"] == 2 * 255
+    assert 100 < dense["perplexity"] < 400  # a random model over 257 bytes
+    assert flex["density"] < 1.0 and flex["heads"]["query_aware"] + flex["heads"][
+        "vertical_slash"
+    ] == pytest.approx(1.0)
+    assert len(flex["attn_rel_error_per_layer"]) == 2 and flex["attn_rel_error_mean"] > 0
+    assert flex["nll_diff_vs_dense"]["n"] == 2 and flex["kl_mean"] >= 0
+    share = by_key[("text", "shareprefill@tiny")]
+    assert share["same_as"] == "flexprefill@tiny" and share["perplexity"] == flex["perplexity"]
+    copy = by_key[("passkey", "flexprefill@default")]
+    assert copy["dense_by_construction"] == 1.0 and copy["density"] == 1.0
+    passkey = by_key[("passkey", "flexprefill@tiny")]
+    assert passkey["n"] == 3 and passkey["accuracy"]["method"] == "wilson"
+    assert passkey["diff_vs_dense"]["n"] == 3 and 300 < passkey["num_tokens_mean"] <= 320
+
+
+def test_report_and_figures(run, tmp_path):
+    store = ResultStore(run[0])
+    written = write_report(store, summarize_store(store), tmp_path / "r.md", tmp_path / "figures")
+    text = (tmp_path / "r.md").read_text()
+    assert "| 256 | flexprefill@tiny | 2 |" in text
+    assert "shareprefill@tiny (=flexprefill@tiny)" in text and "(=dense)" in text
+    assert {p.name for p in written if p.suffix == ".png"} == {
+        "eval_tiny-random_ppl_vs_density.png",
+        "eval_tiny-random_layer_error.png",
+        "eval_tiny-random_retrieval_vs_density.png",
+    }
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_parsing_and_report_only(run, tmp_path):
+    script = _script()
+    assert script.parse_length("4K") == 4096 and script.parse_length("1000") == 1000
+    assert script.parse_duration("90m") == 5400 and script.parse_duration("1.5h") == 5400
+    assert script.parse_samples(["20", "passkey=50"]) == {"default": 20, "passkey": 50}
+    args = script.build_parser().parse_args(["--smoke"])
+    script.apply_smoke(args)
+    assert args.models == [script.SMOLLM2] and args.results_dir != script.DEFAULT_RESULTS
+    report = tmp_path / "report.md"
+    code = script.main(
+        [
+            "--report-only",
+            "--results-dir",
+            str(run[0]),
+            "--report",
+            str(report),
+            "--figures",
+            str(tmp_path / "figs"),
+        ]
+    )
+    assert code == 0 and report.is_file()
+    assert len(json.loads((run[0] / "summary.json").read_text())) == 10
