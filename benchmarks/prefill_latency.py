@@ -19,9 +19,13 @@ max milliseconds. SharePrefill and the other planned methods also record block d
 head counts. Records go to `benchmarks/results/prefill_latency_<gpu>.json` (merged with the
 records of other cases already there, and rewritten after every case) and a table is printed.
 
-Nothing can be downloaded on the GPU machine: carry the built-in models' GGUF files
-(`<cache>/gguf/*.gguf`, `--gguf PATH`, identified by their SHA-256) and a text file
-(`--text-file`, plain text or RULER's essays JSON).
+Nothing can be downloaded on the GPU machine: bring the built-in models' GGUF files
+(`<cache>/gguf/*.gguf`, 98 MB and 491 MB; `--gguf PATH`, identified by their SHA-256) and a text
+file (`--text-file`, plain text or RULER's essays JSON; `--export-text austen.txt` writes the
+cached novels to one). Where the GGUF files cannot travel, `--random-weights` runs smollm2 and
+qwen with random weights of their shapes (dense timings hold; SharePrefill's then plan random
+attention and are marked `"weights": "random"`). Cases run per model can be joined afterwards
+with `--merge a.json b.json --out all.json`.
 """
 
 from __future__ import annotations
@@ -68,6 +72,34 @@ COMPILE_EVENTS = (
     "/jax/core/compile/backend_compile_duration",
 )
 
+SMOLLM2_135M = ModelConfig(
+    model_type="llama",
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_layers=30,
+    num_heads=9,
+    num_kv_heads=3,
+    head_dim=64,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+    rope=RopeConfig(theta=100000.0),
+)
+QWEN2_5_0_5B = ModelConfig(
+    model_type="qwen2",
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_layers=24,
+    num_heads=14,
+    num_kv_heads=2,
+    head_dim=64,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32768,
+    qkv_bias=True,
+    rope=RopeConfig(theta=1000000.0),
+)
 LLAMA_8B = ModelConfig(
     model_type="llama",
     vocab_size=128256,
@@ -101,15 +133,15 @@ class ModelCase:
 
     Attributes:
       name: the --models key.
-      builtin: the built-in model it loads, or None for random weights of `config`.
-      config: the random model's config (builtin None only).
+      builtin: the built-in model whose weights it loads, or None (random weights only).
+      config: the model's shape, for random weights (must match the built-in's).
       lengths: prompt lengths in tokens.
       methods: prefill methods (`dense` is the model's dense attention).
     """
 
     name: str
     builtin: str | None
-    config: ModelConfig | None = None
+    config: ModelConfig
     lengths: tuple[int, ...]
     methods: tuple[str, ...]
 
@@ -120,12 +152,14 @@ CASES = {
         ModelCase(
             name="smollm2",
             builtin="smollm2-135m-instruct",
+            config=SMOLLM2_135M,
             lengths=(1024, 2048, 4096, 8192),
             methods=("dense", "shareprefill", "flexprefill", "vertical_slash", "streaming"),
         ),
         ModelCase(
             name="qwen",
             builtin="qwen2.5-coder-0.5b-instruct",
+            config=QWEN2_5_0_5B,
             lengths=(4096, 8192, 16384, 32768),
             methods=("dense", "shareprefill"),
         ),
@@ -320,26 +354,28 @@ def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: i
     return record
 
 
-def load_case_model(case: ModelCase, dtype: jnp.dtype, dry_run: bool):
+def load_case_model(case: ModelCase, dtype: jnp.dtype, *, random_weights: bool, dry_run: bool):
     """(model, tokenizer or None, sharing table or None, description) for one case."""
-    if case.builtin is None:
-        config = LLAMA_8B_DRY if dry_run else case.config
-        # Random weights are drawn on the device inside one jit (no host copy of 16 GB).
-        graphdef, state = nnx.split(
-            nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
-        )
+    if case.builtin is not None and not random_weights:
+        loaded = load_builtin(case.builtin, dtype=dtype)
+        config = loaded.config
+        table = shipped_table(case.builtin, config.num_layers, config.num_heads)
+        return loaded.model, loaded.tokenizer, table, f"{case.builtin}, {_describe(config)}"
+    config = LLAMA_8B_DRY if dry_run and case.builtin is None else case.config
+    return random_model(config, dtype), None, None, f"random weights, {_describe(config)}"
 
-        @jax.jit
-        def init():
-            return nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))[1]
 
-        del state
-        model = nnx.merge(graphdef, init())
-        return model, None, None, f"random weights, {_describe(config)}"
-    loaded = load_builtin(case.builtin, dtype=dtype)
-    config = loaded.config
-    table = shipped_table(case.builtin, config.num_layers, config.num_heads)
-    return loaded.model, loaded.tokenizer, table, f"{case.builtin}, {_describe(config)}"
+def random_model(config: ModelConfig, dtype: jnp.dtype) -> Transformer:
+    """A model with random weights, drawn on the device inside one jit (no host copy)."""
+    graphdef, _ = nnx.split(
+        nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
+    )
+
+    @jax.jit
+    def init():
+        return nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))[1]
+
+    return nnx.merge(graphdef, init())
 
 
 def _describe(config: ModelConfig) -> str:
@@ -375,6 +411,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a carried built-in GGUF file to install in the cache (repeatable)",
     )
     parser.add_argument("--text-file", type=Path, help="the long text (plain or essays JSON)")
+    parser.add_argument(
+        "--export-text",
+        type=Path,
+        help="write the text the benchmark would use (from the cache) to this plain-text file and"
+        " exit: the file to carry to a machine without the cache",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights of the same shapes for smollm2 and qwen too (when their GGUF files"
+        " cannot be brought along); SharePrefill's density then reflects random attention",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="merge these result files into --out (later files win) and print the table; runs"
+        " nothing",
+    )
     parser.add_argument("--out", type=Path, help="results JSON (default: results/...<gpu>.json)")
     parser.add_argument(
         "--fresh", action="store_true", help="overwrite --out instead of merging into it"
@@ -392,6 +447,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.runs < 1:
         raise SystemExit(f"--runs must be >= 1, got {args.runs}")
+    if args.export_text is not None:
+        text, source = load_text(args.text_file)
+        args.export_text.write_text(text)
+        print(f"wrote {source} ({len(text):,} characters) to {args.export_text}")
+        return []
+    if args.merge:
+        return merge_results(args.merge, args.out or RESULTS_DIR / "prefill_latency_merged.json")
     for path in args.gguf:
         print(f"installed {path} as {install_gguf(path)}")
     dtype = jnp.dtype("float32" if args.dry_run else args.dtype)
@@ -400,12 +462,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     default_out = f"prefill_latency_{timing.gpu_tag()}{'_dryrun' if args.dry_run else ''}.json"
     out = args.out or RESULTS_DIR / default_out
     cases = [CASES[name] for name in args.models]
-    needs_text = any(case.builtin is not None for case in cases)
+    needs_text = args.text_file is not None or (
+        not args.random_weights and any(case.builtin is not None for case in cases)
+    )
     text, text_source = load_text(args.text_file) if needs_text else (None, None)
 
     previous = [] if args.fresh or not out.is_file() else json.loads(out.read_text())["records"]
     environment = timing.environment() | {
-        "dtype": str(dtype),
         "text": text_source,
         "dry_run": args.dry_run,
         "planner_overrides": planner,
@@ -413,19 +476,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records: list[dict] = []
 
     def save() -> None:
-        keys = {(r["model"], r["method"], r["seq_len"]) for r in records}
-        kept = [r for r in previous if (r["model"], r["method"], r["seq_len"]) not in keys]
-        timing.write_records(out, kept + records, environment)
+        timing.write_records(out, merge_records(previous, records), environment)
 
     for case in cases:
-        model, tokenizer, table, description = load_case_model(case, dtype, args.dry_run)
         lengths = args.lengths or (DRY_RUN_LENGTHS if args.dry_run else case.lengths)
+        lengths = [n for n in lengths if n <= case.config.max_position_embeddings]
         methods = [m for m in case.methods if args.methods is None or m in args.methods]
-        limit = model.config.max_position_embeddings
-        lengths = [n for n in lengths if n <= limit]
+        base = {"model": case.name, "dtype": str(dtype)}
+        try:
+            model, tokenizer, table, description = load_case_model(
+                case, dtype, random_weights=args.random_weights, dry_run=args.dry_run
+            )
+        except Exception as error:  # noqa: BLE001 (the other models can still run)
+            message = f"loading the model: {type(error).__name__}: {str(error)[:400]}"
+            records += [
+                base | {"method": m, "seq_len": n, "error": message}
+                for n in lengths
+                for m in methods
+            ]
+            save()
+            continue
+        base |= {
+            "description": description,
+            "weights": "random" if tokenizer is None else "checkpoint",
+            "num_shared_clusters": 0 if table is None else table.num_shared,
+        }
         if tokenizer is not None:
             # Enough of the text for the longest prompt (about 4 characters per token).
-            token_ids = tokenizer.encode(text[: 5 * max(lengths) + 1000])
+            token_ids = tokenizer.encode(text[: 5 * max(lengths, default=0) + 1000])
         else:  # random weights: any ids do; the text's bytes keep them deterministic
             token_ids = list((text or "SharePrefill " * 64).encode("utf-8"))
         progress = tqdm(
@@ -433,15 +511,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         for length, method in progress:
             progress.set_postfix(seq_len=length, method=method)
-            record = {
-                "model": case.name,
-                "description": description,
-                "method": method,
-                "seq_len": length,
-                "dtype": str(dtype),
-                "table": None if method != "shareprefill" or table is None else "shipped",
-                "num_shared_clusters": 0 if table is None else table.num_shared,
-            }
+            record = base | {"method": method, "seq_len": length}
+            record["table"] = "shipped" if method == "shareprefill" and table else None
             attention = make_attention(method, planner, table, args)
             try:
                 record |= time_prefill(model, prompt_tokens(token_ids, length), attention, runs)
@@ -453,13 +524,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
         gc.collect()
 
     print(f"wrote {out}")
-    columns = ["model", "method", "seq_len", "median_ms", "min_ms", "max_ms", "compile_s"]
-    columns += ["density", "num_pivot", "num_shared", "num_query_aware", "num_vertical_slash"]
-    timing.print_table(records, columns)
-    failed = [r for r in records if "error" in r]
-    for r in failed:
-        print(f"FAILED {r['model']} {r['method']} {r['seq_len']}: {r['error']}")
+    report(records)
     return records
+
+
+def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` without the cases `new` measures again, then `new`."""
+    keys = {(r["model"], r["method"], r["seq_len"]) for r in new}
+    return [r for r in old if (r["model"], r["method"], r["seq_len"]) not in keys] + new
+
+
+def merge_results(paths: Sequence[Path], out: Path) -> list[dict]:
+    """Merges result files (later files win for the same case) into `out` and reports them."""
+    records: list[dict] = []
+    environments = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        records = merge_records(records, data["records"])
+        environments.append(data["environment"] | {"file": str(path)})
+    environment = environments[0] | {"merged_from": environments}
+    timing.write_records(out, records, environment)
+    print(f"wrote {out}")
+    report(records)
+    return records
+
+
+def report(records: list[dict]) -> None:
+    """The summary table, then the failed cases."""
+    columns = ["model", "weights", "method", "seq_len", "median_ms", "min_ms", "max_ms"]
+    columns += ["compile_s", "density", "num_pivot", "num_shared", "num_query_aware"]
+    columns += ["num_vertical_slash"]
+    rows = [{c: ("-" if r.get(c) is None else r[c]) for c in columns} for r in records]
+    timing.print_table(rows, columns)
+    for r in records:
+        if "error" in r:
+            print(f"FAILED {r['model']} {r['method']} {r['seq_len']}: {r['error']}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import prefill_latency
+from benchmarks import prefill_latency, timing
+from models import parameter_shapes
+from models.checkpoint import read_config
 from models.fetch import builtin_checkpoint
 from models.tokenizer import Tokenizer
 from tests.integration import helpers
@@ -109,6 +111,21 @@ def test_benchmark_dry_run(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["records"] == records and saved["environment"]["dry_run"] is True
     assert "median_ms" in capsys.readouterr().out
+
+    other = tmp_path / "other.json"
+    timing.write_records(other, [records[0] | {"seq_len": 300}], {"device_kind": "elsewhere"})
+    merged = prefill_latency.main(["--merge", str(out), str(other), "--out", str(tmp_path / "m")])
+    assert [r["seq_len"] for r in merged] == [200, 300]
+
+
+@pytest.mark.parametrize("case", ["smollm2", pytest.param("qwen", marks=pytest.mark.slow)])
+def test_benchmark_random_weight_shapes_match_the_builtin_models(case):
+    builtin = prefill_latency.CASES[case]
+    config = read_config(builtin_checkpoint(builtin.builtin))
+    assert parameter_shapes(builtin.config) == parameter_shapes(config)
+    assert builtin.config.rope == config.rope
+    assert builtin.config.max_position_embeddings == config.max_position_embeddings
+    assert builtin.config.rms_norm_eps == pytest.approx(config.rms_norm_eps)
 
 
 def test_compile_clock_counts_nested_spans_once():
