@@ -198,7 +198,9 @@ def resolve_checkpoint(source: str, dtype: jnp.dtype) -> tuple[LoadedCheckpoint,
         return load_builtin(source, dtype=dtype), source
     path = Path(source).expanduser()
     if (path / "params").is_dir():
-        return load_checkpoint(path, dtype=dtype), path.name
+        # A built-in model's converted directory (<name>-<dtype>-v<n>) keeps its shipped table.
+        name = next((b for b in BUILTIN_MODELS if path.name.startswith(f"{b}-")), path.name)
+        return load_checkpoint(path, dtype=dtype), name
     if not path.exists():
         raise SystemExit(
             f"--checkpoint {source}: not a built-in model ({', '.join(BUILTIN_MODELS)}) and no"
