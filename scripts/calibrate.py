@@ -1,0 +1,519 @@
+"""Calibrate a model for SharePrefill: cluster its heads and write its sharing table.
+
+    python scripts/calibrate.py --model smollm2-135m-instruct \
+        --table sharedsparse_jax/tables/smollm2-135m-instruct.json \
+        --figures docs/figures --report docs/calibration_smollm2-135m-instruct.json
+
+Steps (docs/calibration.md):
+1. Collect: dense prefill of calibration windows (Austen novels and Paul Graham essays) with
+   `models.collect.BlockMapCollector`, recording every (layer, head)'s block-averaged map and
+   the planner's last-block estimates. Maps are cached per window under the work directory.
+2. Cluster the heads' pooled grid maps (autoencoder or pooled embedding, hierarchical).
+3. Choose shared clusters by replaying the online rule on held-out windows.
+4. Measure the paper's observations: pattern distances within / across clusters, and the
+   adjusted Rand index between clusterings on disjoint texts, on another length, and with
+   another autoencoder seed.
+5. Write the table (reference schema + metadata), a JSON report and figures; print a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation import texts  # noqa: E402
+from evaluation.windows import Window, plan_windows, tokenize_documents  # noqa: E402
+from models import load_builtin, load_checkpoint  # noqa: E402
+from models.collect import BlockMapCollector, CollectedMaps, collect_block_maps  # noqa: E402
+from models.fetch import BUILTIN_MODELS, cache_dir  # noqa: E402
+from sharedsparse_jax.calibrate import (  # noqa: E402
+    EMBEDDINGS,
+    AutoencoderConfig,
+    CalibrationConfig,
+    ClusterConfig,
+    SelectionConfig,
+    calibrate,
+    cluster_embedded,
+    embed_heads,
+    figures,
+    grid_maps,
+    head_evidence,
+    sharing_sample,
+    similarity_report,
+    stability,
+    sweep,
+    within_between_distances,
+)
+from sharedsparse_jax.config import SharePrefillConfig  # noqa: E402
+
+SOURCES = ("austen", "essays")
+# Stability comparisons: (clustering input, clustering input), each clustered on its own.
+STABILITY_PAIRS = {
+    "austen_vs_essays": ("austen", "essays"),
+    "half_a_vs_half_b": ("half_a", "half_b"),
+    "length": ("all", "short"),
+    "autoencoder_seed": ("all", "seed"),
+}
+SWEEP_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """A calibration window: its source, place and token ids."""
+
+    source: str
+    window: Window
+    tokens: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}:{self.window.document}@{self.window.start}"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", default="smollm2-135m-instruct", choices=sorted(BUILTIN_MODELS))
+    which.add_argument("--checkpoint", type=Path, help="a converted checkpoint directory")
+    parser.add_argument(
+        "--name", help="model name for the table (default: the built-in's or the directory's)"
+    )
+    parser.add_argument("--length", type=int, default=4096, help="calibration tokens per window")
+    parser.add_argument(
+        "--second-length",
+        type=int,
+        default=2048,
+        help="prefix length for the length-stability check (0: skip)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=4, help="calibration windows per source (Austen, essays)"
+    )
+    parser.add_argument(
+        "--heldout",
+        type=int,
+        default=2,
+        help="held-out windows per source for shared-cluster choice",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="window choice and autoencoder seed")
+    parser.add_argument("--map-block-size", type=int, default=64, help="tokens per collected block")
+    parser.add_argument("--grid", type=int, default=32, help="side of the clustering grid")
+    defaults_cluster, defaults_select = ClusterConfig(), SelectionConfig()
+    defaults_ae = defaults_cluster.autoencoder
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default=defaults_cluster.embedding)
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="clustering distance cut (default: per embedding)",
+    )
+    parser.add_argument("--linkage", default=defaults_cluster.linkage)
+    parser.add_argument("--latent-dim", type=int, default=defaults_ae.latent_dim)
+    parser.add_argument("--ae-steps", type=int, default=defaults_ae.steps)
+    parser.add_argument("--min-coverage", type=float, default=defaults_select.min_coverage)
+    parser.add_argument(
+        "--min-coverage-gain", type=float, default=defaults_select.min_coverage_gain
+    )
+    parser.add_argument("--min-saving", type=float, default=defaults_select.min_saving)
+    parser.add_argument("--table", type=Path, help="where to write the sharing table")
+    parser.add_argument("--report", type=Path, help="where to write the JSON report")
+    parser.add_argument("--figures", type=Path, help="directory for calibration_*.png figures")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="compare embeddings and thresholds (stability and sharing quality) and print it",
+    )
+    parser.add_argument("--collect-only", action="store_true", help="stop after collecting maps")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="map cache (default: <cache>/calibration)"
+    )
+    parser.add_argument("--implementation", default=None, help="kernel implementation")
+    return parser.parse_args(argv)
+
+
+def load_model(args):
+    if args.checkpoint is not None:
+        return load_checkpoint(args.checkpoint), args.name or args.checkpoint.name
+    return load_builtin(args.model), args.name or args.model
+
+
+def check_lengths(args, planner: SharePrefillConfig) -> None:
+    lengths = [args.length] + ([args.second_length] if args.second_length else [])
+    for length in lengths:
+        if length % planner.block_size or length % args.map_block_size:
+            raise SystemExit(
+                f"length {length} must be a multiple of the planner's block size"
+                f" ({planner.block_size}) and of --map-block-size ({args.map_block_size})"
+            )
+    if planner.block_size % args.map_block_size:
+        raise SystemExit(f"--map-block-size must divide {planner.block_size}")
+    if args.length < planner.dense_below:
+        raise SystemExit(f"--length must be >= {planner.dense_below} (shorter prompts run dense)")
+
+
+def choose_samples(tokenizer, args) -> tuple[list[Sample], list[Sample]]:
+    """Disjoint calibration and held-out windows, `samples` + `heldout` per source."""
+    documents = {
+        "austen": texts.load_austen_novels(),
+        "essays": {"essays": texts.load_paul_graham_essays()},
+    }
+    rng = np.random.default_rng(args.seed)
+    calibration, heldout = [], []
+    for source in SOURCES:
+        tokens = tokenize_documents(
+            documents[source], lambda t: tokenizer.encode(t, add_special_tokens=False)
+        )
+        windows = plan_windows({name: len(ids) for name, ids in tokens.items()}, args.length)
+        needed = args.samples + args.heldout
+        if len(windows) < needed:
+            raise ValueError(
+                f"{source} holds {len(windows)} windows of {args.length} tokens, {needed} needed"
+            )
+        chosen = rng.choice(len(windows), needed, replace=False)
+        picked = [
+            Sample(
+                source, windows[i], tokens[windows[i].document][windows[i].start : windows[i].stop]
+            )
+            for i in chosen
+        ]
+        calibration += picked[: args.samples]
+        heldout += picked[args.samples :]
+    return calibration, heldout
+
+
+def collect_all(model, samples, length, collector, work_dir, desc) -> list[CollectedMaps]:
+    """Collects (or reads from the cache) every sample's maps, truncated to `length` tokens."""
+    key = hashlib.sha256(repr(collector).encode()).hexdigest()[:10]
+    results = []
+    for sample in tqdm(samples, desc=desc, unit="window"):
+        path = work_dir / f"{sample.name.replace(':', '_').replace('@', '_')}-{length}-{key}.npz"
+        if path.is_file():
+            data = np.load(path)
+            estimates = {k[4:]: data[k] for k in data.files if k.startswith("est_")}
+            results.append(
+                CollectedMaps(data["block_maps"], length, collector.block_size, estimates)
+            )
+            continue
+        collected = collect_block_maps(model, [sample.tokens[:length]], collector)
+        single = CollectedMaps(
+            collected.block_maps[0],
+            collected.length,
+            collected.block_size,
+            {k: v[0] for k, v in collected.estimates.items()},
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            path,
+            block_maps=single.block_maps,
+            **{f"est_{k}": v for k, v in single.estimates.items()},
+        )
+        results.append(single)
+    return results
+
+
+def grid_of(collected: list[CollectedMaps], grid: int) -> np.ndarray:
+    """[S, L, N, G, G] grid maps of collected samples."""
+    return np.stack([grid_maps(c.block_maps, c.length, c.block_size, grid) for c in collected])
+
+
+def cluster_config(args, embedding: str, *, seed: int | None = None) -> ClusterConfig:
+    return ClusterConfig(
+        embedding=embedding,
+        distance_threshold=args.threshold if embedding == args.embedding else None,
+        linkage=args.linkage,
+        autoencoder=AutoencoderConfig(
+            grid=args.grid,
+            latent_dim=args.latent_dim,
+            steps=args.ae_steps,
+            seed=args.seed if seed is None else seed,
+        ),
+    )
+
+
+def embed_inputs(args, embedding, inputs, progress) -> dict[str, np.ndarray]:
+    """Embeddings of every clustering input (the autoencoder is trained on each alone)."""
+    out = {}
+    for name, (maps, seed) in inputs.items():
+        if embedding != "autoencoder" and name == "seed":
+            continue  # the pooled embedding has no seed
+        out[name] = embed_heads(maps, cluster_config(args, embedding, seed=seed))
+        progress.update(1)
+    return out
+
+
+def fmt(values, digits=3) -> str:
+    return "[" + ", ".join(f"{v:.{digits}f}" for v in values) + "]" if values else "n/a"
+
+
+def print_summary(report: dict) -> None:
+    c = report["clustering"]
+    print(
+        f"\nclusters: {c['clusters']} ({c['embedding']}, threshold {c['threshold']}, sizes"
+        f" {c['size_quantiles']} at 10/50/90 %), shared: {report['sharing']['shared_clusters']}"
+        f" clusters / {report['sharing']['shared_heads']} heads, pivots per prompt:"
+        f" {report['sharing']['shared_clusters']}"
+    )
+    print(
+        f"model-wide block saving of the shared clusters: {report['sharing']['model_saving']:+.3%}"
+        f" of the fallback's blocks (at {report['length']} tokens)"
+    )
+    print("\nshared-cluster selection (held-out):")
+    print("  id  size  pivot     coverage  fallback  gain    saving   share  disabled  shared")
+    for row in report["sharing"]["clusters"]:
+        row = {k: float("nan") if v is None else v for k, v in row.items()}
+        print(
+            f"  {row['id']:>3} {row['size']:>5}  L{row['pivot'][0]:<2}H{row['pivot'][1]:<3}"
+            f"  {row['coverage']:8.3f}  {row['fallback_coverage']:8.3f} {row['coverage_gain']:+.3f}"
+            f"  {row['saving']:+.3f}  {row['share_rate']:5.2f}  {row['disabled_rate']:8.2f}"
+            f"  {'yes' if row['shared'] else ''}"
+        )
+    o = report["observation_1"]
+    print("\nobservation 1 (similarity), quantiles 10/25/50/75/90 %:")
+    print(f"  Hellinger distance within clusters:       {fmt(o['hellinger_within'])}")
+    print(f"    ... within clusters, across layers:     {fmt(o['hellinger_within_cross_layer'])}")
+    print(f"  Hellinger distance across clusters:       {fmt(o['hellinger_between'])}")
+    print(f"  distance to the nearest other head:       {fmt(o['hellinger_nearest'])}")
+    print(
+        f"  cross coverage (j's mass in i's pattern): within {o['cross_coverage_within_mean']},"
+        f" across {o['cross_coverage_between_mean']} (means)"
+    )
+    print(
+        f"  clusters spanning several layers: {o['clusters_spanning_layers']} of {o['clusters']}"
+        f" (median {o['median_layers_per_cluster']} layers)"
+    )
+    print("\nobservation 2 (stability), adjusted Rand index:")
+    for name, value in report["observation_2"].items():
+        print(f"  {name:<20} {value:.3f}")
+    if report.get("sweep"):
+        print("\nsweep (embedding, threshold): clusters, ARIs, shared clusters/heads, saving, gain")
+        for row in report["sweep"]:
+            aris = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("ari_"))
+            print(
+                f"  {row['embedding']:<11} {row['threshold']:.2f} C={row['clusters']:<4} ARI {aris}"
+                f"  shared {row['shared_clusters']}/{row['shared_heads']}"
+                f"  saving {row['model_saving']:+.3f}  gain {row['shared_gain']:+.3f}"
+            )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    planner = SharePrefillConfig()
+    check_lengths(args, planner)
+    loaded, model_name = load_model(args)
+    config = loaded.config
+    print(
+        f"model {model_name}: {config.num_layers} layers x {config.num_heads} query heads"
+        f" ({config.num_kv_heads} kv heads)"
+    )
+    calibration, heldout = choose_samples(loaded.tokenizer, args)
+    collector = BlockMapCollector(
+        block_size=args.map_block_size, estimate_config=planner, implementation=args.implementation
+    )
+    work_dir = args.work_dir or cache_dir() / "calibration" / model_name
+    cal = collect_all(loaded.model, calibration, args.length, collector, work_dir, "calibration")
+    held = collect_all(loaded.model, heldout, args.length, collector, work_dir, "held-out")
+    short = []
+    if args.second_length:
+        short = collect_all(
+            loaded.model, calibration, args.second_length, collector, work_dir, "second length"
+        )
+    collect_seconds = time.time() - started
+    print(f"maps collected in {collect_seconds:.0f} s")
+    if args.collect_only:
+        return 0
+
+    cal_grid, held_grid = grid_of(cal, args.grid), grid_of(held, args.grid)
+    held_samples = [
+        sharing_sample(c.block_maps, c.length, c.block_size, c.estimates, planner.block_size)
+        for c in held
+    ]
+    evidence = [head_evidence(s, planner) for s in held_samples]
+    is_austen = np.array([s.source == "austen" for s in calibration])
+    inputs = {
+        "all": (cal_grid, args.seed),
+        "seed": (cal_grid, args.seed + 1),
+        "austen": (cal_grid[is_austen], args.seed),
+        "essays": (cal_grid[~is_austen], args.seed),
+        "half_a": (cal_grid[0::2], args.seed),
+        "half_b": (cal_grid[1::2], args.seed),
+    }
+    if short:
+        inputs["short"] = (grid_of(short, args.grid), args.seed)
+    embeddings_used = EMBEDDINGS if args.sweep else (args.embedding,)
+    embeddings = {}
+    with tqdm(total=len(inputs) * len(embeddings_used), desc="embedding", unit="input") as bar:
+        for embedding in embeddings_used:
+            embeddings[embedding] = embed_inputs(args, embedding, inputs, bar)
+
+    chosen = cluster_config(args, args.embedding)
+    selection = SelectionConfig(
+        planner=planner,
+        min_coverage=args.min_coverage,
+        min_coverage_gain=args.min_coverage_gain,
+        min_saving=args.min_saving,
+    )
+    clustering = cluster_embedded(embeddings[args.embedding]["all"], chosen.threshold, args.linkage)
+    metadata = {
+        "model": model_name,
+        "texts": {
+            "sources": "Jane Austen's novels (janeaustenr); Paul Graham's essays (RULER)",
+            "calibration": [s.name for s in calibration],
+            "heldout": [s.name for s in heldout],
+        },
+        "length": args.length,
+        "second_length": args.second_length,
+        "map_block_size": args.map_block_size,
+        "seed": args.seed,
+    }
+    result = calibrate(
+        cal_grid,
+        held_samples,
+        CalibrationConfig(grid=args.grid, cluster=chosen, selection=selection),
+        metadata,
+        clustering=clustering,
+        evidence=evidence,
+    )
+    sharing = result.sharing
+    sizes = sharing.size
+    report = {
+        "model": model_name,
+        "num_layers": config.num_layers,
+        "num_heads": config.num_heads,
+        "length": args.length,
+        "second_length": args.second_length,
+        "texts": metadata["texts"],
+        "clustering": {
+            "embedding": args.embedding,
+            "threshold": chosen.threshold,
+            "linkage": args.linkage,
+            "clusters": clustering.num_clusters,
+            "size_quantiles": np.percentile(sizes, [10, 50, 90]).tolist(),
+        },
+        "sharing": {
+            "min_coverage": selection.min_coverage,
+            "min_coverage_gain": selection.min_coverage_gain,
+            "min_saving": selection.min_saving,
+            "shared_clusters": int(sharing.is_shared.sum()),
+            "shared_heads": int(sizes[sharing.is_shared].sum()),
+            "model_saving": sharing.model_saving,
+            "clusters": [
+                {
+                    "id": c + 1,
+                    "size": int(sizes[c]),
+                    "pivot": sharing.pivot[c].tolist(),
+                    "coverage": _float(sharing.coverage[c]),
+                    "coverage_p10": _float(sharing.coverage_p10[c]),
+                    "fallback_coverage": _float(sharing.fallback_coverage[c]),
+                    "coverage_gain": _float(sharing.coverage_gain[c]),
+                    "shared_coverage": _float(sharing.shared_coverage[c]),
+                    "share_rate": _float(sharing.share_rate[c]),
+                    "saving": _float(sharing.saving[c]),
+                    "saved_blocks": _float(sharing.saved_blocks[c]),
+                    "disabled_rate": _float(sharing.disabled_rate[c]),
+                    "shared": bool(sharing.is_shared[c]),
+                }
+                for c in range(sharing.num_clusters)
+            ],
+        },
+        "observation_1": similarity_report(
+            cal_grid.mean(0),
+            clustering.labels,
+            np.stack([s.block_maps for s in held_samples]),
+            np.stack([e.pattern for e in evidence]),
+        ),
+        "observation_2": stability(
+            embeddings[args.embedding], STABILITY_PAIRS, chosen.threshold, args.linkage
+        ),
+    }
+    if args.sweep:
+        report["sweep"] = sweep(
+            embeddings,
+            STABILITY_PAIRS,
+            SWEEP_THRESHOLDS,
+            held_samples,
+            selection,
+            linkage=args.linkage,
+            evidence=evidence,
+        )
+    report["seconds"] = {"collect": collect_seconds, "total": time.time() - started}
+    print_summary(report)
+
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        result.table.save(args.table)
+        print(f"\nwrote {args.table}")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=1, default=_float) + "\n")
+        print(f"wrote {args.report}")
+    if args.figures:
+        for path in write_figures(
+            args, model_name, report, clustering, sharing, held_grid, cal_grid
+        ):
+            print(f"wrote {path}")
+    return 0
+
+
+def write_figures(args, model_name, report, clustering, sharing, held_grid, cal_grid):
+    """The four calibration figures; returns their paths."""
+    args.figures.mkdir(parents=True, exist_ok=True)
+    prefix = args.figures / f"calibration_{model_name}"
+    labels = clustering.labels
+    shown = list(np.flatnonzero(sharing.is_shared)[np.argsort(-sharing.size[sharing.is_shared])])
+    others = [c for c in np.argsort(-sharing.size) if c not in shown]
+    shown = (shown + others)[:4]
+    records = np.array(sharing.member_coverage, float).reshape(-1, 3)
+    member_cluster = records[:, 0].astype(int)
+    within, between = within_between_distances(cal_grid.mean(0), labels)
+    n_shared = int(sharing.is_shared.sum())
+    return [
+        figures.plot_cluster_map(
+            labels,
+            sharing.is_shared,
+            f"{prefix}_clusters.png",
+            title=f"{model_name}: {clustering.num_clusters} clusters, {n_shared} shared (coloured)",
+        ),
+        figures.plot_pivot_members(
+            held_grid[0],
+            labels,
+            shown,
+            sharing.pivot,
+            f"{prefix}_pivots.png",
+            title=f"{model_name}: pivot (left) and members on a held-out prompt,"
+            " sqrt(block-averaged attention)",
+        ),
+        figures.plot_coverage_histogram(
+            records[:, 1],
+            records[:, 2],
+            sharing.is_shared[member_cluster],
+            report["sharing"]["min_coverage"],
+            f"{prefix}_coverage.png",
+            title=f"{model_name}: members' mass covered by their pivot's pattern (held-out)",
+        ),
+        figures.plot_distance_distributions(
+            within,
+            between,
+            f"{prefix}_distances.png",
+            xlabel="RMS row Hellinger distance between heads' mean maps",
+            title=f"{model_name}: pattern distance within vs across clusters",
+        ),
+    ]
+
+
+def _float(value):
+    value = float(value)
+    return None if np.isnan(value) else round(value, 5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
