@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.prefill_latency import compile_clock
-from models import SamplingConfig, decode, generate, load_builtin, prefill
+from models import SamplingConfig, decode, load_builtin, prefill
 from models.attention import DenseAttention
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.planner import CATEGORIES
@@ -38,7 +38,7 @@ def sparse():
     )
 
 
-def test_keeping_every_block_equals_dense_prefill(model, keep_all):
+def test_keeping_every_block_equals_dense_prefill_and_decode(model, keep_all):
     """Pivots run dense, the rest keep every column (min_budget >= the prompt)."""
     length = 200  # not a multiple of the block
     prompt = helpers.random_prompt(length, length)
@@ -57,9 +57,15 @@ def test_keeping_every_block_equals_dense_prefill(model, keep_all):
     stats = {name: np.asarray(value)[:, 0] for name, value in got.stats.items()}
     np.testing.assert_allclose(stats["density"], 1.0)
     assert stats["num_pivot"][0] == keep_all.table.num_shared  # each shared cluster's pivot
+    # Decoding after either prefill (dense attention over the cache) gives the same tokens.
+    sampling = SamplingConfig(max_new_tokens=6)
+    dense_tokens = np.asarray(decode(model, dense, sampling=sampling).tokens)
+    kept_tokens = np.asarray(decode(model, got, sampling=sampling).tokens)
+    np.testing.assert_array_equal(kept_tokens, dense_tokens)
+    assert np.unique(dense_tokens).size > 1
 
 
-def test_sharing_table_under_the_scan(model, sparse):
+def test_sharing_table_under_the_scan_then_decode(model, sparse):
     config, table = model.config, sparse.table
     with compile_clock() as first_compile:
         result = prefill(model, helpers.random_prompt(1, 250), attention=sparse)
@@ -78,20 +84,13 @@ def test_sharing_table_under_the_scan(model, sparse):
     assert stats["density"][1:].max() < 1  # later layers are sparse
     assert np.isfinite(np.asarray(result.logits)).all()
     assert first_compile[0] > 0
+
     with compile_clock() as second_compile:  # another prompt of the same bucket: no recompiling
-        prefill(model, helpers.random_prompt(2, 240), attention=sparse)
+        prefilled = prefill(model, helpers.random_prompt(2, 230), attention=sparse)
     assert second_compile[0] == 0
-
-
-def test_decode_after_shareprefill(model, keep_all, sparse):
-    prompt = helpers.random_prompt(3, 230)
-    sampling = SamplingConfig(max_new_tokens=6)
-    dense_tokens, _ = generate.generate(model, prompt, sampling=sampling)
-    kept_tokens, _ = generate.generate(model, prompt, sampling=sampling, attention=keep_all)
-    assert kept_tokens == dense_tokens
-
-    prefilled = prefill(model, prompt, attention=sparse)
-    decoded = decode(model, prefilled, sampling=sampling, return_logits=True)
+    decoded = decode(
+        model, prefilled, sampling=SamplingConfig(max_new_tokens=6), return_logits=True
+    )
     assert np.asarray(decoded.tokens).shape == (1, 6)
     np.testing.assert_array_equal(np.asarray(decoded.cache.lengths), 230 + 6)
     # Decoding starts from the sparse prefill's logits and continues over its cache.
