@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("tau_fb", float, "a cluster whose pivot vertical-slash coverage reaches this won't share"),
         ("tau_qa", float, "query-aware bound"),
         ("min_budget", int, "vertical / slash budget floor, tokens"),
-        ("max_budget", int, "vertical / slash budget cap, tokens (default: none)"),
+        ("max_budget", int, "vertical / slash budget cap, tokens"),
         ("dense_below", int, "prompts shorter than this run dense"),
         ("streaming_sink", int, "sink tokens of `streaming`"),
         ("streaming_window", int, "local window tokens of `streaming`"),
@@ -288,29 +288,37 @@ def resolve_table(
     )
 
 
-def make_attention(method: str, args: argparse.Namespace, table: SharingTable | None):
+def planner_config(args: argparse.Namespace) -> SharePrefillConfig:
+    """The planner knobs as a config (its method is set per run); bad values exit with why."""
+    try:
+        return SharePrefillConfig(
+            block_size=args.block_size,
+            gamma=args.gamma,
+            tau_sim=args.tau_sim,
+            tau_fb=args.tau_fb,
+            tau_qa=args.tau_qa,
+            min_budget=args.min_budget,
+            max_budget=args.max_budget,
+            dense_below=args.dense_below,
+            streaming_sink=args.streaming_sink,
+            streaming_window=args.streaming_window,
+            reference_quirks=args.reference_quirks,
+        )
+    except ValueError as error:
+        raise SystemExit(f"invalid planner settings: {error}") from error
+
+
+def make_attention(
+    method: str, args: argparse.Namespace, config: SharePrefillConfig, table: SharingTable | None
+):
     """The model's DenseAttention for `dense`, else SharePrefillAttention with the knobs."""
     if method == "dense":
         return DenseAttention(implementation=args.dense_implementation)
-    config = SharePrefillConfig(
-        method=method,
-        block_size=args.block_size,
-        gamma=args.gamma,
-        tau_sim=args.tau_sim,
-        tau_fb=args.tau_fb,
-        tau_qa=args.tau_qa,
-        min_budget=args.min_budget,
-        max_budget=args.max_budget,
-        dense_below=args.dense_below,
-        streaming_sink=args.streaming_sink,
-        streaming_window=args.streaming_window,
-        reference_quirks=args.reference_quirks,
-    )
     implementation = args.implementation.split(",") if args.implementation else None
     if implementation is not None and len(implementation) == 1:
         implementation = implementation[0]
     return SharePrefillAttention(
-        config,
+        dataclasses.replace(config, method=method),
         table if method == "shareprefill" else None,
         implementation=implementation,
         interpret=args.interpret,
@@ -388,11 +396,18 @@ def print_report(records: list[dict], question: Question) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    planner = planner_config(args)
     on_cpu = jax.default_backend() == "cpu"
     dtype_name = args.dtype or ("float32" if on_cpu else "bfloat16")
     loaded, model_name = resolve_checkpoint(args.checkpoint, jnp.dtype(dtype_name))
     config = loaded.config
     question = build_question(args, loaded)
+    if len(question.token_ids) + args.max_new_tokens > config.max_position_embeddings:
+        raise SystemExit(
+            f"the prompt ({len(question.token_ids)} tokens) plus --max-new-tokens"
+            f" {args.max_new_tokens} exceeds the model's context of"
+            f" {config.max_position_embeddings} tokens"
+        )
     table, table_line = resolve_table(args.table, model_name, config.num_layers, config.num_heads)
     eos = loaded.tokenizer.eos_token_id
     sampling = SamplingConfig(
@@ -415,7 +430,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = []
     for method in args.method:
         print(f"prefilling with {method} ...", flush=True)
-        attention = make_attention(method, args, table)
+        attention = make_attention(method, args, planner, table)
         record = run_method(method, attention, loaded, question, args, sampling)
         records.append(record | {"model": model_name, "prompt_tokens": len(question.token_ids)})
     print_report(records, question)
