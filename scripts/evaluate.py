@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         from evaluation.harness.report import write_report
 
-        written = write_report(store, summaries, args.report, args.figures, root=ROOT)
+        notes = args.results_dir / "notes.md"  # hand-written context, kept across regenerations
+        intro = notes.read_text() if notes.is_file() else ""
+        written = write_report(store, summaries, args.report, args.figures, root=ROOT, intro=intro)
         for path in written:
             print(f"wrote {path}")
     return 0
