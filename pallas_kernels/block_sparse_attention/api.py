@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from pallas_kernels.block_sparse_attention import (
     block_map,
     common,
+    mosaic_gpu,
     mosaic_tpu,
     reference,
     triton,
@@ -29,6 +30,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "reference": reference.attention,
     "xla": xla.attention,
     "triton": triton.attention,
+    "mosaic_gpu": mosaic_gpu.attention,
     "mosaic_tpu": mosaic_tpu.attention,
 }
 
