@@ -1,4 +1,4 @@
-"""The Pallas kernels lower for the real targets (Triton for CUDA, Mosaic for TPU) on a CPU.
+"""The Pallas kernels lower for the real targets (Triton and Mosaic GPU for CUDA, Mosaic for TPU).
 
 Interpret mode does not check the targets' rules (power-of-two Triton shapes, TPU tiling), so
 each kernel is also lowered for its platform against an abstract device.
@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import AbstractDevice, AbstractMesh
 
-from pallas_kernels.block_sparse_attention import BlockGeometry, BlockLayout, mosaic_tpu, triton
+from pallas_kernels.block_sparse_attention import (
+    BlockGeometry,
+    BlockLayout,
+    mosaic_gpu,
+    mosaic_tpu,
+    triton,
+)
 
 
 def _abstract(shape, dtype):
@@ -83,3 +89,36 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
 
     text = _lower(run, "tpu", "TPU v5p", q, kv, kv, layout)
     assert "tpu_custom_call" in text
+
+
+@pytest.mark.parametrize(
+    ("H", "bs", "dtype", "config"),
+    [
+        (128, 128, jnp.bfloat16, None),  # two compute warpgroups, 2 stages
+        (64, 64, jnp.float16, None),  # one compute warpgroup, 3 stages
+        (256, 128, jnp.bfloat16, None),  # one stage fits
+        (128, 128, jnp.float16, mosaic_gpu.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
+        (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(use_schedule_barrier=False)),
+    ],
+)
+def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, monkeypatch):
+    """Pallas-to-Mosaic-GPU lowering (layouts, wgmma shapes, transforms) of the hardware path."""
+    g, layout, q, kv = _specs(T=1000, S=1300, N=4, K=2, H=H, bs=bs, M=7, dtype=dtype)
+    # The supported-check looks for a Hopper device; lowering needs none.
+    monkeypatch.setattr(mosaic_gpu, "check_supported", lambda *args: None)
+
+    def run(q, k, v, layout):
+        return mosaic_gpu.attention(
+            q,
+            k,
+            v,
+            layout,
+            sm_scale=0.1,
+            causal=True,
+            geometry=g,
+            with_block_lse=False,
+            config=config,
+        )
+
+    text = _lower(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
+    assert "mosaic_gpu" in text
