@@ -6,7 +6,7 @@
 
 Cases (`--models`, `--lengths`, `--methods` select subsets):
 - smollm2: SmolLM2-135M-Instruct, every method, at 1K, 2K, 4K and 8K tokens;
-- qwen: Qwen2.5-Coder-0.5B-Instruct, dense and shareprefill, at 4K, 8K, 16K and 32K;
+- qwen: Qwen2.5-Coder-0.5B-Instruct, every method, at 4K, 8K, 16K and 32K;
 - llama8b: a Llama-3.1-8B-shaped model with random bf16 weights (32 layers, D 4096, 32/8
   heads, head dim 128, FFN 14336, vocab 128256, llama3 RoPE), dense only, at 8K-128K: the
   end-to-end baseline sparse prefill has to beat.
@@ -161,7 +161,7 @@ CASES = {
             builtin="qwen2.5-coder-0.5b-instruct",
             config=QWEN2_5_0_5B,
             lengths=(4096, 8192, 16384, 32768),
-            methods=("dense", "shareprefill"),
+            methods=("dense", "shareprefill", "flexprefill", "vertical_slash", "streaming"),
         ),
         ModelCase(
             name="llama8b",
