@@ -1,0 +1,371 @@
+"""First GPU run of the mosaic_gpu backend: correctness, then timing against Triton and cuDNN.
+
+One call gives as much as it can: every check and every timing runs in its own try block, and a
+failure (a Mosaic GPU compile error, a mismatch) prints its traceback and the run goes on.
+Records are written to --out after every section, so a run cut short keeps what it measured.
+
+1. The kernel battery's cases (tests/kernels/battery.py, float32 cases run in bf16 / f16) for
+   mosaic_gpu against the float64 NumPy oracle: out, lse, and block maps for the map cases; then
+   the Llama shape at S = 4096 + 77 against the f32 reference and full causal against cuDNN.
+2. mosaic_gpu vs triton vs cuDNN dense causal at the Llama-3.1-8B attention shape (N=32, K=8,
+   H=128, bf16, B=1) at --seq-lens (32K, 128K) and --densities (~100 %, 10 %, 5 %) with
+   benchmarks/attention.py's structured layouts.
+3. A few mosaic_gpu launch configurations (stages, one or two compute warpgroups, schedule
+   barrier) at --sweep-seq-len, printed separately.
+
+    python -m benchmarks.mosaic_gpu_check --out benchmarks/results/mosaic_gpu_check_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import attention as bench
+from benchmarks import timing
+from pallas_kernels.block_sparse_attention import (
+    BlockGeometry,
+    block_sparse_attention,
+    block_sparse_attention_with_block_map,
+    causal_layout,
+    layout_from_mask,
+)
+from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
+from tests.kernels import battery, numpy_oracle
+
+ON_GPU = jax.default_backend() == "gpu"
+SWEEP_CONFIGS = (
+    ("default", None),
+    ("s1_wg2", mosaic_backend.MosaicGpuConfig(num_stages=1)),
+    ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
+    ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
+    ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
+)
+
+
+def _guarded(label: str, records: list[dict], fn, *args, **kwargs):
+    """Runs fn; on an exception prints the traceback, records the failure, returns None."""
+    start = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # one failure must not end the run
+        print(f"FAILED {label}: {type(e).__name__}: {str(e)[:2000]}", flush=True)
+        traceback.print_exc()
+        records.append(
+            {
+                "kind": "failure",
+                "label": label,
+                "error": f"{type(e).__name__}: {str(e)[:4000]}",
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        return None
+
+
+def _in_16_bits(cases):
+    dtypes = (jnp.bfloat16, jnp.float16)
+    return tuple(
+        dataclasses.replace(c, dtype=dtypes[i % 2]) if c.dtype == jnp.float32 else c
+        for i, c in enumerate(cases)
+    )
+
+
+def _max_err(got, want) -> float:
+    return float(np.abs(battery.as_np(got) - want).max())
+
+
+def battery_case(case: battery.Case, with_maps: bool) -> dict:
+    """One battery case on the GPU against the float64 oracle."""
+    rng = np.random.default_rng(0)
+    q, k, v = battery.make_inputs(rng, case)
+    mask = battery.random_block_mask(rng, case)
+    layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
+    want_out, want_lse, probs = numpy_oracle.attention(
+        battery.as_np(q), battery.as_np(k), battery.as_np(v), mask, case.block_size
+    )
+    tol = battery.TOLERANCES[case.dtype]
+    record = {"kind": "battery", "case": case.name, "dtype": jnp.dtype(case.dtype).name}
+    if with_maps:
+        selected = rng.random((case.batch, case.num_heads)) < 0.5
+        selected[0, -1] = True
+        out, lse, block_map = block_sparse_attention_with_block_map(
+            q, k, v, layout, jnp.asarray(selected), implementation="mosaic_gpu"
+        )
+        want_map = numpy_oracle.block_map(probs, case.num_keys, case.block_size)
+        record["case"] += " (maps)"
+        record["map_err"] = float(np.abs(np.asarray(block_map, np.float64) - want_map).max())
+    else:
+        out, lse = block_sparse_attention(
+            q, k, v, layout, return_lse=True, implementation="mosaic_gpu"
+        )
+    record["out_err"] = _max_err(out, want_out)
+    record["lse_err"] = float(np.abs(np.asarray(lse, np.float64) - want_lse).max())
+    record["finite"] = bool(np.isfinite(battery.as_np(out)).all())
+    passed = (
+        record["finite"] and record["out_err"] <= tol["out"] and record["lse_err"] <= tol["lse"]
+    )
+    if with_maps:
+        passed &= record["map_err"] <= tol["block_map"] + 1e-4
+    record["passed"] = bool(passed)
+    return record
+
+
+def llama_checks(seq_len: int) -> list[dict]:
+    """Llama shape vs the f32 reference (10 % layout, maps for 3 heads) and full causal vs cuDNN."""
+    records = []
+    q, k, v = bench.make_inputs(seq_len, seed=1)
+    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+    layout, _ = bench.make_layout(geometry, 0.1)
+    selected = jnp.zeros((1, bench.NUM_HEADS), bool).at[0, jnp.array([0, 5, 17])].set(True)
+    got = block_sparse_attention_with_block_map(
+        q, k, v, layout, selected, max_selected=4, implementation="mosaic_gpu"
+    )
+    want = block_sparse_attention_with_block_map(
+        q, k, v, layout, selected, max_selected=4, implementation="reference"
+    )
+    for name, a, b in zip(("out", "lse", "block_map"), got, want, strict=True):
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        records.append(
+            {
+                "kind": "check",
+                "check": f"mosaic_gpu vs reference {name}, S={seq_len}, 10%",
+                "max_abs_err": float(jnp.abs(a - b).max()),
+                "rel_err": float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)),
+            }
+        )
+    seq_len = 2 * (seq_len // 2)
+    q, k, v = bench.make_inputs(seq_len, seed=2)
+    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+    a = sparse_mosaic(q, k, v, causal_layout(1, bench.NUM_HEADS, geometry)).astype(jnp.float32)
+    b = bench.dense_cudnn(q, k, v).astype(jnp.float32)
+    records.append(
+        {
+            "kind": "check",
+            "check": f"mosaic_gpu full causal vs cuDNN, S={seq_len}",
+            "max_abs_err": float(jnp.abs(a - b).max()),
+            "rel_err": float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)),
+        }
+    )
+    return records
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def sparse_mosaic(q, k, v, layout, config=None):
+    geometry = BlockGeometry(num_queries=q.shape[1], num_keys=k.shape[1], block_size=bench.BLOCK)
+    return mosaic_backend.attention(
+        q,
+        k,
+        v,
+        layout,
+        sm_scale=bench.HEAD_DIM**-0.5,
+        causal=True,
+        geometry=geometry,
+        with_block_lse=False,
+        interpret=not ON_GPU,
+        config=config,
+    ).out
+
+
+def _timed(kind, implementation, config_name, fn, q, k, v, layout, seq_len, density, dense):
+    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+    t = timing.time_call(fn, q, k, v, layout)
+    dense_time, dense_flops = dense
+    return {
+        "kind": kind,
+        "implementation": implementation,
+        "config": config_name,
+        "seq_len": seq_len,
+        "target_density": density,
+        "density": float(layout.density(geometry).mean()),
+        "time_ms": t * 1e3,
+        "dense_time_ms": dense_time * 1e3,
+        "dense_tflops": dense_flops / dense_time / 1e12,
+        "tflops_active": bench.active_flops(layout, geometry) / t / 1e12,
+        "vs_cudnn_tflops": bench.active_flops(layout, geometry) / t / (dense_flops / dense_time),
+        "speedup": dense_time / t,
+        "max_blocks": layout.max_blocks,
+    }
+
+
+def _max_diff(q, k, v, layout) -> float:
+    a = sparse_mosaic(q, k, v, layout).astype(jnp.float32)
+    return float(jnp.abs(a - bench.sparse_triton(q, k, v, layout).astype(jnp.float32)).max())
+
+
+def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
+    """mosaic_gpu vs triton vs cuDNN; appends to `records` as it goes and returns the rows."""
+    rows = []
+    for seq_len in seq_lens:
+        q, k, v = bench.make_inputs(seq_len)
+        geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+        dense_flops = 4.0 * bench.NUM_HEADS * bench.HEAD_DIM * seq_len * seq_len / 2
+        dense_time = _guarded(
+            f"cudnn S={seq_len}", records, timing.time_call, bench.dense_cudnn, q, k, v
+        )
+        if dense_time is None:
+            continue
+        dense = (dense_time, dense_flops)
+        rows.append(
+            {
+                "kind": "compare",
+                "implementation": "cudnn",
+                "seq_len": seq_len,
+                "target_density": 1.0,
+                "density": 1.0,
+                "time_ms": dense_time * 1e3,
+                "tflops_active": dense_flops / dense_time / 1e12,
+                "speedup": 1.0,
+            }
+        )
+        records.append(rows[-1])
+        for density in densities:
+            layout, _ = bench.make_layout(geometry, density)
+            for name, fn in (("mosaic_gpu", sparse_mosaic), ("triton", bench.sparse_triton)):
+                label = f"{name} S={seq_len} density={density}"
+                row = _guarded(
+                    label, records, _timed, "compare", name, "default", fn, q, k, v, layout,
+                    seq_len, density, dense,
+                )  # fmt: skip
+                if row is not None:
+                    rows.append(row)
+                    records.append(row)
+                    print(
+                        f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f} TFLOP/s"
+                        f" active, {row['speedup']:.2f}x cuDNN",
+                        flush=True,
+                    )
+            if density == 1.0:
+                agree = _guarded(
+                    f"mosaic_gpu vs triton S={seq_len}", records, _max_diff, q, k, v, layout
+                )
+                if agree is not None:
+                    records.append(
+                        {
+                            "kind": "check",
+                            "check": f"mosaic_gpu vs triton full causal, S={seq_len}",
+                            "max_abs_err": agree,
+                        }
+                    )
+                    print(f"mosaic_gpu vs triton, full causal S={seq_len}: {agree:.3g}", flush=True)
+    return rows
+
+
+def sweep(seq_len: int, densities, records: list[dict]) -> list[dict]:
+    rows = []
+    q, k, v = bench.make_inputs(seq_len)
+    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+    dense_flops = 4.0 * bench.NUM_HEADS * bench.HEAD_DIM * seq_len * seq_len / 2
+    dense_time = _guarded("cudnn (sweep)", records, timing.time_call, bench.dense_cudnn, q, k, v)
+    if dense_time is None:
+        return rows
+    for density in densities:
+        layout, _ = bench.make_layout(geometry, density)
+        for name, config in SWEEP_CONFIGS:
+            fn = functools.partial(sparse_mosaic, config=config)
+            label = f"sweep {name} S={seq_len} density={density}"
+            row = _guarded(
+                label, records, _timed, "sweep", "mosaic_gpu", name, fn, q, k, v, layout,
+                seq_len, density, (dense_time, dense_flops),
+            )  # fmt: skip
+            if row is not None:
+                rows.append(row)
+                records.append(row)
+                print(f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f}", flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.1, 0.05])
+    parser.add_argument("--check-seq-len", type=int, default=4096 + 77)
+    parser.add_argument("--sweep-seq-len", type=int, default=32768)
+    parser.add_argument("--sweep-densities", type=float, nargs="+", default=[1.0, 0.1])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["battery", "compare", "sweep"])
+    args = parser.parse_args()
+    meta = timing.environment()
+    print(meta, flush=True)
+    out = args.out or Path(f"benchmarks/results/mosaic_gpu_check_{timing.gpu_tag()}.json")
+    records: list[dict] = []
+
+    def save():
+        timing.write_records(out, records, meta)
+
+    battery_rows, checks = [], []
+    if "battery" not in args.skip:
+        cases = _in_16_bits(battery.CASES)
+        map_names = {c.name for c in battery.Battery.map_cases}
+        jobs = [(c, False) for c in cases] + [(c, True) for c in cases if c.name in map_names]
+        for case, with_maps in jobs:
+            label = f"battery {case.name}{' (maps)' if with_maps else ''}"
+            row = _guarded(label, records, battery_case, case, with_maps)
+            if row is not None:
+                battery_rows.append(row)
+                records.append(row)
+                status = "PASS" if row["passed"] else "FAIL"
+                print(
+                    f"{status} {row['case']} [{row['dtype']}] out {row['out_err']:.3g}"
+                    f" lse {row['lse_err']:.3g} map {row.get('map_err', float('nan')):.3g}",
+                    flush=True,
+                )
+        checks = _guarded("llama checks", records, llama_checks, args.check_seq_len) or []
+        records.extend(checks)
+        for c in checks:
+            print(f"{c['check']}: max {c['max_abs_err']:.3g}, rel {c['rel_err']:.3g}", flush=True)
+        save()
+    compare_rows = []
+    if "compare" not in args.skip:
+        compare_rows = compare(args.seq_lens, args.densities, records)
+        save()
+    sweep_rows = []
+    if "sweep" not in args.skip:
+        sweep_rows = sweep(args.sweep_seq_len, args.sweep_densities, records)
+        save()
+
+    failures = [r for r in records if r.get("kind") == "failure"]
+    print(f"\nwrote {len(records)} records to {out}; {len(failures)} failures")
+    for f in failures:
+        print(f"  failure: {f['label']}: {f['error'][:300]}")
+    if battery_rows:
+        passed = sum(r["passed"] for r in battery_rows)
+        print(f"battery: {passed}/{len(battery_rows)} passed")
+        if passed < len(battery_rows):
+            timing.print_table(
+                [r for r in battery_rows if not r["passed"]],
+                ["case", "dtype", "out_err", "lse_err", "map_err"],
+            )
+    if checks:
+        timing.print_table(checks, ["check", "max_abs_err", "rel_err"])
+    if sweep_rows:
+        print("\nlaunch sweep (mosaic_gpu)")
+        timing.print_table(
+            sweep_rows, ["config", "seq_len", "target_density", "time_ms", "tflops_active"]
+        )
+    if compare_rows:
+        print("\nmosaic_gpu vs triton vs cuDNN (bf16, N=32, K=8, H=128, B=1)")
+        timing.print_table(
+            compare_rows,
+            [
+                "implementation",
+                "seq_len",
+                "target_density",
+                "density",
+                "time_ms",
+                "tflops_active",
+                "vs_cudnn_tflops",
+                "speedup",
+            ],
+        )
+
+
+if __name__ == "__main__":
+    main()
