@@ -37,6 +37,7 @@ from models import load_builtin, load_checkpoint  # noqa: E402
 from models.collect import BlockMapCollector, CollectedMaps, collect_block_maps  # noqa: E402
 from models.fetch import BUILTIN_MODELS, cache_dir  # noqa: E402
 from sharedsparse_jax.calibrate import (  # noqa: E402
+    DEFAULT_THRESHOLDS,
     EMBEDDINGS,
     AutoencoderConfig,
     CalibrationConfig,
@@ -109,12 +110,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grid", type=int, default=32, help="side of the clustering grid")
     defaults_cluster, defaults_select = ClusterConfig(), SelectionConfig()
     defaults_ae = defaults_cluster.autoencoder
-    parser.add_argument("--embedding", choices=EMBEDDINGS, default=defaults_cluster.embedding)
+    parser.add_argument(
+        "--embedding",
+        choices=EMBEDDINGS,
+        default=defaults_cluster.embedding,
+        help=f"head embedding (default: {defaults_cluster.embedding})",
+    )
     parser.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="clustering distance cut (default: per embedding)",
+        help=f"clustering distance cut (default: per embedding, {DEFAULT_THRESHOLDS})",
     )
     parser.add_argument("--linkage", default=defaults_cluster.linkage)
     parser.add_argument("--latent-dim", type=int, default=defaults_ae.latent_dim)

@@ -14,6 +14,8 @@ from sharedsparse_jax.calibrate.autoencoder import (
     train_autoencoder,
 )
 from sharedsparse_jax.calibrate.cluster import (
+    DEFAULT_EMBEDDING,
+    DEFAULT_THRESHOLDS,
     EMBEDDINGS,
     ClusterConfig,
     HeadClustering,
@@ -57,6 +59,8 @@ from sharedsparse_jax.calibrate.selection import (
 )
 
 __all__ = [
+    "DEFAULT_EMBEDDING",
+    "DEFAULT_THRESHOLDS",
     "EMBEDDINGS",
     "TOOL_VERSION",
     "AutoencoderConfig",

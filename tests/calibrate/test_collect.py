@@ -13,6 +13,7 @@ from sharedsparse_jax.config import SharePrefillConfig
 from tests.models.helpers import random_model, tiny_config
 
 LENGTH, BLOCK = 200, 32  # padded to a 256-token bucket; 6 whole blocks, 8 tokens left over
+PLANNER = SharePrefillConfig(block_size=64, min_budget=64, dense_below=64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +54,17 @@ def oracle_maps(q: np.ndarray, k: np.ndarray, length: int, block_size: int) -> n
 
 @pytest.fixture(scope="module")
 def tiny():
+    """A tiny random model, its prompts, the collected maps and a dense run recording q, k."""
     model = random_model(tiny_config(), seed=3)
     tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, LENGTH))
-    return model, tokens
+    collector = BlockMapCollector(block_size=BLOCK, estimate_config=PLANNER, implementation="xla")
+    collected = collect_block_maps(model, tokens, collector)
+    recorded = generate.prefill(model, tokens, attention=RecordingAttention())
+    return model, tokens, collected, recorded
 
 
 def test_collected_maps_match_the_softmax_oracle(tiny):
-    model, tokens = tiny
-    collector = BlockMapCollector(block_size=BLOCK, implementation="xla")
-    collected = collect_block_maps(model, tokens, collector)
-    recorded = generate.prefill(model, tokens, attention=RecordingAttention())
+    _, _, collected, recorded = tiny
     q = np.asarray(recorded.stats["q"], np.float64)  # [L, B, T, N, H]
     k = np.asarray(recorded.stats["k"], np.float64)
     assert collected.block_maps.shape == (2, 3, 6, 6, 6)  # [B, L, N, Tb, Tb]
@@ -71,24 +73,20 @@ def test_collected_maps_match_the_softmax_oracle(tiny):
         want = oracle_maps(q[:, b], k[:, b], LENGTH, BLOCK)
         np.testing.assert_allclose(collected.block_maps[b], want, atol=2e-5)
     np.testing.assert_allclose(collected.block_maps.sum(-1), 1.0, atol=1e-5)
-    assert collected.estimates is None
 
 
 def test_collector_output_is_dense_attention_and_estimates_are_recorded(tiny):
-    model, tokens = tiny
-    planner = SharePrefillConfig(block_size=64, min_budget=64, dense_below=64)
-    collector = BlockMapCollector(block_size=BLOCK, estimate_config=planner, implementation="xla")
-    dense = generate.prefill(model, tokens, attention=DenseAttention(implementation="xla"))
-    result = generate.prefill(model, tokens, attention=collector)
-    np.testing.assert_allclose(result.logits, dense.logits, atol=2e-4, rtol=1e-4)
-    collected = collect_block_maps(model, tokens, collector)
+    model, tokens, collected, recorded = tiny
+    collector = BlockMapCollector(block_size=BLOCK, estimate_config=PLANNER, implementation="xla")
+    result = generate.prefill(model, tokens, attention=collector)  # compiled by the fixture
+    np.testing.assert_allclose(result.logits, recorded.logits, atol=2e-4, rtol=1e-4)
     assert collected.estimates["vertical"].shape == (2, 3, 6, 4)  # 200 tokens: 4 blocks of 64
     assert collected.estimates["query_aware"].dtype == bool
     np.testing.assert_allclose(collected.estimates["vertical"].sum(-1), 1.0, atol=1e-5)
 
 
 def test_collector_refusals(tiny):
-    model, tokens = tiny
+    model, tokens, _, _ = tiny
     with pytest.raises(ValueError, match="block_size"):
         BlockMapCollector(block_size=0)
     with pytest.raises(ValueError, match="no whole block"):
