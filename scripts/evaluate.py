@@ -7,9 +7,10 @@ figures. Examples:
 
     # everything, with the defaults (both models, all tasks, all methods, default variant)
     python scripts/evaluate.py
-    # the CPU runs of docs/evaluation_results.md
-    python scripts/evaluate.py --models smollm2-135m-instruct --tasks text \
-        --text-lengths 1K 2K 4K --windows 4 --variants default small
+    # one of the H200 runs behind docs/evaluation_results.md (its provenance table has all)
+    python scripts/evaluate.py --results-dir benchmarks/results/accuracy_h200 \
+        --models qwen2.5-coder-0.5b-instruct --tasks passkey niah_multikey_1 vt \
+        --retrieval-lengths 8K 32K --samples 20
     # a quick end-to-end check (a temporary results directory, a few minutes on a CPU)
     python scripts/evaluate.py --smoke
     # only rebuild summary, tables and plots from what is on disk

@@ -35,7 +35,7 @@ def _git(*args: str) -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip()
+    return result.stdout.rstrip()  # porcelain lines start with a space: keep it
 
 
 def environment() -> dict[str, Any]:
