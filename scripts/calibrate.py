@@ -1,8 +1,8 @@
 """Calibrate a model for SharePrefill: cluster its heads and write its sharing table.
 
-    python scripts/calibrate.py --model smollm2-135m-instruct \
+    python scripts/calibrate.py --model smollm2-135m-instruct --sweep \
         --table sharedsparse_jax/tables/smollm2-135m-instruct.json \
-        --figures docs/figures --report docs/calibration_smollm2-135m-instruct.json
+        --report benchmarks/results/calibration/smollm2-135m-instruct.json --figures docs/figures
 
 Steps (docs/calibration.md):
 1. Collect: dense prefill of calibration windows (Austen novels and Paul Graham essays) with
@@ -504,7 +504,7 @@ def write_figures(args, model_name, report, clustering, sharing, held_grid, cal_
             sharing.is_shared[member_cluster],
             report["sharing"]["min_coverage"],
             f"{prefix}_coverage.png",
-            title=f"{model_name}: members' mass covered by their pivot's pattern (held-out)",
+            title=f"{model_name}: members' mass in the pivot's pattern (held-out)",
         ),
         figures.plot_distance_distributions(
             within,

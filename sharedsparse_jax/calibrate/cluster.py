@@ -7,9 +7,8 @@ Two embeddings of each head's mean grid map over the calibration prompts:
   between these are sqrt(2) x the RMS row Hellinger distance between the maps).
 Both are centred over the model's heads and then L2-normalised, so one distance scale (chord
 distance of unit vectors, in [0, 2]) serves both. Centring matters: raw autoencoder latents
-share a large common offset, so their unit vectors crowd into a narrow cone (every merge below
-0.07 on planted test maps), and raw pooled features are all non-negative and likewise close; on
-SmolLM2 centring raised the ARI between clusterings of disjoint texts (docs/calibration.md).
+share a large common offset, so their unit vectors crowd into a narrow cone, and raw pooled
+features are all non-negative and likewise close together.
 Heads are then clustered over all layers at once with scipy's hierarchical clustering, cut at a
 distance threshold.
 """
