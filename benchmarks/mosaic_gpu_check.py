@@ -6,7 +6,8 @@ Records are written to --out after every section, so a run cut short keeps what 
 
 1. The kernel battery's cases (tests/kernels/battery.py, float32 cases run in bf16 / f16) for
    mosaic_gpu against the float64 NumPy oracle: out, lse, and block maps for the map cases; then
-   the Llama shape at S = 4096 + 77 against the f32 reference and full causal against cuDNN.
+   the Llama shape at S = 4096 + 77 against the f32 reference and full causal against cuDNN;
+   then which kernel `implementation=None` runs (default_checks).
 2. mosaic_gpu vs triton vs cuDNN dense causal at the Llama-3.1-8B attention shape (N=32, K=8,
    H=128, bf16, B=1) at --seq-lens (32K, 128K) and --densities (~100 %, 10 %, 5 %) with
    benchmarks/attention.py's structured layouts.
@@ -82,8 +83,24 @@ def _max_err(got, want) -> float:
     return float(np.abs(battery.as_np(got) - want).max())
 
 
-def battery_case(case: battery.Case, with_maps: bool) -> dict:
-    """One battery case on the GPU against the float64 oracle."""
+def battery_jobs() -> list[tuple[battery.Case, bool]]:
+    """(case, with_maps) for every battery case in 16 bits, then again for the map cases."""
+    cases = _in_16_bits(battery.CASES)
+    map_names = {c.name for c in battery.Battery.map_cases}
+    return [(c, False) for c in cases] + [(c, True) for c in cases if c.name in map_names]
+
+
+def battery_case(
+    case: battery.Case,
+    with_maps: bool,
+    implementation: str = "mosaic_gpu",
+    interpret: bool = not ON_GPU,
+) -> dict:
+    """One battery case (on the GPU unless `interpret`) against the float64 oracle.
+
+    Maps are judged like the pytest battery's: on the selected heads only, with the unselected
+    heads and the unlisted blocks required to be zero (battery.block_map_errors).
+    """
     rng = np.random.default_rng(0)
     q, k, v = battery.make_inputs(rng, case)
     mask = battery.random_block_mask(rng, case)
@@ -97,14 +114,21 @@ def battery_case(case: battery.Case, with_maps: bool) -> dict:
         selected = rng.random((case.batch, case.num_heads)) < 0.5
         selected[0, -1] = True
         out, lse, block_map = block_sparse_attention_with_block_map(
-            q, k, v, layout, jnp.asarray(selected), implementation="mosaic_gpu"
+            q,
+            k,
+            v,
+            layout,
+            jnp.asarray(selected),
+            implementation=implementation,
+            interpret=interpret,
         )
         want_map = numpy_oracle.block_map(probs, case.num_keys, case.block_size)
         record["case"] += " (maps)"
-        record["map_err"] = float(np.abs(np.asarray(block_map, np.float64) - want_map).max())
+        # The oracle has maps for every head; only the selected ones are compared.
+        record.update(battery.block_map_errors(block_map, want_map, selected, mask))
     else:
         out, lse = block_sparse_attention(
-            q, k, v, layout, return_lse=True, implementation="mosaic_gpu"
+            q, k, v, layout, return_lse=True, implementation=implementation, interpret=interpret
         )
     record["out_err"] = _max_err(out, want_out)
     record["lse_err"] = float(np.abs(np.asarray(lse, np.float64) - want_lse).max())
@@ -113,7 +137,12 @@ def battery_case(case: battery.Case, with_maps: bool) -> dict:
         record["finite"] and record["out_err"] <= tol["out"] and record["lse_err"] <= tol["lse"]
     )
     if with_maps:
-        passed &= record["map_err"] <= tol["block_map"] + 1e-4
+        passed &= (
+            record["map_err"] <= tol["block_map"] + 1e-4
+            and record["map_unselected"] == 0
+            and record["map_unlisted"] == 0
+            and record["map_row_sum_err"] <= 1e-5
+        )
     record["passed"] = bool(passed)
     return record
 
@@ -154,6 +183,37 @@ def llama_checks(seq_len: int) -> list[dict]:
             "rel_err": float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)),
         }
     )
+    return records
+
+
+def default_checks() -> list[dict]:
+    """`implementation=None` against each explicit one (same kernel: bit-equal, error 0).
+
+    On a Hopper GPU the default is mosaic_gpu for bf16 (its distance to triton, also shown, is
+    nonzero) and triton for f32 (mosaic_gpu's fall-through). On a CPU it is xla.
+    """
+    records = []
+    case = battery.Case("default", head_dim=128, block_size=128, num_queries=300, num_keys=300)
+    for dtype in (jnp.bfloat16, jnp.float32):
+        rng = np.random.default_rng(0)
+        q, k, v = battery.make_inputs(rng, dataclasses.replace(case, dtype=dtype))
+        mask = battery.random_block_mask(rng, case)
+        layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
+        got = block_sparse_attention(q, k, v, layout).astype(jnp.float32)
+        if not ON_GPU:
+            names = ("xla",)
+        else:
+            names = ("mosaic_gpu", "triton") if dtype == jnp.bfloat16 else ("triton",)
+        for name in names:
+            want = block_sparse_attention(q, k, v, layout, implementation=name)
+            records.append(
+                {
+                    "kind": "check",
+                    "check": f"default vs {name} ({jnp.dtype(dtype).name})",
+                    "max_abs_err": float(jnp.abs(got - want.astype(jnp.float32)).max()),
+                    "rel_err": float("nan"),
+                }
+            )
     return records
 
 
@@ -302,10 +362,7 @@ def main():
 
     battery_rows, checks = [], []
     if "battery" not in args.skip:
-        cases = _in_16_bits(battery.CASES)
-        map_names = {c.name for c in battery.Battery.map_cases}
-        jobs = [(c, False) for c in cases] + [(c, True) for c in cases if c.name in map_names]
-        for case, with_maps in jobs:
+        for case, with_maps in battery_jobs():
             label = f"battery {case.name}{' (maps)' if with_maps else ''}"
             row = _guarded(label, records, battery_case, case, with_maps)
             if row is not None:
@@ -318,6 +375,7 @@ def main():
                     flush=True,
                 )
         checks = _guarded("llama checks", records, llama_checks, args.check_seq_len) or []
+        checks += _guarded("default checks", records, default_checks) or []
         records.extend(checks)
         for c in checks:
             print(f"{c['check']}: max {c['max_abs_err']:.3g}, rel {c['rel_err']:.3g}", flush=True)
@@ -341,7 +399,16 @@ def main():
         if passed < len(battery_rows):
             timing.print_table(
                 [r for r in battery_rows if not r["passed"]],
-                ["case", "dtype", "out_err", "lse_err", "map_err"],
+                [
+                    "case",
+                    "dtype",
+                    "out_err",
+                    "lse_err",
+                    "map_err",
+                    "map_unselected",
+                    "map_unlisted",
+                    "map_row_sum_err",
+                ],
             )
     if checks:
         timing.print_table(checks, ["check", "max_abs_err", "rel_err"])
