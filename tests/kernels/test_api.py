@@ -1,11 +1,15 @@
 """The public call: bad inputs give clear errors, and the registry falls through."""
 
+import types
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from pallas_kernels.block_sparse_attention import (
     BlockGeometry,
+    api,
     block_sparse_attention,
     block_sparse_attention_with_block_map,
     causal_layout,
@@ -98,3 +102,67 @@ def test_sm_scale_is_applied(rng):
         as_np(q), as_np(k), as_np(v), np.ones((1, 4, 2, 2), bool), 64, scale=0.3
     )
     np.testing.assert_allclose(as_np(out), want, atol=2e-5)
+
+
+def _default_kernel(monkeypatch, *, capability="9.0", dtype=jnp.bfloat16, H=128, bs=128):
+    """Which kernel `implementation=None` traces on a (pretended) GPU of this capability.
+
+    Tracing needs no GPU: each backend's support check runs, the chosen one's kernel is traced.
+    """
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    device = types.SimpleNamespace(compute_capability=capability, device_kind="NVIDIA H200")
+    monkeypatch.setattr(jax, "devices", lambda *args: [device])
+    T = 300
+    geometry = BlockGeometry(num_queries=T, num_keys=T, block_size=bs)
+    layout = causal_layout(1, 4, geometry)
+    q = jax.ShapeDtypeStruct((1, T, 4, H), dtype)
+    kv = jax.ShapeDtypeStruct((1, T, 2, H), dtype)
+    # The jitted call caches its trace by shapes and statics, not by device: start afresh.
+    api._attention.clear_cache()
+    try:
+        trace = jax.make_jaxpr(lambda q, k, v: block_sparse_attention(q, k, v, layout))
+        jaxpr = str(trace(q, kv, kv))
+    finally:
+        api._attention.clear_cache()
+    if "block_sparse_attention_mgpu" in jaxpr:
+        return "mosaic_gpu"
+    return "triton" if "pallas_call" in jaxpr else "xla"
+
+
+def test_default_on_gpu_tries_mosaic_gpu_then_triton(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert api._candidates(None) == ("mosaic_gpu", "triton", "xla")
+
+
+@pytest.mark.parametrize(
+    ("settings", "want"),
+    [
+        ({}, "mosaic_gpu"),  # Hopper, bf16, H 128, bs 128
+        ({"dtype": jnp.float16, "H": 64, "bs": 64}, "mosaic_gpu"),
+        ({"dtype": jnp.float32}, "triton"),  # mosaic_gpu has no f32
+        ({"H": 32}, "triton"),  # nor head dim 32
+        ({"bs": 32}, "triton"),  # nor blocks under 64 rows
+        ({"capability": "8.0"}, "triton"),  # Ampere
+        ({"capability": "10.0"}, "triton"),  # Blackwell: no wgmma
+    ],
+)
+def test_default_on_gpu_picks_mosaic_gpu_only_where_it_runs(monkeypatch, settings, want):
+    assert _default_kernel(monkeypatch, **settings) == want
+
+
+def test_default_maps_on_hopper_run_mosaic_gpu_and_triton(monkeypatch):
+    """Main launch on mosaic_gpu, the selected heads' recording launch on triton."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    device = types.SimpleNamespace(compute_capability="9.0", device_kind="NVIDIA H200")
+    monkeypatch.setattr(jax, "devices", lambda *args: [device])
+    layout = _layout(T=256, S=256)
+    q = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
+    selected = jax.ShapeDtypeStruct((1, 4), jnp.bool_)
+
+    def run(q, k, v, selected):
+        return block_sparse_attention_with_block_map(q, k, v, layout, selected, max_selected=2)
+
+    jaxpr = str(jax.make_jaxpr(run)(q, kv, kv, selected))
+    # Mosaic GPU's kernel shows by its name, Triton's as a pallas_call.
+    assert "block_sparse_attention_mgpu" in jaxpr and jaxpr.count("pallas_call") == 1
