@@ -50,7 +50,8 @@ def mass_threshold(
         fits = mass_from(mid) <= target
         return jnp.where(fits, lo, mid), jnp.where(fits, mid, hi)
 
-    _, hi = jax.lax.fori_loop(0, num_steps, step, (lo, hi))
+    # Unrolled into straight-line passes: no device while-loop around 31 tiny steps.
+    _, hi = jax.lax.fori_loop(0, num_steps, step, (lo, hi), unroll=True)
     theta = jax.lax.bitcast_convert_type(hi, x.dtype)
     return jnp.where(everything_fits, jnp.zeros_like(theta), theta)
 
