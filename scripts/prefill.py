@@ -131,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     methods.add_argument(
         "--implementation",
         help="block-sparse kernel implementation(s), comma-separated fall-through order\n"
-        "(reference, xla, triton, mosaic_tpu; default: the best for the backend)",
+        "(reference, xla, triton, mosaic_gpu, mosaic_tpu; default: the best for the backend)",
     )
     methods.add_argument(
         "--interpret", action="store_true", help="run Pallas kernels in interpret mode"
