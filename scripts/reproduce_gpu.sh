@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Regenerates every GPU number of docs/results.md on one GPU machine, stage by stage.
+#
+#   ./scripts/reproduce_gpu.sh                 # every stage, in order
+#   ./scripts/reproduce_gpu.sh accuracy latency # some stages
+#
+# Stages (each writes its raw results under benchmarks/results/ and prints its table):
+#   kernels   block-sparse kernels against cuDNN (benchmarks.attention)
+#   hopper    the mosaic_gpu check: battery, Llama-shape checks, timing, launch sweep
+#   planner   planner overhead on a Llama-3.1-8B-shaped layer
+#   methods   attention-level time of every method on profile-matched synthetic layers
+#   latency   end-to-end prefill latency of the built-in models and the 8B-shaped model
+#   accuracy  perplexity, fidelity and retrieval of every method (scripts/evaluate.py),
+#             then the report docs/evaluation_results.md and its figures
+# Every stage shows progress bars. `accuracy` resumes where it stopped (finished units are
+# skipped); `methods` is rerun with --resume; `latency` merges into its results file.
+# The built-in models and texts come from the cache ($SHAREDSPARSE_CACHE or
+# ~/.cache/sharedsparse-jax); on a machine without network, copy the cache's gguf/ and data/
+# directories there first (docs/usage.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+QWEN=qwen2.5-coder-0.5b-instruct
+SMOLLM2=smollm2-135m-instruct
+RESULTS=benchmarks/results
+
+stage_kernels() { "$PYTHON" -m benchmarks.attention; }
+stage_hopper() { "$PYTHON" -m benchmarks.mosaic_gpu_check --out "$RESULTS/mosaic_gpu_check_h200.json"; }
+stage_planner() { "$PYTHON" -m benchmarks.planner_overhead; }
+stage_methods() {
+  "$PYTHON" -m benchmarks.method_attention --resume --out "$RESULTS/method_attention_h200.json"
+  "$PYTHON" -m benchmarks.method_attention \
+    --plot "$RESULTS/method_attention_h200.json" docs/figures/method_attention_h200.png
+}
+stage_latency() {
+  local latency=("$PYTHON" -m benchmarks.prefill_latency --out "$RESULTS/prefill_latency_h200.json")
+  "${latency[@]}" --models llama8b smollm2
+  "${latency[@]}" --models qwen --lengths 8192 32768
+  "${latency[@]}" --models qwen --lengths 4096 16384 --methods dense shareprefill
+}
+stage_accuracy() {
+  local evaluate=("$PYTHON" scripts/evaluate.py --results-dir "$RESULTS/accuracy_h200" --no-report)
+  "${evaluate[@]}" --models "$QWEN" --tasks text --windows 4
+  "${evaluate[@]}" --models "$QWEN" --tasks passkey niah_multikey_1 vt \
+    --retrieval-lengths 8K 32K --samples 20
+  "${evaluate[@]}" --models "$SMOLLM2" --tasks text passkey --text-lengths 1K 2K 4K 8K \
+    --retrieval-lengths 1K --windows 4 --samples 20
+  "${evaluate[@]}" --models "$QWEN" --tasks niah_single_2 niah_multivalue niah_multiquery \
+    --retrieval-lengths 8K 32K --samples 12
+  "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy_h200"
+}
+
+ALL=(kernels hopper planner methods latency accuracy)
+STAGES=("${@:-${ALL[@]}}")
+for stage in "${STAGES[@]}"; do
+  if ! declare -F "stage_$stage" >/dev/null; then
+    echo "unknown stage '$stage'; stages: ${ALL[*]}" >&2
+    exit 2
+  fi
+done
+for stage in "${STAGES[@]}"; do
+  echo "== $stage"
+  "stage_$stage"
+done
