@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from benchmarks.prefill_latency import LLAMA_8B
 from models import generate
 from models.attention import DenseAttention
-from models.config import ModelConfig, RopeConfig
 from models.llama import Transformer
 from tests.models.helpers import random_model, tiny_config
 
@@ -234,26 +234,7 @@ def test_bad_inputs_are_refused(model):
 
 
 def test_llama_3_1_8b_shape_compiles_quickly():
-    config = ModelConfig(
-        model_type="llama",
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_layers=32,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=131072,
-        rope=RopeConfig(
-            rope_type="llama3",
-            theta=500000.0,
-            factor=8.0,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=8192,
-        ),
-    )
+    config = LLAMA_8B
     abstract = nnx.eval_shape(lambda: Transformer(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     spec, dynamic = generate._split_attention(DenseAttention())
