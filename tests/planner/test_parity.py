@@ -141,26 +141,26 @@ def run_planner(q, k, quirks: bool):
         state = SharingState.initial(
             len(LENGTHS), table.num_shared, -(-q.shape[2] // BLOCK), dtype=jnp.float64
         )
-        for layer in range(LAYERS):
-            q_l, k_l = jnp.asarray(q[layer]), jnp.asarray(k[layer])
-            plan, state = planner.plan_layer(
+        plan_layer = jax.jit(
+            lambda q_l, k_l, state, layer: planner.plan_layer(
                 q_l, k_l, state, layer=layer, lengths=lengths, config=config, table=table
             )
+        )
+        absorb = jax.jit(
+            lambda state, plan, maps, layer: planner.absorb_pivot_maps(
+                state, plan, maps, layer=layer, lengths=lengths, config=config, table=table
+            )
+        )
+        for layer in range(LAYERS):
+            q_l, k_l = jnp.asarray(q[layer]), jnp.asarray(k[layer])
+            plan, state = plan_layer(q_l, k_l, state, jnp.int32(layer))
             maps = np.zeros(plan.block_mask.shape)
             for b, length in enumerate(LENGTHS):
                 nb = -(-length // BLOCK)
                 maps[b, :, :nb, :nb] = inputs.dense_block_maps(
                     q[layer, b, :length], k[layer, b, :length], BLOCK
                 )
-            state = planner.absorb_pivot_maps(
-                state,
-                plan,
-                jnp.asarray(maps),
-                layer=layer,
-                lengths=lengths,
-                config=config,
-                table=table,
-            )
+            state = absorb(state, plan, jnp.asarray(maps), jnp.int32(layer))
             names = [[planner.CATEGORIES[c] for c in row] for row in np.asarray(plan.category)]
             stats = planner.layer_stats(plan, lengths, BLOCK)
             out.append((np.asarray(plan.block_mask), names, stats))
@@ -169,6 +169,14 @@ def run_planner(q, k, quirks: bool):
 
 def as_sets(block_mask: np.ndarray, nb: int):
     return [{(int(r), int(c)) for r, c in np.argwhere(head[:nb, :nb])} for head in block_mask]
+
+
+def check_stats(stats, mask, names, b: int, nb: int) -> None:
+    """layer_stats of batch element b count its categories and its share of causal blocks."""
+    for name in planner.CATEGORIES:
+        assert int(stats[f"num_{name}"][b]) == names.count(name), name
+    kept = mask[:, :nb, :nb].sum()
+    assert np.isclose(float(stats["density"][b]), kept / (6 * nb * (nb + 1) / 2))
 
 
 @pytest.fixture(scope="module", params=[0, 1])
@@ -183,7 +191,7 @@ def test_planner_equals_restatement(structured, quirks):
     got = run_planner(q, k, quirks)
     seen = set()
     for layer in range(LAYERS):
-        mask, names, _ = got[layer]
+        mask, names, stats = got[layer]
         for b, length in enumerate(LENGTHS):
             nb = -(-length // BLOCK)
             want_blocks, want_category = want[b][layer]
@@ -199,6 +207,7 @@ def test_planner_equals_restatement(structured, quirks):
             padding = mask[b, :, nb:]
             assert (padding == np.eye(mask.shape[-1], dtype=bool)[nb:]).all()
             seen.update(want_category)
+            check_stats(stats, mask[b], names[b], b, nb)
     # The inputs are built so that every kind of head occurs.
     assert {"pivot", "shared", "query_aware", "vertical_slash"} <= seen, seen
 
@@ -242,18 +251,6 @@ def test_modes_differ_only_through_the_fixes(structured):
     # The quirk inflates: the reference's vs_ratio is never below the fixed one.
     for c in refs[True].vs_ratio:
         assert refs[True].vs_ratio[c] >= refs[False].vs_ratio[c] - 1e-12
-
-
-def test_stats_count_categories(structured):
-    q, k = structured
-    got = run_planner(q, k, False)
-    for mask, names, stats in got:
-        for b, length in enumerate(LENGTHS):
-            for code, name in enumerate(planner.CATEGORIES):
-                assert int(stats[f"num_{name}"][b]) == names[b].count(name), (code, name)
-            nb = -(-length // BLOCK)
-            kept = mask[b, :, :nb, :nb].sum()
-            assert np.isclose(float(stats["density"][b]), kept / (6 * nb * (nb + 1) / 2))
 
 
 def test_config_is_frozen_and_validated():
