@@ -60,6 +60,7 @@ from models import (
     load_builtin,
     prefill,
 )
+from sharedsparse_jax import tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
 from sharedsparse_jax.planner import CATEGORIES
@@ -307,17 +308,10 @@ def make_attention(method: str, planner: dict[str, Any], table: SharingTable | N
 
 
 def shipped_table(name: str | None, num_layers: int, num_heads: int) -> SharingTable | None:
-    """The sharing table shipped for a built-in model, or None if there is none (yet)."""
-    try:
-        from sharedsparse_jax import tables
-    except ImportError:
-        return None
+    """The sharing table shipped for a built-in model, or None if it has none."""
     if name not in tables.BUILTIN_TABLES:
         return None
-    try:
-        return tables.builtin_table(name, num_layers=num_layers, num_heads=num_heads)
-    except FileNotFoundError:
-        return None
+    return tables.builtin_table(name, num_layers=num_layers, num_heads=num_heads)
 
 
 def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: int) -> dict:

@@ -50,6 +50,7 @@ from models import (  # noqa: E402
 )
 from models.convert import CONVERTER_VERSION  # noqa: E402
 from models.fetch import DEFAULT_MODEL, cache_lock  # noqa: E402
+from sharedsparse_jax import tables  # noqa: E402
 from sharedsparse_jax.attention import SharePrefillAttention  # noqa: E402
 from sharedsparse_jax.config import METHODS, SharePrefillConfig  # noqa: E402
 from sharedsparse_jax.sharing import SharingTable  # noqa: E402
@@ -267,22 +268,12 @@ def resolve_table(
     if arg is not None:
         table = SharingTable.load(arg, num_layers=num_layers, num_heads=num_heads)
         return table, f"{arg}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
-    try:
-        from sharedsparse_jax import tables
-    except ImportError:
-        tables = None
-    if tables is None or model_name not in tables.BUILTIN_TABLES:
+    if model_name not in tables.BUILTIN_TABLES:
         return None, (
             f"none: no sharing table is shipped for {model_name}; SharePrefill runs with no shared"
             " clusters (no pivot or shared heads, so it plans like FlexPrefill); pass --table"
         )
-    try:
-        table = tables.builtin_table(model_name, num_layers=num_layers, num_heads=num_heads)
-    except FileNotFoundError:
-        return None, (
-            f"none: the sharing table of {model_name} is not shipped yet; SharePrefill runs with"
-            " no shared clusters (no pivot or shared heads, so it plans like FlexPrefill)"
-        )
+    table = tables.builtin_table(model_name, num_layers=num_layers, num_heads=num_heads)
     return table, (
         f"shipped for {model_name}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
     )
