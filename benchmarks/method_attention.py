@@ -241,7 +241,8 @@ def plot(results: Path, figure: Path) -> None:
         title="Speedup (labels: block density)",
     )
     fig.suptitle(
-        f"{env['device_kind']}, N=32 K=8 H=128 bf16 B=1, synthetic heads from"
+        f"{env['device_kind']}, N={env['shape']['num_heads']} K={env['shape']['num_kv_heads']}"
+        f" H={env['shape']['head_dim']} {env['dtype']} B=1, synthetic heads from"
         f" {env.get('profile', '?')} profiles, {env.get('layers', '?')} layers, commit"
         f" {env['commit']}",
         fontsize=9,

@@ -39,7 +39,7 @@ from sharedsparse_jax.sharing import SharingTable
 KERNEL_WIDTH = 8.0  # tokens, standard deviation of the band / slash kernel
 NOISE_LOGIT_STD = 0.5
 MAX_LINES = 4  # stripe dims per KV group
-SINK, STRIPES, CLUMP, FEATURES = 0, 1, 1 + MAX_LINES, 3 + MAX_LINES
+FEATURES = 3 + MAX_LINES  # sink, stripes (MAX_LINES), two clump dims
 CLUMP_TURNS = 2.0  # turns of u(t) over the prompt
 # Solved parts, in the order of the strength vector (each matched to its share).
 PARTS = ("sink", "band", "vertical", "slash")
@@ -253,7 +253,7 @@ def build_queries(spec, lines, strengths, clump, positions, key, dtype):
     uses_stripe = jnp.arange(MAX_LINES)[None, :] < jnp.asarray(lines.num_vertical)[:, None]
     fixed = jnp.concatenate(
         [strengths[:, 0:1], jnp.where(uses_stripe, strengths[:, 2:3], 0.0)], axis=-1
-    )  # [N, CLUMP]
+    )  # [N, 1 + MAX_LINES]: sink and stripe dims
     angle = lines.clump_angle(positions)[:, None, None]
     turning = jnp.asarray(clump, jnp.float32)[None, :, None] * jnp.concatenate(
         [jnp.cos(angle), jnp.sin(angle)], axis=-1

@@ -98,7 +98,6 @@ class BlockMapCollector:
             v,
             causal_layout(batch, num_heads, geometry),
             jnp.ones((batch, num_heads), bool),
-            max_selected=batch * num_heads,
             implementation=self.implementation,
             interpret=self.interpret,
         )

@@ -9,6 +9,7 @@ scores, bootstrap otherwise) with McNemar's exact test.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -23,14 +24,7 @@ __all__ = ["estimate_dict", "summarize_cell", "summarize_store"]
 
 def estimate_dict(estimate: stats.Estimate) -> dict[str, Any]:
     """An Estimate as a JSON-ready dict."""
-    return {
-        "value": estimate.value,
-        "low": estimate.low,
-        "high": estimate.high,
-        "confidence": estimate.confidence,
-        "n": estimate.n,
-        "method": estimate.method,
-    }
+    return dataclasses.asdict(estimate)
 
 
 def _head_shares(records: list[dict]) -> dict[str, float]:

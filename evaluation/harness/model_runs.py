@@ -21,6 +21,7 @@ from models.generate import SamplingConfig, decode, prefill
 from models.llama import Transformer
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.sharing import SharingTable
+from sharedsparse_jax.tables import builtin_table
 
 __all__ = [
     "TINY_MODEL",
@@ -110,10 +111,6 @@ def _resolve_dtype(dtype: str) -> Any:
 
 def _builtin_table(name: str, num_layers: int, num_heads: int) -> tuple[SharingTable | None, str]:
     """The calibrated table shipped for a built-in model, or None with the reason."""
-    try:
-        from sharedsparse_jax.tables import builtin_table
-    except ImportError as error:
-        return None, f"none: sharedsparse_jax.tables is not available ({error})"
     try:
         table = builtin_table(name, num_layers=num_layers, num_heads=num_heads)
     except (FileNotFoundError, ValueError) as error:

@@ -34,9 +34,8 @@ def block_map_from_block_lse(
     lse_rows = common.pad_queries(lse, geometry, axis=2).reshape(
         batch, num_heads, num_q_blocks, 1, bs
     )
-    row_is_real = (common.query_positions(geometry) >= geometry.query_offset) & (
-        common.query_positions(geometry) < geometry.num_keys
-    )
+    positions = common.query_positions(geometry)
+    row_is_real = (positions >= geometry.query_offset) & (positions < geometry.num_keys)
     row_is_real = row_is_real.reshape(num_q_blocks, 1, bs)
     mass = jnp.where(row_is_real, jnp.exp(block_lse - lse_rows), 0.0).sum(-1)  # [B, N, Tb, M]
     mass = mass / jnp.asarray(geometry.rows_per_q_block(), jnp.float32)[:, None]
