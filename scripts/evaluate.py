@@ -8,7 +8,7 @@ figures. Examples:
     # everything, with the defaults (both models, all tasks, all methods, default variant)
     python scripts/evaluate.py
     # one of the H200 runs behind docs/evaluation_results.md (its provenance table has all)
-    python scripts/evaluate.py --results-dir benchmarks/results/accuracy_h200 \
+    python scripts/evaluate.py --results-dir benchmarks/results/accuracy \
         --models qwen2.5-coder-0.5b-instruct --tasks passkey niah_multikey_1 vt \
         --retrieval-lengths 8K 32K --samples 20
     # a quick end-to-end check (a temporary results directory, a few minutes on a CPU)

@@ -39,7 +39,7 @@ stage_latency() {
   "${latency[@]}" --models qwen --lengths 4096 16384 --methods dense shareprefill
 }
 stage_accuracy() {
-  local evaluate=("$PYTHON" scripts/evaluate.py --results-dir "$RESULTS/accuracy_h200" --no-report)
+  local evaluate=("$PYTHON" scripts/evaluate.py --results-dir "$RESULTS/accuracy" --no-report)
   "${evaluate[@]}" --models "$QWEN" --tasks text --windows 4
   "${evaluate[@]}" --models "$QWEN" --tasks passkey niah_multikey_1 vt \
     --retrieval-lengths 8K 32K --samples 20
@@ -47,7 +47,7 @@ stage_accuracy() {
     --retrieval-lengths 1K --windows 4 --samples 20
   "${evaluate[@]}" --models "$QWEN" --tasks niah_single_2 niah_multivalue niah_multiquery \
     --retrieval-lengths 8K 32K --samples 12
-  "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy_h200"
+  "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy"
 }
 
 ALL=(kernels hopper planner methods latency accuracy)
