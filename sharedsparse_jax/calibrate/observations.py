@@ -66,6 +66,13 @@ class DistanceSummary(NamedTuple):
 QUANTILES = (10, 25, 50, 75, 90)
 
 
+def split_pairs(distances: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distances of pairs in one cluster, of pairs across clusters), each pair once."""
+    upper = np.triu(np.ones(distances.shape, bool), k=1)
+    same = labels[:, None] == labels[None, :]
+    return distances[upper & same], distances[upper & ~same]
+
+
 def distance_summary(distances: np.ndarray, labels: np.ndarray) -> DistanceSummary:
     """Summarises a pairwise distance matrix by cluster membership.
 
@@ -78,9 +85,7 @@ def distance_summary(distances: np.ndarray, labels: np.ndarray) -> DistanceSumma
     """
     distances = np.asarray(distances, np.float64)
     labels = np.asarray(labels).reshape(-1)
-    upper = np.triu(np.ones_like(distances, bool), k=1)
-    same = labels[:, None] == labels[None, :]
-    within, between = distances[upper & same], distances[upper & ~same]
+    within, between = split_pairs(distances, labels)
     off_diagonal = np.where(np.eye(len(labels), dtype=bool), np.inf, distances)
     nearest = off_diagonal.min(axis=1)
 
@@ -149,6 +154,7 @@ def similarity_report(
     grid = mean_grid_maps.shape[-1]
     distances = hellinger_distances(mean_grid_maps.reshape(-1, grid, grid))
     summary = distance_summary(distances, flat)
+    hellinger_within, hellinger_between = split_pairs(distances, flat)
     layer_of = np.repeat(np.arange(num_layers), num_heads)
     upper = np.triu(np.ones(distances.shape, bool), k=1)
     cross_layer = (flat[:, None] == flat[None, :]) & (layer_of[:, None] != layer_of[None, :])
@@ -169,9 +175,9 @@ def similarity_report(
 
     return {
         "quantiles": list(QUANTILES),
-        "hellinger_within": quantiles(distances[upper & (flat[:, None] == flat[None, :])]),
+        "hellinger_within": quantiles(hellinger_within),
         "hellinger_within_cross_layer": quantiles(distances[upper & cross_layer]),
-        "hellinger_between": quantiles(distances[upper & (flat[:, None] != flat[None, :])]),
+        "hellinger_between": quantiles(hellinger_between),
         "hellinger_nearest": summary.nearest.round(4).tolist(),
         "pairs_within": summary.num_within,
         "pairs_between": summary.num_between,
@@ -197,8 +203,5 @@ def within_between_distances(
       (within-cluster pair distances, across-cluster pair distances), each pair once.
     """
     grid = mean_grid_maps.shape[-1]
-    flat = np.asarray(labels).reshape(-1)
     distances = hellinger_distances(mean_grid_maps.reshape(-1, grid, grid))
-    upper = np.triu(np.ones(distances.shape, bool), k=1)
-    same = flat[:, None] == flat[None, :]
-    return distances[upper & same], distances[upper & ~same]
+    return split_pairs(distances, np.asarray(labels).reshape(-1))
