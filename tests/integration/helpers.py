@@ -15,6 +15,7 @@ from models.tokenizer import Tokenizer
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingTable
 from tests.models.helpers import random_model, random_params
+from tests.models.helpers import tiny_config as models_tiny_config
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -25,19 +26,8 @@ BLOCK = 32
 
 def tiny_config(**overrides) -> ModelConfig:
     """A 4-layer Llama with GQA 6/2 and a byte-level vocabulary (256 bytes + 2 specials)."""
-    fields = dict(
-        model_type="llama",
-        vocab_size=258,
-        hidden_size=48,
-        intermediate_size=80,
-        num_layers=4,
-        num_heads=6,
-        num_kv_heads=2,
-        head_dim=16,
-        max_position_embeddings=1024,
-        rms_norm_eps=1e-5,
-    )
-    return ModelConfig(**(fields | overrides))
+    fields = dict(vocab_size=258, num_layers=4, head_dim=16, max_position_embeddings=1024)
+    return models_tiny_config(**(fields | overrides))
 
 
 def tiny_model(seed: int = 0):
