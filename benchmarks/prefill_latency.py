@@ -307,13 +307,6 @@ def make_attention(method: str, planner: dict[str, Any], table: SharingTable | N
     )
 
 
-def shipped_table(name: str | None, num_layers: int, num_heads: int) -> SharingTable | None:
-    """The sharing table shipped for a built-in model, or None if it has none."""
-    if name not in tables.BUILTIN_TABLES:
-        return None
-    return tables.builtin_table(name, num_layers=num_layers, num_heads=num_heads)
-
-
 def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: int) -> dict:
     """One warm-up prefill (compile time measured apart), then `runs` timed ones.
 
@@ -353,7 +346,9 @@ def load_case_model(case: ModelCase, dtype: jnp.dtype, *, random_weights: bool, 
     if case.builtin is not None and not random_weights:
         loaded = load_builtin(case.builtin, dtype=dtype)
         config = loaded.config
-        table = shipped_table(case.builtin, config.num_layers, config.num_heads)
+        table = tables.resolve_table(
+            "builtin", case.builtin, num_layers=config.num_layers, num_heads=config.num_heads
+        ).table
         return loaded.model, loaded.tokenizer, table, f"{case.builtin}, {_describe(config)}"
     config = LLAMA_8B_DRY if dry_run and case.builtin is None else case.config
     return random_model(config, dtype), None, None, f"random weights, {_describe(config)}"

@@ -263,20 +263,18 @@ def resolve_table(
     arg: str | None, model_name: str, num_layers: int, num_heads: int
 ) -> tuple[SharingTable | None, str]:
     """The sharing table for shareprefill and a line saying where it came from."""
-    if arg is not None and arg.lower() == "none":
+    table, origin = tables.resolve_table(
+        arg, model_name, num_layers=num_layers, num_heads=num_heads
+    )
+    if origin == "off":
         return None, "none (--table none): SharePrefill shares nothing"
-    if arg is not None:
-        table = SharingTable.load(arg, num_layers=num_layers, num_heads=num_heads)
-        return table, f"{arg}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
-    if model_name not in tables.BUILTIN_TABLES:
+    if origin == "unshipped":
         return None, (
             f"none: no sharing table is shipped for {model_name}; SharePrefill runs with no shared"
             " clusters (no pivot or shared heads, so it plans like FlexPrefill); pass --table"
         )
-    table = tables.builtin_table(model_name, num_layers=num_layers, num_heads=num_heads)
-    return table, (
-        f"shipped for {model_name}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
-    )
+    where = arg if origin == "file" else f"shipped for {model_name}"
+    return table, f"{where}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
 
 
 def planner_config(args: argparse.Namespace) -> SharePrefillConfig:

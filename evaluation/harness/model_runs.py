@@ -21,7 +21,7 @@ from models.generate import SamplingConfig, decode, prefill
 from models.llama import Transformer
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.sharing import SharingTable
-from sharedsparse_jax.tables import builtin_table
+from sharedsparse_jax.tables import BUILTIN_TABLES, resolve_table
 
 __all__ = [
     "TINY_MODEL",
@@ -109,13 +109,25 @@ def _resolve_dtype(dtype: str) -> Any:
     return dtype
 
 
-def _builtin_table(name: str, num_layers: int, num_heads: int) -> tuple[SharingTable | None, str]:
-    """The calibrated table shipped for a built-in model, or None with the reason."""
-    try:
-        table = builtin_table(name, num_layers=num_layers, num_heads=num_heads)
-    except (FileNotFoundError, ValueError) as error:
-        return None, f"none: {error}"
-    return table, f"sharedsparse_jax.tables builtin_table({name!r}), {table.num_shared} shared"
+def _resolve_table(
+    choice: str, name: str, num_layers: int, num_heads: int
+) -> tuple[SharingTable | None, str]:
+    """The sharing table `choice` names (as for load_eval_model) and where it came from.
+
+    The source line is recorded in every shareprefill cell's parameters, and a resumed run is
+    checked against them: keep its wording.
+    """
+    table, origin = resolve_table(choice, name, num_layers=num_layers, num_heads=num_heads)
+    if origin == "off":
+        return None, "none: disabled (--table none)"
+    if origin == "unshipped" and name == TINY_MODEL:
+        return None, "none: no table for the tiny model"
+    if origin == "unshipped":
+        known = sorted(BUILTIN_TABLES)
+        return None, f"none: no built-in sharing table for {name!r}; known: {known}"
+    if origin == "shipped":
+        return table, f"sharedsparse_jax.tables builtin_table({name!r}), {table.num_shared} shared"
+    return table, f"{choice}, {table.num_shared} shared"
 
 
 def load_eval_model(name: str, *, dtype: str = "auto", table: str = "builtin") -> EvalModel:
@@ -152,17 +164,9 @@ def load_eval_model(name: str, *, dtype: str = "auto", table: str = "builtin") -
             table_source="none",
             dtype=dtype,
         )
-    layers, heads = evaluated.num_layers, evaluated.num_heads
-    if table == "builtin":
-        if name == TINY_MODEL:
-            evaluated.table, evaluated.table_source = None, "none: no table for the tiny model"
-        else:
-            evaluated.table, evaluated.table_source = _builtin_table(name, layers, heads)
-    elif table == "none":
-        evaluated.table, evaluated.table_source = None, "none: disabled (--table none)"
-    else:
-        evaluated.table = SharingTable.load(table, num_layers=layers, num_heads=heads)
-        evaluated.table_source = f"{table}, {evaluated.table.num_shared} shared"
+    evaluated.table, evaluated.table_source = _resolve_table(
+        table, name, evaluated.num_layers, evaluated.num_heads
+    )
     return evaluated
 
 

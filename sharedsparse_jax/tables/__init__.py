@@ -3,7 +3,8 @@
     from sharedsparse_jax.tables import builtin_table
     table = builtin_table("smollm2-135m-instruct", num_layers=30, num_heads=9)
 
-Each `<name>.json` holds the reference schema (`clusters`, `shared_clusters`) plus `metadata`
+`resolve_table` turns what a command line asks for (`builtin`, `none` or a table file) into a
+table. Each `<name>.json` holds the reference schema (`clusters`, `shared_clusters`) plus `metadata`
 (model, calibration texts and lengths, thresholds, tool version) written by
 `scripts/calibrate.py`; docs/calibration.md gives the command that made each one.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from sharedsparse_jax.sharing import SharingTable
 
-__all__ = ["BUILTIN_TABLES", "builtin_table", "table_path"]
+__all__ = ["BUILTIN_TABLES", "ResolvedTable", "builtin_table", "resolve_table", "table_path"]
 
 # Built-in model name (models.fetch.BUILTIN_MODELS) -> table file in this package.
 BUILTIN_TABLES = {
@@ -70,3 +72,41 @@ def builtin_table(
             f" heads (model {metadata.get('model', '?')}), not {num_layers} x {num_heads}"
         )
     return SharingTable.from_json_dict(data, num_layers=table_layers, num_heads=table_heads)
+
+
+class ResolvedTable(NamedTuple):
+    """The sharing table a run asked for, and where it came from.
+
+    table: the table, or None (SharePrefill then shares nothing).
+    origin: `file` (a table JSON path), `shipped` (the table shipped for the model), `unshipped`
+      (the shipped table was asked for and the model has none) or `off` (`none` was asked for).
+    """
+
+    table: SharingTable | None
+    origin: Literal["file", "shipped", "unshipped", "off"]
+
+
+def resolve_table(
+    choice: str | None, model: str | None, *, num_layers: int, num_heads: int
+) -> ResolvedTable:
+    """The sharing table a command line asks for: a table file, the model's shipped one, or none.
+
+    Args:
+      choice: a table JSON path; `none` (any case) for no table; None or `builtin` for the
+        table shipped for `model`, or no table when none is shipped.
+      model: the model's built-in name (None, or a model with no shipped table: none shipped).
+      num_layers, num_heads: the model's layer and query-head counts; a table (file or shipped)
+        made for another shape raises a ValueError.
+
+    Returns:
+      The table (or None) and its origin.
+    """
+    if choice is not None and choice.lower() == "none":
+        return ResolvedTable(None, "off")
+    if choice is not None and choice != "builtin":
+        table = SharingTable.load(choice, num_layers=num_layers, num_heads=num_heads)
+        return ResolvedTable(table, "file")
+    if model not in BUILTIN_TABLES:
+        return ResolvedTable(None, "unshipped")
+    table = builtin_table(model, num_layers=num_layers, num_heads=num_heads)
+    return ResolvedTable(table, "shipped")

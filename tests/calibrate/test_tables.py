@@ -10,7 +10,7 @@ import pytest
 from sharedsparse_jax.calibrate import TOOL_VERSION, build_table
 from sharedsparse_jax.calibrate.cluster import renumber
 from sharedsparse_jax.sharing import SharingTable
-from sharedsparse_jax.tables import BUILTIN_TABLES, builtin_table, table_path
+from sharedsparse_jax.tables import BUILTIN_TABLES, builtin_table, resolve_table, table_path
 
 # Built-in model -> (layers, query heads).
 SHAPES = {"smollm2-135m-instruct": (30, 9), "qwen2.5-coder-0.5b-instruct": (24, 14)}
@@ -66,3 +66,28 @@ def test_builtin_table_refuses_another_model():
         SharingTable.load(table_path("smollm2-135m-instruct"), num_layers=24, num_heads=9)
     with pytest.raises(ValueError, match="no built-in sharing table"):
         builtin_table("llama-3.1-8b-instruct")
+
+
+def test_resolve_table_reads_each_choice(tmp_path):
+    name, (num_layers, num_heads) = "smollm2-135m-instruct", SHAPES["smollm2-135m-instruct"]
+    shape = {"num_layers": num_layers, "num_heads": num_heads}
+    for choice in (None, "builtin"):
+        table, origin = resolve_table(choice, name, **shape)
+        assert origin == "shipped"
+        np.testing.assert_array_equal(table.cluster_of, builtin_table(name).cluster_of)
+        assert resolve_table(choice, "my-model", **shape) == (None, "unshipped")
+        assert resolve_table(choice, None, **shape) == (None, "unshipped")
+    for choice in ("none", "None"):
+        assert resolve_table(choice, name, **shape) == (None, "off")
+    labels = renumber(np.arange(12) % 5).reshape(4, 3)
+    path = tmp_path / "table.json"
+    build_table(labels, np.arange(5) < 2, {"model": "tiny"}).save(path)
+    table, origin = resolve_table(str(path), name, num_layers=4, num_heads=3)
+    assert origin == "file" and table.num_shared == 2
+    np.testing.assert_array_equal(table.cluster_of, labels)
+    with pytest.raises(ValueError, match=r"30 layers x 9 query heads.*not 24 x 14"):
+        resolve_table("builtin", name, num_layers=24, num_heads=14)
+    with pytest.raises(ValueError, match="metadata says num_layers=4, the model has 3"):
+        resolve_table(str(path), None, num_layers=3, num_heads=3)
+    with pytest.raises(FileNotFoundError):
+        resolve_table(str(tmp_path / "missing.json"), name, **shape)
