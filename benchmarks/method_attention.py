@@ -33,9 +33,9 @@ import numpy as np
 
 from benchmarks import synthetic_heads, timing
 from benchmarks.attention_profiles import SHARES, load_profile
+from benchmarks.planner_stats import stats_by_layer
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
-from sharedsparse_jax.planner import CATEGORIES
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "smollm2-135m-instruct.json"
 SEQ_LENS = (8192, 16384, 32768, 65536, 131072)
@@ -84,21 +84,6 @@ def dense_scan(q, k, v):
         return carry, out
 
     return jax.lax.scan(body, (), (q, k, v))[1]
-
-
-def summarize_stats(stats: dict) -> dict:
-    """Density (mean over layers) and head categories (summed over layers) of one run."""
-    stats = jax.device_get(stats)
-    per_layer_density = [float(x) for x in np.asarray(stats["density"])[:, 0]]
-    per_layer = {
-        name: [int(x) for x in np.asarray(stats[f"num_{name}"])[:, 0]] for name in CATEGORIES
-    }
-    return {
-        "density": float(np.mean(per_layer_density)),
-        "heads": {name: sum(counts) for name, counts in per_layer.items()},
-        "density_per_layer": per_layer_density,
-        "heads_per_layer": per_layer,
-    }
 
 
 def print_shares(spec, layers, measured, *, detail: bool) -> dict:
@@ -172,7 +157,7 @@ def run_length(seq_len, spec, table, methods, planner, args, dtype, meta) -> lis
             compile_start = time.perf_counter()
             _, stats = jax.block_until_ready(run(q, k, v))
             record["first_call_s"] = time.perf_counter() - compile_start
-            record |= summarize_stats(stats)
+            record |= stats_by_layer(stats)
             elapsed = timing.time_call(run, q, k, v, **timing_kwargs) / num_layers
             record["time_ms"] = elapsed * 1e3
             record["speedup"] = dense_time / elapsed if dense_time else None

@@ -50,6 +50,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from benchmarks import timing
+from benchmarks.planner_stats import stats_summary
 from models import (
     BUILTIN_MODELS,
     DenseAttention,
@@ -63,7 +64,6 @@ from models import (
 from sharedsparse_jax import tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
-from sharedsparse_jax.planner import CATEGORIES
 from sharedsparse_jax.sharing import SharingTable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -209,25 +209,6 @@ def _union_length(spans: list[tuple[float, float]]) -> float:
             covered += end - max(start, reach)
             reach = end
     return covered
-
-
-def stats_summary(stats: dict[str, jax.Array]) -> dict[str, Any]:
-    """Summarises a prefill's stacked planner stats ({name: [L, B]}) for one prompt.
-
-    Returns:
-      density (the share of causal blocks computed, mean over layers and batch),
-      density_per_layer, and num_<category>: (layer, head) pairs of each category, summed over
-      layers (mean over the batch).
-    """
-    density = np.asarray(stats["density"], np.float64)
-    summary: dict[str, Any] = {
-        "density": float(density.mean()),
-        "density_per_layer": [round(float(x), 4) for x in density.mean(axis=1)],
-    }
-    for name in CATEGORIES:
-        counts = np.asarray(stats[f"num_{name}"]).sum(axis=0).mean()
-        summary[f"num_{name}"] = int(round(float(counts)))
-    return summary
 
 
 def install_gguf(path: Path) -> str:

@@ -33,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.prefill_latency import compile_clock, stats_summary  # noqa: E402
+from benchmarks.planner_stats import stats_summary  # noqa: E402
+from benchmarks.prefill_latency import compile_clock  # noqa: E402
 from evaluation.tasks.passkey import PasskeyTask, generate_passkey  # noqa: E402
 from evaluation.tasks.sample import PROMPT_FORMATS  # noqa: E402
 from models import (  # noqa: E402
