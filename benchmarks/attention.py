@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -119,32 +120,81 @@ def dense_cudnn(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def sparse_triton(q, k, v, layout, config=None):
-    geometry = BlockGeometry(num_queries=q.shape[1], num_keys=k.shape[1], block_size=BLOCK)
-    return triton_backend.attention(
-        q,
-        k,
-        v,
-        layout,
-        sm_scale=HEAD_DIM**-0.5,
-        causal=True,
-        geometry=geometry,
-        with_block_lse=False,
-        interpret=not ON_GPU,
-        config=config,
-    ).out
+def sparse_kernel(backend):
+    """jit(q, k, v, layout, config=None) -> out: a Pallas backend's kernel, called directly."""
+
+    @functools.partial(jax.jit, static_argnames=("config",))
+    def run(q, k, v, layout, config=None):
+        geometry = BlockGeometry(num_queries=q.shape[1], num_keys=k.shape[1], block_size=BLOCK)
+        return backend.attention(
+            q,
+            k,
+            v,
+            layout,
+            sm_scale=HEAD_DIM**-0.5,
+            causal=True,
+            geometry=geometry,
+            with_block_lse=False,
+            interpret=not ON_GPU,
+            config=config,
+        ).out
+
+    return run
 
 
-def check_correctness(seq_len: int) -> list[dict]:
-    """Triton kernel vs the f32 reference (sparse, with maps) and vs cuDNN (full causal)."""
+sparse_triton = sparse_kernel(triton_backend)
+
+
+def causal_flops(seq_len: int) -> float:
+    """FLOPs of dense causal attention at the benchmark shape (half of the full square)."""
+    return 4.0 * NUM_HEADS * HEAD_DIM * seq_len * seq_len / 2
+
+
+def kernel_record(
+    layout, geometry: BlockGeometry, target_density: float, time_s: float, dense_time_s: float
+) -> dict:
+    """A sparse kernel's time at one length and layout, beside cuDNN dense causal's."""
+    dense_flops = causal_flops(geometry.num_queries)
+    return {
+        "seq_len": geometry.num_queries,
+        "target_density": target_density,
+        "density": float(layout.density(geometry).mean()),
+        "time_ms": time_s * 1e3,
+        "dense_time_ms": dense_time_s * 1e3,
+        "dense_tflops": dense_flops / dense_time_s / 1e12,
+        "tflops_active": active_flops(layout, geometry) / time_s / 1e12,
+        "speedup": dense_time_s / time_s,
+        "max_blocks": layout.max_blocks,
+    }
+
+
+def check_correctness(
+    seq_len: int, implementation: str = "triton", kernel: Callable = sparse_triton
+) -> list[dict]:
+    """A kernel vs the f32 reference (sparse, with maps) and vs cuDNN (full causal).
+
+    Args:
+      seq_len: the sparse check's length (the full causal one rounds it down to even).
+      implementation: the block_sparse_attention implementation checked.
+      kernel: the same implementation's `sparse_kernel`, for the full causal check.
+
+    Returns:
+      One record per check: check, max_abs_err, rel_err.
+    """
     records = []
     q, k, v = make_inputs(seq_len, seed=1)
     geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=BLOCK)
     layout, _ = make_layout(geometry, 0.1)
     selected = jnp.zeros((1, NUM_HEADS), bool).at[0, jnp.array([0, 5, 17])].set(True)
     got = block_sparse_attention_with_block_map(
-        q, k, v, layout, selected, max_selected=4, implementation="triton", interpret=not ON_GPU
+        q,
+        k,
+        v,
+        layout,
+        selected,
+        max_selected=4,
+        implementation=implementation,
+        interpret=not ON_GPU,
     )
     want = block_sparse_attention_with_block_map(
         q, k, v, layout, selected, max_selected=4, implementation="reference"
@@ -154,7 +204,7 @@ def check_correctness(seq_len: int) -> list[dict]:
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
         records.append(
             {
-                "check": f"triton vs reference {name}, S={seq_len}, 10%",
+                "check": f"{implementation} vs reference {name}, S={seq_len}, 10%",
                 "max_abs_err": float(jnp.abs(a - b).max()),
                 "rel_err": float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)),
             }
@@ -170,11 +220,11 @@ def check_correctness(seq_len: int) -> list[dict]:
     seq_len = 2 * (seq_len // 2)
     q, k, v = make_inputs(seq_len, seed=2)
     geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=BLOCK)
-    a = sparse_triton(q, k, v, causal_layout(1, NUM_HEADS, geometry)).astype(jnp.float32)
+    a = kernel(q, k, v, causal_layout(1, NUM_HEADS, geometry)).astype(jnp.float32)
     b = dense_cudnn(q, k, v).astype(jnp.float32)
     records.append(
         {
-            "check": f"triton full causal vs cuDNN, S={seq_len}",
+            "check": f"{implementation} full causal vs cuDNN, S={seq_len}",
             "max_abs_err": float(jnp.abs(a - b).max()),
             "rel_err": float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)),
         }
@@ -213,25 +263,15 @@ def sweep(seq_lens, config) -> tuple[list[dict], list[dict], list[dict]]:
         q, k, v = make_inputs(seq_len)
         geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=BLOCK)
         dense_time = timing.time_call(dense_cudnn, q, k, v)
-        dense_flops = 4.0 * NUM_HEADS * HEAD_DIM * seq_len * seq_len / 2
         for density in DENSITIES:
             layout, mask = make_layout(geometry, density)
             t = timing.time_call(sparse_triton, q, k, v, layout, config=config)
-            achieved = float(layout.density(geometry).mean())
+            record = kernel_record(layout, geometry, density, t, dense_time)
+            achieved = record["density"]
             kernel_records.append(
-                {
-                    "implementation": "triton",
-                    "seq_len": seq_len,
-                    "target_density": density,
-                    "density": achieved,
-                    "time_ms": t * 1e3,
-                    "dense_time_ms": dense_time * 1e3,
-                    "dense_tflops": dense_flops / dense_time / 1e12,
-                    "tflops_active": active_flops(layout, geometry) / t / 1e12,
-                    "speedup": dense_time / t,
-                    "max_blocks": layout.max_blocks,
-                    "config": f"bq{config.block_q}w{config.num_warps}s{config.num_stages}",
-                }
+                {"implementation": "triton"}
+                | record
+                | {"config": f"bq{config.block_q}w{config.num_warps}s{config.num_stages}"}
             )
             if density == 0.1:
                 max_blocks = layout.max_blocks

@@ -6,8 +6,9 @@ Records are written to --out after every section, so a run cut short keeps what 
 
 1. The kernel battery's cases (tests/kernels/battery.py, float32 cases run in bf16 / f16) for
    mosaic_gpu against the float64 NumPy oracle: out, lse, and block maps for the map cases; then
-   the Llama shape at S = 4096 + 77 against the f32 reference and full causal against cuDNN;
-   then which kernel `implementation=None` runs (default_checks).
+   the Llama shape at S = 4096 + 77 against the f32 reference and full causal against cuDNN
+   (benchmarks/attention.py's check_correctness); then which kernel `implementation=None` runs
+   (default_checks).
 2. mosaic_gpu vs triton vs cuDNN dense causal at the Llama-3.1-8B attention shape (N=32, K=8,
    H=128, bf16, B=1) at --seq-lens (32K, 128K) and --densities (~100 %, 10 %, 5 %) with
    benchmarks/attention.py's structured layouts.
@@ -36,7 +37,6 @@ from pallas_kernels.block_sparse_attention import (
     BlockGeometry,
     block_sparse_attention,
     block_sparse_attention_with_block_map,
-    causal_layout,
     layout_from_mask,
 )
 from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
@@ -149,41 +149,8 @@ def battery_case(
 
 def llama_checks(seq_len: int) -> list[dict]:
     """Llama shape vs the f32 reference (10 % layout, maps for 3 heads) and full causal vs cuDNN."""
-    records = []
-    q, k, v = bench.make_inputs(seq_len, seed=1)
-    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-    layout, _ = bench.make_layout(geometry, 0.1)
-    selected = jnp.zeros((1, bench.NUM_HEADS), bool).at[0, jnp.array([0, 5, 17])].set(True)
-    got = block_sparse_attention_with_block_map(
-        q, k, v, layout, selected, max_selected=4, implementation="mosaic_gpu"
-    )
-    want = block_sparse_attention_with_block_map(
-        q, k, v, layout, selected, max_selected=4, implementation="reference"
-    )
-    for name, a, b in zip(("out", "lse", "block_map"), got, want, strict=True):
-        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-        records.append(
-            {
-                "kind": "check",
-                "check": f"mosaic_gpu vs reference {name}, S={seq_len}, 10%",
-                "max_abs_err": float(jnp.abs(a - b).max()),
-                "rel_err": float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)),
-            }
-        )
-    seq_len = 2 * (seq_len // 2)
-    q, k, v = bench.make_inputs(seq_len, seed=2)
-    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-    a = sparse_mosaic(q, k, v, causal_layout(1, bench.NUM_HEADS, geometry)).astype(jnp.float32)
-    b = bench.dense_cudnn(q, k, v).astype(jnp.float32)
-    records.append(
-        {
-            "kind": "check",
-            "check": f"mosaic_gpu full causal vs cuDNN, S={seq_len}",
-            "max_abs_err": float(jnp.abs(a - b).max()),
-            "rel_err": float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)),
-        }
-    )
-    return records
+    checks = bench.check_correctness(seq_len, "mosaic_gpu", sparse_mosaic)
+    return [{"kind": "check"} | check for check in checks]
 
 
 def default_checks() -> list[dict]:
@@ -217,42 +184,15 @@ def default_checks() -> list[dict]:
     return records
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def sparse_mosaic(q, k, v, layout, config=None):
-    geometry = BlockGeometry(num_queries=q.shape[1], num_keys=k.shape[1], block_size=bench.BLOCK)
-    return mosaic_backend.attention(
-        q,
-        k,
-        v,
-        layout,
-        sm_scale=bench.HEAD_DIM**-0.5,
-        causal=True,
-        geometry=geometry,
-        with_block_lse=False,
-        interpret=not ON_GPU,
-        config=config,
-    ).out
+sparse_mosaic = bench.sparse_kernel(mosaic_backend)
 
 
-def _timed(kind, implementation, config_name, fn, q, k, v, layout, seq_len, density, dense):
+def _timed(kind, implementation, config_name, fn, q, k, v, layout, seq_len, density, dense_time):
     geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
     t = timing.time_call(fn, q, k, v, layout)
-    dense_time, dense_flops = dense
-    return {
-        "kind": kind,
-        "implementation": implementation,
-        "config": config_name,
-        "seq_len": seq_len,
-        "target_density": density,
-        "density": float(layout.density(geometry).mean()),
-        "time_ms": t * 1e3,
-        "dense_time_ms": dense_time * 1e3,
-        "dense_tflops": dense_flops / dense_time / 1e12,
-        "tflops_active": bench.active_flops(layout, geometry) / t / 1e12,
-        "vs_cudnn_tflops": bench.active_flops(layout, geometry) / t / (dense_flops / dense_time),
-        "speedup": dense_time / t,
-        "max_blocks": layout.max_blocks,
-    }
+    record = bench.kernel_record(layout, geometry, density, t, dense_time)
+    record["vs_cudnn_tflops"] = record["tflops_active"] / record["dense_tflops"]
+    return {"kind": kind, "implementation": implementation, "config": config_name} | record
 
 
 def _max_diff(q, k, v, layout) -> float:
@@ -266,13 +206,11 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
     for seq_len in seq_lens:
         q, k, v = bench.make_inputs(seq_len)
         geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-        dense_flops = 4.0 * bench.NUM_HEADS * bench.HEAD_DIM * seq_len * seq_len / 2
         dense_time = _guarded(
             f"cudnn S={seq_len}", records, timing.time_call, bench.dense_cudnn, q, k, v
         )
         if dense_time is None:
             continue
-        dense = (dense_time, dense_flops)
         rows.append(
             {
                 "kind": "compare",
@@ -281,7 +219,7 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
                 "target_density": 1.0,
                 "density": 1.0,
                 "time_ms": dense_time * 1e3,
-                "tflops_active": dense_flops / dense_time / 1e12,
+                "tflops_active": bench.causal_flops(seq_len) / dense_time / 1e12,
                 "speedup": 1.0,
             }
         )
@@ -292,7 +230,7 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
                 label = f"{name} S={seq_len} density={density}"
                 row = _guarded(
                     label, records, _timed, "compare", name, "default", fn, q, k, v, layout,
-                    seq_len, density, dense,
+                    seq_len, density, dense_time,
                 )  # fmt: skip
                 if row is not None:
                     rows.append(row)
@@ -322,7 +260,6 @@ def sweep(seq_len: int, densities, records: list[dict]) -> list[dict]:
     rows = []
     q, k, v = bench.make_inputs(seq_len)
     geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-    dense_flops = 4.0 * bench.NUM_HEADS * bench.HEAD_DIM * seq_len * seq_len / 2
     dense_time = _guarded("cudnn (sweep)", records, timing.time_call, bench.dense_cudnn, q, k, v)
     if dense_time is None:
         return rows
@@ -333,7 +270,7 @@ def sweep(seq_len: int, densities, records: list[dict]) -> list[dict]:
             label = f"sweep {name} S={seq_len} density={density}"
             row = _guarded(
                 label, records, _timed, "sweep", "mosaic_gpu", name, fn, q, k, v, layout,
-                seq_len, density, (dense_time, dense_flops),
+                seq_len, density, dense_time,
             )  # fmt: skip
             if row is not None:
                 rows.append(row)
