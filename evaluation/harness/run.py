@@ -9,9 +9,10 @@ its dense logits, and a setting that is dense by construction can reuse the dens
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -25,12 +26,19 @@ from evaluation.harness.model_runs import (
 )
 from evaluation.harness.settings import DENSE, Setting, Variant, settings_for
 from evaluation.harness.store import TEXT, CellKey, ResultStore
-from evaluation.tasks import generate_samples, get_task, score_sample, task_needs_essay
+from evaluation.tasks import (
+    TaskSample,
+    generate_samples,
+    get_task,
+    score_sample,
+    task_needs_essay,
+)
 
 __all__ = ["TEXT", "EvalOptions", "RunReport", "run_evaluation"]
 
 # Windows offered per novel (interleaved_windows); fixed so that windows never change.
 WINDOWS_PER_DOCUMENT = 8
+_DENSE_SETTING = Setting(method=DENSE, variant=None)
 
 
 class Progress(Protocol):
@@ -187,6 +195,19 @@ def _twin_of(evaluated: EvalModel, setting: Setting, labels: Sequence[str]) -> s
     return None
 
 
+class _Unit(NamedTuple):
+    """One text window or retrieval sample, as the unit loop walks it.
+
+    name: its id in the cells' unit files; shown: how the progress bar names it; num_tokens:
+    its prompt length (whether a setting is dense by construction); run: setting -> record.
+    """
+
+    name: str
+    shown: str
+    num_tokens: int
+    run: Callable[[Setting], dict]
+
+
 def _run_order(settings: list[Setting]) -> list[Setting]:
     """Dense first and FlexPrefill before SharePrefill, so copies find what they copy."""
     return sorted(settings, key=lambda s: (not s.is_dense, s.method == "shareprefill"))
@@ -264,6 +285,50 @@ class _Runner:
             cells[setting.label] = cell
         return cells
 
+    def run_units(
+        self,
+        evaluated: EvalModel,
+        cells: Mapping[str, CellKey],
+        settings: Sequence[Setting],
+        units: Iterable[_Unit],
+        *,
+        total: int,
+        description: str,
+    ) -> None:
+        """Each unit under every setting in order: found on disk, copied or run, then stored.
+
+        A unit already in a setting's cell is counted and skipped; one that the setting would
+        run exactly as dense (dense by construction) or as its twin copies that record; the
+        others run. The time budget is checked before each unit that is not on disk.
+        """
+        bar = self.progress_factory(total * len(settings), description)
+        try:
+            for unit in units:
+                for setting in settings:
+                    cell = cells[setting.label]
+                    if self.store.has(cell, unit.name):
+                        self.report.units_done_before += 1
+                        bar.update()
+                        continue
+                    if self.out_of_time():
+                        return
+                    bar.set_postfix_str(f"{unit.shown} {setting.label}")
+                    if setting.is_dense_by_construction(unit.num_tokens) and not setting.is_dense:
+                        dense_record = self.store.units(cells[DENSE])[unit.name]
+                        record = _copy_dense(dense_record, setting)
+                        self.report.units_reused += 1
+                    elif twin := _twin_of(evaluated, setting, list(cells)):
+                        twin_record = self.store.units(cells[twin])[unit.name]
+                        record = _copy_twin(twin_record, setting, twin)
+                        self.report.units_reused += 1
+                    else:
+                        record = unit.run(setting)
+                        self.report.units_run += 1
+                    self.store.append(cell, record)
+                    bar.update()
+        finally:
+            bar.close()
+
     def run_text(self, evaluated: EvalModel, tokens: Mapping[str, np.ndarray], length: int):
         options = self.options
         counts = {name: ids.size for name, ids in tokens.items()}
@@ -276,52 +341,58 @@ class _Runner:
         cells = self._cells(
             evaluated, TEXT, length, lambda s: _text_parameters(evaluated, s, options)
         )
-        bar = self.progress_factory(len(plan) * len(settings), f"{evaluated.name} text L{length}")
-        try:
+
+        def units() -> Iterator[_Unit]:
             for window, ids in windows.iter_window_tokens(tokens, plan):
                 unit = f"{window.document}-{window.slot}"
-                dense_logits = None
-                for setting in settings:
-                    cell = cells[setting.label]
-                    if self.store.has(cell, unit):
-                        self.report.units_done_before += 1
-                        bar.update()
-                        continue
-                    if self.out_of_time():
-                        return
-                    bar.set_postfix_str(f"{unit} {setting.label}")
-                    if setting.is_dense_by_construction(length) and not setting.is_dense:
-                        dense_record = self.store.units(cells[DENSE])[unit]
-                        self.store.append(cell, _copy_dense(dense_record, setting))
-                        self.report.units_reused += 1
-                        bar.update()
-                        continue
-                    if twin := _twin_of(evaluated, setting, list(cells)):
-                        twin_record = self.store.units(cells[twin])[unit]
-                        self.store.append(cell, _copy_twin(twin_record, setting, twin))
-                        self.report.units_reused += 1
-                        bar.update()
-                        continue
-                    if not setting.is_dense and dense_logits is None:
-                        dense_logits = self.store.load_dense_logits(evaluated.name, length, unit)
-                        if dense_logits is None:  # the cache was cleared: run dense again
-                            dense = score_window(
-                                evaluated,
-                                ids,
-                                evaluated.attention(settings[0]),
-                                kl_positions=options.kl_positions,
-                            )
-                            dense_logits = dense.last_logits
-                            self.store.save_dense_logits(evaluated.name, length, unit, dense_logits)
-                    record = self.text_unit(evaluated, setting, window, ids, dense_logits)
-                    if setting.is_dense:
-                        dense_logits = record.pop("_last_logits")
-                        self.store.save_dense_logits(evaluated.name, length, unit, dense_logits)
-                    self.store.append(cell, record)
-                    self.report.units_run += 1
-                    bar.update()
-        finally:
-            bar.close()
+                # The window's dense last logits, once run or read (the sparse runs' KL needs them).
+                dense_logits: dict[str, np.ndarray] = {}
+                run = functools.partial(
+                    self.run_window, evaluated, length, window, ids, dense_logits
+                )
+                yield _Unit(name=unit, shown=unit, num_tokens=length, run=run)
+
+        self.run_units(
+            evaluated,
+            cells,
+            settings,
+            units(),
+            total=len(plan),
+            description=f"{evaluated.name} text L{length}",
+        )
+
+    def run_window(
+        self,
+        evaluated: EvalModel,
+        length: int,
+        window: windows.Window,
+        ids: np.ndarray,
+        dense_logits: dict[str, np.ndarray],
+        setting: Setting,
+    ) -> dict:
+        """One window under one setting; `dense_logits` keeps the window's dense last logits.
+
+        A sparse setting needs them for its KL: they come from the dense run of this window,
+        else the store's cache, else dense runs again (the cache was cleared).
+        """
+        unit = f"{window.document}-{window.slot}"
+        if not setting.is_dense and "last" not in dense_logits:
+            last = self.store.load_dense_logits(evaluated.name, length, unit)
+            if last is None:  # the cache was cleared: run dense again
+                scored = score_window(
+                    evaluated,
+                    ids,
+                    evaluated.attention(_DENSE_SETTING),
+                    kl_positions=self.options.kl_positions,
+                )
+                last = scored.last_logits
+                self.store.save_dense_logits(evaluated.name, length, unit, last)
+            dense_logits["last"] = last
+        record = self.text_unit(evaluated, setting, window, ids, dense_logits.get("last"))
+        if setting.is_dense:
+            dense_logits["last"] = record.pop("_last_logits")
+            self.store.save_dense_logits(evaluated.name, length, unit, dense_logits["last"])
+        return record
 
     def text_unit(self, evaluated, setting, window, ids, dense_logits) -> dict:
         options = self.options
@@ -377,7 +448,6 @@ class _Runner:
             lambda s: _retrieval_parameters(evaluated, s, options, max_new, prompt_length),
         )
         num_samples = options.samples_for(task)
-        dense_cell = cells[DENSE]
         pending = any(
             not self.store.has(cells[s.label], str(i)) for i in range(num_samples) for s in settings
         )
@@ -393,53 +463,49 @@ class _Runner:
             haystack_text=self.essays() if task_needs_essay(get_task(task)) else None,
             prompt_format=evaluated.prompt_format,
         )
-        bar = self.progress_factory(
-            num_samples * len(settings), f"{evaluated.name} {task} L{length}"
-        )
-        try:
+
+        def units() -> Iterator[_Unit]:
             for sample in samples:
                 unit = str(sample.index)
                 ids = evaluated.encode(sample.prompt)
-                for setting in settings:
-                    cell = cells[setting.label]
-                    if self.store.has(cell, unit):
-                        self.report.units_done_before += 1
-                        bar.update()
-                        continue
-                    if self.out_of_time():
-                        return
-                    bar.set_postfix_str(f"#{unit} {setting.label}")
-                    if setting.is_dense_by_construction(len(ids)) and not setting.is_dense:
-                        record = _copy_dense(self.store.units(dense_cell)[unit], setting)
-                        self.report.units_reused += 1
-                    elif twin := _twin_of(evaluated, setting, list(cells)):
-                        record = _copy_twin(self.store.units(cells[twin])[unit], setting, twin)
-                        self.report.units_reused += 1
-                    else:
-                        answer = answer_prompt(
-                            evaluated, ids, evaluated.attention(setting), max_new_tokens=max_new
-                        )
-                        record = {
-                            "unit": unit,
-                            "setting": setting.label,
-                            "index": sample.index,
-                            "num_tokens": len(ids),
-                            "depths": list(sample.depths),
-                            "answers": list(sample.answers),
-                            "reply": answer.text,
-                            "score": score_sample(sample, answer.text),
-                            "generated_tokens": answer.num_tokens,
-                            "seconds": round(answer.seconds, 3),
-                            "dense_by_construction": False,
-                        }
-                        record |= stats_record(
-                            answer.stats, evaluated.num_layers, evaluated.num_heads
-                        )
-                        self.report.units_run += 1
-                    self.store.append(cell, record)
-                    bar.update()
-        finally:
-            bar.close()
+                run = functools.partial(self.retrieval_unit, evaluated, sample, ids, max_new)
+                yield _Unit(name=unit, shown=f"#{unit}", num_tokens=len(ids), run=run)
+
+        self.run_units(
+            evaluated,
+            cells,
+            settings,
+            units(),
+            total=num_samples,
+            description=f"{evaluated.name} {task} L{length}",
+        )
+
+    def retrieval_unit(
+        self,
+        evaluated: EvalModel,
+        sample: TaskSample,
+        ids: list[int],
+        max_new_tokens: int,
+        setting: Setting,
+    ) -> dict:
+        answer = answer_prompt(
+            evaluated, ids, evaluated.attention(setting), max_new_tokens=max_new_tokens
+        )
+        record = {
+            "unit": str(sample.index),
+            "setting": setting.label,
+            "index": sample.index,
+            "num_tokens": len(ids),
+            "depths": list(sample.depths),
+            "answers": list(sample.answers),
+            "reply": answer.text,
+            "score": score_sample(sample, answer.text),
+            "generated_tokens": answer.num_tokens,
+            "seconds": round(answer.seconds, 3),
+            "dense_by_construction": False,
+        }
+        record |= stats_record(answer.stats, evaluated.num_layers, evaluated.num_heads)
+        return record
 
 
 def run_evaluation(
