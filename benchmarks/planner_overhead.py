@@ -6,6 +6,11 @@ block mask), layout_from_mask (block lists for the kernel) and absorb_pivot_maps
 patterns and vs_ratios). The table puts the layer's heads in four shared clusters and
 tau_qa = 0, so every cluster gets a pivot and the absorb step does its full work.
 
+Parts timed on their own: the estimation with the default and with the XLA profiles (and the
+largest difference between their profiles), the profiles alone, and the query-aware selection
+(computed for every head, used by the query-aware ones). `--radixes` repeats everything for
+each threshold-search radix (coverage.SEARCH_RADIX).
+
     python -m benchmarks.planner_overhead --out benchmarks/results/planner_overhead_h200.json
 """
 
@@ -20,7 +25,9 @@ import jax.numpy as jnp
 
 from benchmarks import timing
 from pallas_kernels.block_sparse_attention import layout_from_mask
-from sharedsparse_jax import estimate, planner
+from pallas_kernels.query_block_profiles import query_block_profiles
+from pallas_kernels.query_block_profiles import triton as profiles_triton
+from sharedsparse_jax import coverage, estimate, patterns, planner
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
 
@@ -69,9 +76,22 @@ def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> di
             implementation="cudnn" if jax.default_backend() == "gpu" else None,
         )
 
+    @functools.partial(jax.jit, static_argnames="implementation")
+    def only_estimate(q, k, implementation=None):
+        return estimate.estimate_last_block(q, k, lengths, config, implementation=implementation)
+
+    start = lengths - config.block_size
+    last_q = (q[:, -config.block_size :].astype(jnp.float32) * HEAD_DIM**-0.5).astype(q.dtype)
+
+    @functools.partial(jax.jit, static_argnames="implementation")
+    def profiles(last_q, k, implementation=None):
+        return query_block_profiles(last_q, k, start, implementation=implementation)
+
     @jax.jit
-    def only_estimate(q, k):
-        return estimate.estimate_last_block(q, k, lengths, config)
+    def query_aware(q, k):
+        return patterns.query_aware_selection(
+            q, k, lengths, config.block_size, config.gamma, quirks=False
+        )
 
     @jax.jit
     def plan(q, k, state):
@@ -93,6 +113,13 @@ def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> di
 
     t_dense = timing.time_call(dense, q, k, v)
     t_estimate = timing.time_call(only_estimate, q, k)
+    t_estimate_xla = timing.time_call(only_estimate, q, k, implementation="xla")
+    t_profiles = timing.time_call(profiles, last_q, k)
+    t_query_aware = timing.time_call(query_aware, q, k)
+    profiles_difference = max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(profiles(last_q, k), profiles(last_q, k, implementation="xla"), strict=True)
+    )
     t_plan = timing.time_call(plan, q, k, state)
     t_layout = timing.time_call(build_layout, layer_plan.block_mask)
     t_absorb = timing.time_call(absorb, planned_state, layer_plan, maps)
@@ -100,8 +127,13 @@ def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> di
     stats = planner.layer_stats(layer_plan, lengths, config.block_size)
     return {
         "seq_len": seq_len,
+        "search_radix": coverage.SEARCH_RADIX,
         "dense_attention_ms": t_dense * 1e3,
         "estimate_ms": t_estimate * 1e3,
+        "estimate_xla_profiles_ms": t_estimate_xla * 1e3,
+        "profiles_ms": t_profiles * 1e3,
+        "profiles_max_abs_diff_vs_xla": profiles_difference,
+        "query_aware_ms": t_query_aware * 1e3,
         "plan_layer_ms": t_plan * 1e3,
         "layout_ms": t_layout * 1e3,
         "absorb_ms": t_absorb * 1e3,
@@ -112,24 +144,66 @@ def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> di
     }
 
 
+PROFILE_LAUNCHES = ((4, 4), (8, 4), (16, 4), (8, 8), (16, 8))  # (tiles per program, warps)
+
+
+def profiles_launch_sweep(seq_len: int, block_size: int) -> list[dict]:
+    """The Triton profiles kernel's time for each launch in PROFILE_LAUNCHES."""
+    q, k, _ = structured_inputs(seq_len)
+    last_q = (q[:, -block_size:].astype(jnp.float32) * HEAD_DIM**-0.5).astype(q.dtype)
+    start = jnp.asarray([seq_len - block_size], jnp.int32)
+    records = []
+    for tiles, warps in PROFILE_LAUNCHES:
+        launch = profiles_triton.TritonConfig(tiles_per_program=tiles, num_warps=warps)
+        run = jax.jit(functools.partial(profiles_triton.profiles, config=launch))
+        records.append(
+            {
+                "seq_len": seq_len,
+                "profiles_tiles_per_program": tiles,
+                "profiles_num_warps": warps,
+                "profiles_ms": timing.time_call(run, last_q, k, start) * 1e3,
+            }
+        )
+    return records
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument(
+        "--radixes", type=int, nargs="+", default=[coverage.SEARCH_RADIX], help="search radixes"
+    )
+    parser.add_argument(
+        "--profile-launches", action="store_true", help="also time the profiles kernel's launches"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     meta = timing.environment()
     print(meta, flush=True)
     config = SharePrefillConfig(tau_qa=0.0)
     table = make_table()
-    records = [measure(seq_len, config, table) for seq_len in args.seq_lens]
+    records = []
+    for radix in args.radixes:
+        coverage.SEARCH_RADIX = radix  # read at trace time; each measure() traces afresh
+        records += [measure(seq_len, config, table) for seq_len in args.seq_lens]
+    sweep = []
+    if args.profile_launches:
+        sweep = [r for n in args.seq_lens for r in profiles_launch_sweep(n, config.block_size)]
     out = args.out or Path(f"benchmarks/results/planner_overhead_{timing.gpu_tag()}.json")
-    timing.write_records(out, records, meta)
+    timing.write_records(out, records + sweep, meta)
+    if sweep:
+        timing.print_table(sweep, list(sweep[0]))
     timing.print_table(
         records,
         [
             "seq_len",
+            "search_radix",
             "dense_attention_ms",
             "estimate_ms",
+            "estimate_xla_profiles_ms",
+            "profiles_ms",
+            "profiles_max_abs_diff_vs_xla",
+            "query_aware_ms",
             "plan_layer_ms",
             "layout_ms",
             "absorb_ms",

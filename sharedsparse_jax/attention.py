@@ -82,7 +82,14 @@ class SharePrefillAttention:
             )
         bs = self.config.block_size
         plan, state = planner.plan_layer(
-            q, k, state, layer=layer, lengths=lengths, config=self.config, table=self.table
+            q,
+            k,
+            state,
+            layer=layer,
+            lengths=lengths,
+            config=self.config,
+            table=self.table,
+            interpret=self.interpret,
         )
         layout = layout_from_mask(plan.block_mask, block_size=bs)
         if self.num_shared:

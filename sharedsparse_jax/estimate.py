@@ -6,11 +6,13 @@ counts are bounded by the static Tb = ceil(T / bs) and masked beyond each prompt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.query_block_profiles import query_block_profiles
 from sharedsparse_jax import coverage
 from sharedsparse_jax.config import SharePrefillConfig
 
@@ -64,7 +66,13 @@ def sqrt_js_distance(p: jax.Array, q: jax.Array, valid: jax.Array, *, quirks: bo
 
 
 def estimate_last_block(
-    q: jax.Array, k: jax.Array, lengths: jax.Array, config: SharePrefillConfig
+    q: jax.Array,
+    k: jax.Array,
+    lengths: jax.Array,
+    config: SharePrefillConfig,
+    *,
+    implementation: str | Sequence[str] | None = None,
+    interpret: bool = False,
 ) -> LastBlockEstimate:
     """Estimates every head's attention from its prompt's last `block_size` queries.
 
@@ -73,6 +81,8 @@ def estimate_last_block(
       k: [B, T, K, H].
       lengths: int32[B] real prompt lengths n, each at least one block.
       config: the planner's config.
+      implementation, interpret: how the last block's profiles are computed, as for
+        pallas_kernels.query_block_profiles (None: the best for the backend).
 
     Returns:
       The LastBlockEstimate.
@@ -87,29 +97,16 @@ def estimate_last_block(
 
     last_q = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0))(q, start)
     last_q = last_q.astype(dtype) * (head_dim**-0.5)  # [B, bs, N, H]
-    # Logits in the inputs' precision (bf16 inputs: bf16 logits, as the reference), softmax
+    # Scores in the inputs' precision (bf16 inputs: bf16 scores, as the reference), softmax
     # statistics in float32 (float64 under x64).
-    logits_dtype = q.dtype if q.dtype in (jnp.bfloat16, jnp.float16) else dtype
-    grouped = last_q.astype(logits_dtype).reshape(
-        batch, bs, num_kv_heads, num_heads // num_kv_heads, head_dim
-    )
-    precision = None if logits_dtype != dtype else jax.lax.Precision.HIGHEST
-    logits = jnp.einsum(
-        "bikgh,bjkh->bkgij",
-        grouped,
-        k.astype(logits_dtype),
-        precision=precision,
-        preferred_element_type=logits_dtype,
-    )
-    logits = logits.reshape(batch, num_heads, bs, num_queries)
-    q_pos = start[:, None] + jnp.arange(bs)  # [B, bs]
-    visible = (jnp.arange(num_queries)[None, None, :] <= q_pos[:, :, None])[:, None]
-    logits = jnp.where(visible, logits, -jnp.inf)  # [B, N, bs, T]
-    lse = jax.nn.logsumexp(logits.astype(dtype), axis=-1, keepdims=True)  # [B, N, bs, 1]
-
-    # Vertical: mean over the block's queries of each key's probability.
-    vertical_tokens = jnp.exp(logits.astype(dtype) - lse).mean(axis=2)  # [B, N, T]
-    slash_tokens = _slash_profile(logits, lse, start)  # [B, N, T], by token offset
+    scores_dtype = q.dtype if q.dtype in (jnp.bfloat16, jnp.float16) else dtype
+    vertical_tokens, slash_tokens = query_block_profiles(
+        last_q.astype(scores_dtype),
+        k.astype(scores_dtype),
+        start,
+        implementation=implementation,
+        interpret=interpret,
+    )  # [B, N, T] each: by key position, by diagonal offset
 
     b_min = config.min_blocks
     b_max = nb if config.max_blocks is None else jnp.minimum(config.max_blocks, nb)
@@ -146,31 +143,6 @@ def estimate_last_block(
         num_slash=budget(slash_tokens),
         query_aware=distance < config.tau_qa,
     )
-
-
-def _slash_profile(logits: jax.Array, lse: jax.Array, start: jax.Array) -> jax.Array:
-    """[B, N, T]: mean over the block's queries of the probability at each token offset.
-
-    Query i of the block sits at position start + i; offset delta reads key start + i - delta.
-    Padding each row on the left by bs and re-reading the flat rows with a stride one longer
-    lines up every diagonal in a column (no gather): column u holds the keys u - bs + i, which
-    is offset delta = start + bs - u for every row. Cells that run past a row's end land in the
-    next row's left padding, which is -inf, so they add nothing.
-    """
-    batch, num_heads, bs, num_keys = logits.shape
-    width = num_keys + bs
-    padded = jnp.pad(logits, ((0, 0), (0, 0), (0, 0), (bs, 0)), constant_values=-jnp.inf)
-    flat = padded.reshape(batch, num_heads, bs * width)
-    flat = jnp.pad(flat, ((0, 0), (0, 0), (0, bs)), constant_values=-jnp.inf)
-    skewed = flat.reshape(batch, num_heads, bs, width + 1)  # [.., i, u] = padded[.., i, u + i]
-    by_column = jnp.exp(skewed.astype(lse.dtype) - lse).sum(axis=2) / bs  # [B, N, width + 1]
-    # delta = start + bs - u, for delta = 0 .. T - 1: u runs down from start + bs.
-    by_column = jnp.pad(by_column, ((0, 0), (0, 0), (num_keys, 0)))
-    first = start + bs + num_keys - (num_keys - 1)  # padded index of u = start + bs - (T - 1)
-    window = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, num_keys, axis=-1))(
-        by_column, first
-    )
-    return window[..., ::-1]
 
 
 def block_mean_keys(k: jax.Array, lengths: jax.Array, block_size: int) -> jax.Array:

@@ -8,6 +8,7 @@ cluster a head's pivot belongs to), so the whole layer is one traced computation
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -38,6 +39,8 @@ def plan_layer(
     lengths: jax.Array,
     config: SharePrefillConfig,
     table: SharingTable | None,
+    profile_implementation: str | Sequence[str] | None = None,
+    interpret: bool = False,
 ) -> tuple[LayerPlan, SharingState]:
     """Plans one layer for all heads and batch elements.
 
@@ -48,6 +51,8 @@ def plan_layer(
       lengths: int32[B] real prompt lengths.
       config: the planner's config.
       table: the sharing table (None: no clusters).
+      profile_implementation, interpret: how the estimation computes the last block's
+        profiles (pallas_kernels.query_block_profiles; None: the best for the backend).
 
     Returns:
       The plan, and the state with this layer's new pivots entered (their patterns arrive with
@@ -70,7 +75,10 @@ def plan_layer(
             jnp.broadcast_to(mask, full.shape), jnp.full((batch, num_heads), STREAMING, jnp.int32)
         )
     else:
-        plan, state = _plan_estimated(q, k, state, layer, lengths, nb, config, table)
+        est = estimate.estimate_last_block(
+            q, k, lengths, config, implementation=profile_implementation, interpret=interpret
+        )
+        plan, state = _plan_estimated(q, k, est, state, layer, lengths, nb, config, table)
 
     is_short = (lengths < config.dense_below)[:, None]
     rows_are_real = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
@@ -81,13 +89,12 @@ def plan_layer(
     return LayerPlan(mask, category), state
 
 
-def _plan_estimated(q, k, state, layer, lengths, nb, config, table):
+def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
     """The vertical_slash, flexprefill and shareprefill methods (they all estimate)."""
     batch, num_queries, num_heads, _ = q.shape
     tb = -(-num_queries // config.block_size)
     causal = patterns.causal_blocks(tb)
     quirks = config.reference_quirks
-    est = estimate.estimate_last_block(q, k, lengths, config)
     nb_heads = nb[:, None]
     own_vertical, own_slash = patterns.vertical_slash_selection(
         est.vertical, est.slash, est.num_vertical, est.num_slash, nb_heads

@@ -34,7 +34,7 @@ def _specs(T, S, N, K, H, bs, M, dtype):
     return g, layout, q, kv
 
 
-def _lower(fn, platform, device_kind, *args):
+def lower_for(fn, platform, device_kind, *args):
     mesh = AbstractMesh(
         (),
         (),
@@ -65,7 +65,7 @@ def test_triton_lowers_for_cuda(with_maps, H, dtype):
             with_block_lse=with_maps,
         )
 
-    text = _lower(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
+    text = lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
     assert "__gpu$xla.gpu.triton" in text
 
 
@@ -87,7 +87,7 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
             with_block_lse=with_maps,
         )
 
-    text = _lower(run, "tpu", "TPU v5p", q, kv, kv, layout)
+    text = lower_for(run, "tpu", "TPU v5p", q, kv, kv, layout)
     assert "tpu_custom_call" in text
 
 
@@ -120,5 +120,5 @@ def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, monkeypatch):
             config=config,
         )
 
-    text = _lower(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
+    text = lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
     assert "mosaic_gpu" in text

@@ -1,4 +1,4 @@
-"""Cumulative-mass selection by bisection against the reference's sort-and-cumsum rule."""
+"""Cumulative-mass selection by radix search against the reference's sort-and-cumsum rule."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 
 from sharedsparse_jax import coverage
 
-# Jitted, as the planner runs them: eager calls of the unrolled bisection made this file 7x
+# Jitted, as the planner runs them: eager calls of the unrolled search made this file 7x
 # slower on a CPU.
 keep_within_mass = jax.jit(coverage.keep_within_mass)
 count_to_reach = jax.jit(coverage.count_to_reach)
@@ -32,6 +32,29 @@ def test_keep_within_mass_matches_sorting(dtype):
             np.testing.assert_array_equal(got, _reference_keep(x.astype(dtype), target))
             count = int(count_to_reach(jnp.asarray(x, dtype), target))
             assert count == _reference_keep(x.astype(dtype), target).sum() + 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_every_radix_finds_the_same_threshold(dtype):
+    """The radix changes how many candidates a pass tests, never the cut (ties and zeros too)."""
+    rng = np.random.default_rng(1)
+    x = rng.dirichlet(np.full(257, 0.3), size=6)
+    x[:, :40] = np.round(x[:, :40], 3)  # ties
+    x[:, 40:80] = 0.0
+    target = rng.uniform(0.2, 0.999, size=6)
+    with jax.enable_x64(dtype == jnp.float64):
+        thresholds = [
+            np.asarray(
+                jax.jit(coverage.mass_threshold, static_argnames="radix")(
+                    jnp.asarray(x, dtype), jnp.asarray(target, dtype), radix=radix
+                )
+            )
+            for radix in (2, 4, 16, 64)
+        ]
+    for got in thresholds[1:]:
+        np.testing.assert_array_equal(got, thresholds[0])
+    with pytest.raises(ValueError, match="power of two"):
+        coverage.mass_threshold(jnp.asarray(x[0]), 0.5, radix=12)
 
 
 def test_valid_mask_and_edges():

@@ -136,6 +136,36 @@ def test_batch_elements_are_independent():
             )
 
 
+def test_pallas_profiles_plan_like_the_xla_ones():
+    """The estimation's Triton profiles (interpret mode) give the same plan as the XLA ones."""
+    rng = np.random.default_rng(11)
+    num_heads, num_kv_heads, length = 8, 2, 300
+    table = _table(1, num_heads, rng)
+    config = _config(tau_qa=0.2)
+    q, k = _random_qk(rng, 2, length, num_heads, num_kv_heads)
+    lengths = jnp.asarray([300, 260], jnp.int32)
+    state = SharingState.initial(2, table.num_shared, -(-length // BLOCK))
+    plans = [
+        jax.jit(
+            lambda q, k, state, implementation=implementation: planner.plan_layer(
+                q,
+                k,
+                state,
+                layer=0,
+                lengths=lengths,
+                config=config,
+                table=table,
+                profile_implementation=implementation,
+                interpret=True,
+            )
+        )(q, k, state)[0]
+        for implementation in ("xla", "triton")
+    ]
+    np.testing.assert_array_equal(plans[0].block_mask, plans[1].block_mask)
+    np.testing.assert_array_equal(plans[0].category, plans[1].category)
+    assert len(np.unique(np.asarray(plans[0].category))) > 1
+
+
 @pytest.mark.parametrize(
     "method", ["dense", "streaming", "vertical_slash", "flexprefill", "shareprefill"]
 )
