@@ -8,8 +8,8 @@ tau_qa = 0, so every cluster gets a pivot and the absorb step does its full work
 
 Parts timed on their own: the estimation with the default and with the XLA profiles (and the
 largest difference between their profiles), the profiles alone, and the query-aware selection
-(computed for every head, used by the query-aware ones). `--radixes` repeats everything for
-each threshold-search radix (coverage.SEARCH_RADIX).
+(computed for every head, used by the query-aware ones). `--profile-launches` also times the
+Triton profiles kernel's launch configurations.
 
     python -m benchmarks.planner_overhead --out benchmarks/results/planner_overhead_h200.json
 """
@@ -27,7 +27,7 @@ from benchmarks import timing
 from pallas_kernels.block_sparse_attention import layout_from_mask
 from pallas_kernels.query_block_profiles import query_block_profiles
 from pallas_kernels.query_block_profiles import triton as profiles_triton
-from sharedsparse_jax import coverage, estimate, patterns, planner
+from sharedsparse_jax import estimate, patterns, planner
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
 
@@ -127,7 +127,6 @@ def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> di
     stats = planner.layer_stats(layer_plan, lengths, config.block_size)
     return {
         "seq_len": seq_len,
-        "search_radix": coverage.SEARCH_RADIX,
         "dense_attention_ms": t_dense * 1e3,
         "estimate_ms": t_estimate * 1e3,
         "estimate_xla_profiles_ms": t_estimate_xla * 1e3,
@@ -171,9 +170,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[32768, 131072])
     parser.add_argument(
-        "--radixes", type=int, nargs="+", default=[coverage.SEARCH_RADIX], help="search radixes"
-    )
-    parser.add_argument(
         "--profile-launches", action="store_true", help="also time the profiles kernel's launches"
     )
     parser.add_argument("--out", type=Path, default=None)
@@ -182,10 +178,7 @@ def main():
     print(meta, flush=True)
     config = SharePrefillConfig(tau_qa=0.0)
     table = make_table()
-    records = []
-    for radix in args.radixes:
-        coverage.SEARCH_RADIX = radix  # read at trace time; each measure() traces afresh
-        records += [measure(seq_len, config, table) for seq_len in args.seq_lens]
+    records = [measure(seq_len, config, table) for seq_len in args.seq_lens]
     sweep = []
     if args.profile_launches:
         sweep = [r for n in args.seq_lens for r in profiles_launch_sweep(n, config.block_size)]
@@ -197,7 +190,6 @@ def main():
         records,
         [
             "seq_len",
-            "search_radix",
             "dense_attention_ms",
             "estimate_ms",
             "estimate_xla_profiles_ms",

@@ -12,8 +12,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Candidate thresholds per pass plus one: float32 cuts take 8 passes instead of 31.
-SEARCH_RADIX = 16
+# Candidate thresholds per pass plus one, by row length. A pass tests its candidates in one
+# broadcast reduction, which XLA re-reads the row for: on the H200 radix 16 (8 float32 passes
+# instead of 31) is faster for rows up to 32K entries and several times slower for longer ones
+# (docs/results.md section 2).
+WIDE_RADIX = 16
+WIDE_RADIX_MAX_ROW = 32768
 
 
 def _bits_type(dtype):
@@ -30,20 +34,21 @@ def mass_threshold(
     """The smallest theta with sum(x[x >= theta]) <= target, along the last axis.
 
     A radix search on theta's bit pattern: each pass sums x above radix - 1 evenly spaced
-    candidate thresholds (sibling reductions of one read of x) and keeps the interval between
-    the two candidates that bracket the cut, log2(radix) bits per pass.
+    candidate thresholds and keeps the interval between the two candidates that bracket the
+    cut, log2(radix) bits per pass. Every radix finds the same theta.
 
     Args:
       x: [..., n] non-negative values.
       target: broadcastable to x.shape[:-1].
       valid: optional bool mask of x's shape; invalid entries take no part.
       radix: candidates per pass plus one, a power of two (2 is plain bisection); None:
-        SEARCH_RADIX.
+        WIDE_RADIX for rows of up to WIDE_RADIX_MAX_ROW entries, else 2.
 
     Returns:
       [...] thresholds in x's dtype (0 when the whole valid mass is <= target).
     """
-    radix = SEARCH_RADIX if radix is None else radix
+    if radix is None:
+        radix = WIDE_RADIX if x.shape[-1] <= WIDE_RADIX_MAX_ROW else 2
     if radix < 2 or radix & (radix - 1):
         raise ValueError(f"radix must be a power of two >= 2, got {radix}")
     bits = _bits_type(x.dtype)
