@@ -90,12 +90,16 @@ class HeadEvidence(NamedTuple):
     floor: bool[L, N, Tb, Tb] its vertical-slash pattern at the floor budget (added when it
       shares).
     vs_ratio: float32[L, N] the share of its map its own vertical-slash pattern covers.
+    similar: bool[L, N, L, N] the online similarity test with the first head as the pivot:
+      both profiles of the second within tau_sim of the first's. It depends on the sample and
+      the planner only, so one computation serves every clustering of the heads.
     """
 
     pattern: np.ndarray
     fallback: np.ndarray
     floor: np.ndarray
     vs_ratio: np.ndarray
+    similar: np.ndarray
 
 
 def head_evidence(sample: SharingSample, config: SharePrefillConfig) -> HeadEvidence:
@@ -130,11 +134,19 @@ def _head_evidence(maps, vertical, slash, num_vertical, num_slash, *, config):
     floor_vertical, floor_slash = patterns.vertical_slash_selection(
         vertical, slash, floor_count, floor_count, num_blocks
     )
+    num_layers, num_heads = vertical.shape[:2]
+    pivots = np.indices((num_layers, num_heads)).reshape(2, -1).T  # [L * N, 2] (layer, head)
+    # One pivot at a time: memory stays at one [L, N, Tb] distance per profile.
+    similar = jax.lax.map(
+        lambda pivot: _similar_to(vertical, slash, pivot, config=config),
+        jnp.asarray(pivots, jnp.int32),
+    )
     return HeadEvidence(
         pattern=patterns.row_coverage_pattern(maps, num_blocks, config.gamma, quirks=quirks),
         fallback=patterns.expand_vertical_slash(own_vertical, own_slash),
         floor=patterns.expand_vertical_slash(floor_vertical, floor_slash),
         vs_ratio=patterns.vertical_slash_coverage(maps, own_vertical, own_slash, quirks=quirks),
+        similar=similar.reshape(num_layers, num_heads, num_layers, num_heads),
     )
 
 
@@ -250,8 +262,7 @@ def simulate_sharing(
             # The pivot runs every causal block instead of its fallback.
             saved = int(ev.fallback[pivot].sum()) - num_blocks * (num_blocks + 1) // 2
             later = [m for m in eligible[1:] if m[0] > pivot[0]]  # same layer: no pattern yet
-            similar = _is_similar(sample, pivot, later, planner)
-            for m, is_similar in zip(later, similar, strict=True):
+            for m in later:
                 member_map = sample.block_maps[m]
                 cov = _masked_mass(member_map, ev.pattern[pivot])
                 fallback_cov_m = _masked_mass(member_map, ev.fallback[m])
@@ -259,7 +270,7 @@ def simulate_sharing(
                 fb_c.append(fallback_cov_m)
                 member_records.append((c, cov, fallback_cov_m))
                 num_eligible += 1
-                if is_disabled or not is_similar:
+                if is_disabled or not ev.similar[(*pivot, *m)]:
                     continue
                 num_passed += 1
                 shared_mask = ev.pattern[pivot] | ev.floor[m]
@@ -312,27 +323,6 @@ def simulate_sharing(
         is_shared=is_shared.astype(bool),
         member_coverage=tuple(member_records),
     )
-
-
-def _is_similar(
-    sample: SharingSample,
-    pivot: tuple[int, int],
-    members: list[tuple[int, int]],
-    config: SharePrefillConfig,
-) -> list[bool]:
-    """The online similarity test: both profiles within tau_sim of the pivot's."""
-    if not members:
-        return []
-    # Against every head (one shape per model, so one compilation), then picked.
-    is_similar = np.asarray(
-        _similar_to(
-            jnp.asarray(sample.vertical),
-            jnp.asarray(sample.slash),
-            jnp.asarray(pivot, jnp.int32),
-            config=config,
-        )
-    )
-    return [bool(is_similar[m]) for m in members]
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
