@@ -25,12 +25,24 @@ SMOLLM2=smollm2-135m-instruct
 RESULTS=benchmarks/results
 
 stage_kernels() { "$PYTHON" -m benchmarks.attention; }
-stage_hopper() { "$PYTHON" -m benchmarks.mosaic_gpu_check --out "$RESULTS/mosaic_gpu_check_h200.json"; }
-stage_planner() { "$PYTHON" -m benchmarks.planner_overhead; }
+stage_hopper() {
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --out "$RESULTS/mosaic_gpu_check_h200.json"
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --densities 0.5 0.2 --skip battery sweep \
+    --out "$RESULTS/mosaic_gpu_check_densities_h200.json"
+}
+stage_planner() { "$PYTHON" -m benchmarks.planner_overhead --profile-launches; }
 stage_methods() {
-  "$PYTHON" -m benchmarks.method_attention --resume --out "$RESULTS/method_attention_h200.json"
-  "$PYTHON" -m benchmarks.method_attention \
-    --plot "$RESULTS/method_attention_h200.json" docs/figures/method_attention_h200.png
+  local profile
+  for profile in "$SMOLLM2" "$QWEN"; do
+    local out="$RESULTS/method_attention_h200.json" figure=docs/figures/method_attention_h200.png
+    if [ "$profile" = "$QWEN" ]; then
+      out="$RESULTS/method_attention_qwen_h200.json"
+      figure=docs/figures/method_attention_qwen_h200.png
+    fi
+    "$PYTHON" -m benchmarks.method_attention --resume --out "$out" \
+      --profile "benchmarks/profiles/$profile.json"
+    "$PYTHON" -m benchmarks.method_attention --plot "$out" "$figure"
+  done
 }
 stage_latency() {
   local latency=("$PYTHON" -m benchmarks.prefill_latency --out "$RESULTS/prefill_latency_h200.json")
@@ -47,6 +59,9 @@ stage_accuracy() {
     --retrieval-lengths 1K --windows 4 --samples 20
   "${evaluate[@]}" --models "$QWEN" --tasks niah_single_2 niah_multivalue niah_multiquery \
     --retrieval-lengths 8K 32K --samples 12
+  "${evaluate[@]}" --models "$SMOLLM2" --tasks text --text-lengths 4K 8K --windows 4 \
+    --variants g90=default,gamma=0.9 g99=default,gamma=0.99 \
+    b256=default,min_budget=256,streaming_window=256
   "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy"
 }
 
