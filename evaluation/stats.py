@@ -84,7 +84,8 @@ def wilson_interval(
     denominator = 1 + z * z / trials
     center = (p + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, center - half), min(1.0, center + half)
+    # The interval always holds p; rounding can put a bound a hair inside it at p = 0 or 1.
+    return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
 
 
 def proportion(successes: int, trials: int, *, confidence: float = 0.95) -> Estimate:

@@ -44,9 +44,13 @@ def environment() -> dict[str, Any]:
     Returns:
       {"platform", "device_kind", "device_count", "cpu", "cpu_count", "jax", "python",
       "commit", "dirty" (changed or untracked files under the code paths), "date"}.
+      $SHAREDSPARSE_COMMIT names the commit of a tree copied without its git state (to a GPU
+      machine, say): git there describes some other commit, so the tree is recorded as that
+      commit without local changes.
     """
     device = jax.devices()[0]
-    status = _git("status", "--porcelain", "--", *CODE_PATHS)
+    given_commit = os.environ.get("SHAREDSPARSE_COMMIT")
+    status = None if given_commit else _git("status", "--porcelain", "--", *CODE_PATHS)
     return {
         "platform": device.platform,
         "device_kind": device.device_kind,
@@ -55,7 +59,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "python": platform.python_version(),
-        "commit": os.environ.get("SHAREDSPARSE_COMMIT") or _git("rev-parse", "HEAD"),
+        "commit": given_commit or _git("rev-parse", "HEAD"),
         "dirty": sorted(line[3:] for line in status.splitlines()) if status else [],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

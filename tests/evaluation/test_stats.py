@@ -29,6 +29,14 @@ def test_wilson_matches_published_values(successes, trials, low, high):
     assert estimate.value == successes / trials and estimate.method == "wilson"
 
 
+def test_wilson_interval_holds_the_proportion():
+    """Including all-success and no-success cells, where rounding once put a bound inside p."""
+    for trials in range(1, 121):
+        for successes in range(trials + 1):
+            low, high = stats.wilson_interval(successes, trials)
+            assert 0.0 <= low <= successes / trials <= high <= 1.0, (successes, trials)
+
+
 def test_wilson_properties():
     narrow = stats.wilson_interval(50, 100, confidence=0.8)
     wide = stats.wilson_interval(50, 100, confidence=0.99)
