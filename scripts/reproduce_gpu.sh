@@ -62,6 +62,8 @@ stage_accuracy() {
   "${evaluate[@]}" --models "$SMOLLM2" --tasks text --text-lengths 4K 8K --windows 4 \
     --variants g90=default,gamma=0.9 g99=default,gamma=0.99 \
     b256=default,min_budget=256,streaming_window=256
+  "${evaluate[@]}" --models "$SMOLLM2" --tasks text passkey niah_single_2 vt --variants small \
+    --text-lengths 1K 2K --retrieval-lengths 1K --windows 4 --samples 60
   "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy"
 }
 
