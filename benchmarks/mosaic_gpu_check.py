@@ -49,6 +49,8 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
+    # One CTA per H200 SM taking the work items in turn (not measured yet).
+    ("s2_wg2_persistent132", mosaic_backend.MosaicGpuConfig(persistent_programs=132)),
 )
 
 
