@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 
 # Candidate thresholds per pass plus one, by row length. A pass tests its candidates in one
-# broadcast reduction, which XLA re-reads the row for: on the H200 radix 16 (8 float32 passes
-# instead of 31) is faster for rows up to 32K entries and several times slower for longer ones
-# (docs/results.md section 2).
+# broadcast reduction; on the H200 radix 16 (8 float32 passes instead of 31) is faster for rows
+# up to 32K entries and several times slower for longer ones, as if XLA re-read the row per
+# candidate (docs/results.md section 2).
 WIDE_RADIX = 16
 WIDE_RADIX_MAX_ROW = 32768
 
