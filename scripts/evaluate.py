@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     store = ResultStore(args.results_dir)
     if not args.report_only:
         from evaluation.harness.environment import environment
-        from evaluation.harness.run import EvalOptions, run_evaluation
+        from evaluation.harness.options import EvalOptions
+        from evaluation.harness.run import run_evaluation
 
         options = EvalOptions(
             models=args.models,

@@ -21,8 +21,9 @@ Modules, one concept each:
 from evaluation.harness.aggregate import summarize_cell, summarize_store
 from evaluation.harness.compare import ComparedAttention, masked_relative_error
 from evaluation.harness.model_runs import EvalModel, load_eval_model, tiny_random_model
+from evaluation.harness.options import EvalOptions, RunReport
 from evaluation.harness.report import write_report
-from evaluation.harness.run import EvalOptions, RunReport, run_evaluation
+from evaluation.harness.run import run_evaluation
 from evaluation.harness.settings import PRESET_VARIANTS, Setting, Variant, parse_variant
 from evaluation.harness.store import CellKey, ResultStore
 

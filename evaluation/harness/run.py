@@ -24,7 +24,8 @@ from evaluation.harness.model_runs import (
     score_window,
     stats_record,
 )
-from evaluation.harness.settings import DENSE, Setting, Variant, settings_for
+from evaluation.harness.options import EvalOptions, RunReport
+from evaluation.harness.settings import DENSE, Setting
 from evaluation.harness.store import TEXT, CellKey, ResultStore
 from evaluation.tasks import (
     TaskSample,
@@ -34,7 +35,7 @@ from evaluation.tasks import (
     task_needs_essay,
 )
 
-__all__ = ["TEXT", "EvalOptions", "RunReport", "run_evaluation"]
+__all__ = ["TEXT", "run_evaluation"]
 
 # Windows offered per novel (interleaved_windows); fixed so that windows never change.
 WINDOWS_PER_DOCUMENT = 8
@@ -60,79 +61,6 @@ class _NoProgress:
 
     def close(self) -> None:
         pass
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalOptions:
-    """What to evaluate.
-
-    Attributes:
-      models: model names (built-in names or `tiny-random`).
-      tasks: `text` (perplexity and fidelity on Austen windows) and retrieval task names.
-      text_lengths: model -> window lengths in tokens.
-      retrieval_lengths: model -> prompt lengths in tokens.
-      methods: method names; dense always runs (it is every comparison's reference).
-      variants: planner variants the sparse methods run under.
-      windows: text windows per (model, length).
-      samples: retrieval task -> samples per cell (`default` for the others).
-      kl_positions: last positions per window whose next-token KL to dense is measured.
-      max_new_tokens: cap on generated tokens (None: each task's RULER budget).
-      seed: seed of the retrieval samples.
-      dtype: `auto`, `float32`, `bfloat16` or `float16`.
-      table: `builtin`, `none` or a table JSON path (shareprefill's sharing table).
-      device_budget_s: stop starting new units after this many seconds (None: no limit).
-      documents: texts to cut windows from (None: Jane Austen's novels).
-      haystack_text: prose for essay haystacks (None: Paul Graham's essays).
-    """
-
-    models: Sequence[str]
-    tasks: Sequence[str]
-    text_lengths: Mapping[str, Sequence[int]]
-    retrieval_lengths: Mapping[str, Sequence[int]]
-    methods: Sequence[str]
-    variants: Sequence[Variant]
-    windows: int = 4
-    samples: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"default": 50})
-    kl_positions: int = 64
-    max_new_tokens: int | None = None
-    seed: int = 0
-    dtype: str = "auto"
-    table: str = "builtin"
-    device_budget_s: float | None = None
-    documents: Mapping[str, str] | None = None
-    haystack_text: str | None = None
-
-    def __post_init__(self):
-        for task in self.tasks:
-            if task != TEXT:
-                get_task(task)
-        if self.windows < 1 or self.kl_positions < 1:
-            raise ValueError(
-                f"windows and kl_positions must be >= 1: {self.windows}, {self.kl_positions}"
-            )
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if any(n < 1 for n in self.samples.values()):
-            raise ValueError(f"samples per cell must be >= 1, got {dict(self.samples)}")
-
-    def samples_for(self, task: str) -> int:
-        return self.samples.get(task, self.samples.get("default", 50))
-
-    def settings(self) -> list[Setting]:
-        """Dense, then every sparse method under every variant."""
-        return settings_for([DENSE, *[m for m in self.methods if m != DENSE]], list(self.variants))
-
-
-@dataclasses.dataclass
-class RunReport:
-    """What a call did: units run, units found done, cells skipped and why, budget stop."""
-
-    units_run: int = 0
-    units_done_before: int = 0
-    units_reused: int = 0
-    skipped: list[str] = dataclasses.field(default_factory=list)
-    stopped_by_budget: bool = False
-    seconds: float = 0.0
 
 
 def _text_parameters(evaluated: EvalModel, setting: Setting, options: EvalOptions) -> dict:

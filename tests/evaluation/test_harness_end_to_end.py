@@ -8,8 +8,9 @@ import pytest
 
 from evaluation.harness.aggregate import summarize_store
 from evaluation.harness.model_runs import tiny_random_model
+from evaluation.harness.options import EvalOptions
 from evaluation.harness.report import write_report
-from evaluation.harness.run import EvalOptions, run_evaluation
+from evaluation.harness.run import run_evaluation
 from evaluation.harness.settings import PRESET_VARIANTS, parse_variant
 from evaluation.harness.store import ResultStore
 
