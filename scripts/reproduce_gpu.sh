@@ -12,6 +12,8 @@
 #   latency   end-to-end prefill latency of the built-in models and the 8B-shaped model
 #   accuracy  perplexity, fidelity and retrieval of every method (scripts/evaluate.py),
 #             then the report docs/evaluation_results.md and its figures
+#   qwen_more Qwen threshold variants and 60-sample retrieval cells (not in ALL: not run yet,
+#             the next accuracy step for issue 6), then the report
 # Every stage shows progress bars. `accuracy` resumes where it stopped (finished units are
 # skipped); `methods` is rerun with --resume; `latency` merges into its results file.
 # The built-in models and texts come from the cache ($SHAREDSPARSE_CACHE or
@@ -64,6 +66,15 @@ stage_accuracy() {
     b256=default,min_budget=256,streaming_window=256
   "${evaluate[@]}" --models "$SMOLLM2" --tasks text passkey niah_single_2 vt --variants small \
     --text-lengths 1K 2K --retrieval-lengths 1K --windows 4 --samples 60
+  "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy"
+}
+
+stage_qwen_more() {
+  local evaluate=("$PYTHON" scripts/evaluate.py --results-dir "$RESULTS/accuracy" --no-report)
+  "${evaluate[@]}" --models "$QWEN" --tasks text --text-lengths 8K 32K --windows 4 \
+    --variants g90=default,gamma=0.9 g99=default,gamma=0.99
+  "${evaluate[@]}" --models "$QWEN" --tasks passkey niah_multikey_1 niah_multiquery vt \
+    --retrieval-lengths 32K --samples 60
   "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy"
 }
 
