@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import registry
 from pallas_kernels.block_sparse_attention import (
     block_map,
     common,
@@ -249,28 +250,14 @@ def _validate(q, k, v, layout: BlockLayout, causal: bool) -> BlockGeometry:
 
 
 def _candidates(implementation: str | Sequence[str] | None) -> tuple[str, ...]:
-    if implementation is None:
-        return DEFAULT_IMPLEMENTATIONS.get(jax.default_backend(), ("xla",))
-    names = (implementation,) if isinstance(implementation, str) else tuple(implementation)
-    unknown = [n for n in names if n not in IMPLEMENTATIONS]
-    if unknown or not names:
-        raise ValueError(
-            f"unknown implementation {unknown or names}; choose from {sorted(IMPLEMENTATIONS)}"
-        )
-    return names
+    return registry.candidates(implementation, IMPLEMENTATIONS, DEFAULT_IMPLEMENTATIONS)
 
 
 def _dispatch(
     q, k, v, layout, *, implementation: tuple[str, ...], **kwargs
 ) -> common.BackendResult:
     """Runs the first implementation that does not raise NotImplementedError."""
-    reasons = []
-    for name in implementation:
-        try:
-            return IMPLEMENTATIONS[name](q, k, v, layout, **kwargs)
-        except NotImplementedError as e:
-            reasons.append(f"{name}: {e}")
-    raise ValueError("no implementation can run this call: " + "; ".join(reasons))
+    return registry.first_that_runs(implementation, IMPLEMENTATIONS, q, k, v, layout, **kwargs)
 
 
 _attention = jax.jit(

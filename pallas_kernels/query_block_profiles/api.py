@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import registry
 from pallas_kernels.query_block_profiles import triton, xla
 
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
@@ -57,19 +58,5 @@ def query_block_profiles(
         raise ValueError(f"q and k must share a float dtype, got {q.dtype} and {k.dtype}")
     if query_start.shape != (q.shape[0],):
         raise ValueError(f"query_start must be int[B={q.shape[0]}], got {query_start.shape}")
-    if implementation is None:
-        names = DEFAULT_IMPLEMENTATIONS.get(jax.default_backend(), ("xla",))
-    else:
-        names = (implementation,) if isinstance(implementation, str) else tuple(implementation)
-    unknown = [name for name in names if name not in IMPLEMENTATIONS]
-    if unknown or not names:
-        raise ValueError(
-            f"unknown implementation {unknown or names}; choose from {sorted(IMPLEMENTATIONS)}"
-        )
-    reasons = []
-    for name in names:
-        try:
-            return IMPLEMENTATIONS[name](q, k, query_start, interpret=interpret)
-        except NotImplementedError as e:
-            reasons.append(f"{name}: {e}")
-    raise ValueError("no implementation can run this call: " + "; ".join(reasons))
+    names = registry.candidates(implementation, IMPLEMENTATIONS, DEFAULT_IMPLEMENTATIONS)
+    return registry.first_that_runs(names, IMPLEMENTATIONS, q, k, query_start, interpret=interpret)
