@@ -53,6 +53,12 @@ def structured_inputs(seq_len: int, seed: int = 0):
     return q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16)
 
 
+def scaled_last_block(q: jax.Array, block_size: int) -> jax.Array:
+    """The last block's queries scaled by 1/sqrt(H), as the estimation hands them to the
+    profiles kernel."""
+    return (q[:, -block_size:].astype(jnp.float32) * HEAD_DIM**-0.5).astype(q.dtype)
+
+
 def make_table() -> SharingTable:
     clusters = {str(c): [[0, h] for h in range(NUM_HEADS) if h % 4 == c] for c in range(4)}
     return SharingTable.from_json_dict(
@@ -81,7 +87,7 @@ def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> di
         return estimate.estimate_last_block(q, k, lengths, config, implementation=implementation)
 
     start = lengths - config.block_size
-    last_q = (q[:, -config.block_size :].astype(jnp.float32) * HEAD_DIM**-0.5).astype(q.dtype)
+    last_q = scaled_last_block(q, config.block_size)
 
     @functools.partial(jax.jit, static_argnames="implementation")
     def profiles(last_q, k, implementation=None):
@@ -149,7 +155,7 @@ PROFILE_LAUNCHES = ((4, 4), (8, 4), (16, 4), (8, 8), (16, 8))  # (tiles per prog
 def profiles_launch_sweep(seq_len: int, block_size: int) -> list[dict]:
     """The Triton profiles kernel's time for each launch in PROFILE_LAUNCHES."""
     q, k, _ = structured_inputs(seq_len)
-    last_q = (q[:, -block_size:].astype(jnp.float32) * HEAD_DIM**-0.5).astype(q.dtype)
+    last_q = scaled_last_block(q, block_size)
     start = jnp.asarray([seq_len - block_size], jnp.int32)
     records = []
     for tiles, warps in PROFILE_LAUNCHES:
