@@ -13,7 +13,8 @@ Records are written to --out after every section, so a run cut short keeps what 
    H=128, bf16, B=1) at --seq-lens (32K, 128K) and --densities (~100 %, 10 %, 5 %) with
    benchmarks/attention.py's structured layouts.
 3. A few mosaic_gpu launch configurations (stages, one or two compute warpgroups, schedule
-   barrier) at --sweep-seq-len, printed separately.
+   barrier, persistent CTAs; --sweep-configs picks some) at --sweep-seq-lens, printed
+   separately.
 
     python -m benchmarks.mosaic_gpu_check --out benchmarks/results/mosaic_gpu_check_h200.json
 """
@@ -49,7 +50,7 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
-    # One CTA per H200 SM taking the work items in turn (not measured yet).
+    # One CTA per H200 SM taking the work items in turn.
     ("s2_wg2_persistent132", mosaic_backend.MosaicGpuConfig(persistent_programs=132)),
 )
 
@@ -258,26 +259,35 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
     return rows
 
 
-def sweep(seq_len: int, densities, records: list[dict]) -> list[dict]:
+def sweep(seq_lens, densities, configs, records: list[dict]) -> list[dict]:
+    """Times the named SWEEP_CONFIGS at every length and density against cuDNN."""
     rows = []
-    q, k, v = bench.make_inputs(seq_len)
-    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-    dense_time = _guarded("cudnn (sweep)", records, timing.time_call, bench.dense_cudnn, q, k, v)
-    if dense_time is None:
-        return rows
-    for density in densities:
-        layout, _ = bench.make_layout(geometry, density)
-        for name, config in SWEEP_CONFIGS:
-            fn = functools.partial(sparse_mosaic, config=config)
-            label = f"sweep {name} S={seq_len} density={density}"
-            row = _guarded(
-                label, records, _timed, "sweep", "mosaic_gpu", name, fn, q, k, v, layout,
-                seq_len, density, dense_time,
-            )  # fmt: skip
-            if row is not None:
-                rows.append(row)
-                records.append(row)
-                print(f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f}", flush=True)
+    for seq_len in seq_lens:
+        q, k, v = bench.make_inputs(seq_len)
+        geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+        dense_time = _guarded(
+            f"cudnn (sweep) S={seq_len}", records, timing.time_call, bench.dense_cudnn, q, k, v
+        )
+        if dense_time is None:
+            continue
+        for density in densities:
+            layout, _ = bench.make_layout(geometry, density)
+            for name, config in SWEEP_CONFIGS:
+                if name not in configs:
+                    continue
+                fn = functools.partial(sparse_mosaic, config=config)
+                label = f"sweep {name} S={seq_len} density={density}"
+                row = _guarded(
+                    label, records, _timed, "sweep", "mosaic_gpu", name, fn, q, k, v, layout,
+                    seq_len, density, dense_time,
+                )  # fmt: skip
+                if row is not None:
+                    rows.append(row)
+                    records.append(row)
+                    print(
+                        f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f}",
+                        flush=True,
+                    )
     return rows
 
 
@@ -287,7 +297,9 @@ def main():
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[32768, 131072])
     parser.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.1, 0.05])
     parser.add_argument("--check-seq-len", type=int, default=4096 + 77)
-    parser.add_argument("--sweep-seq-len", type=int, default=32768)
+    parser.add_argument("--sweep-seq-lens", type=int, nargs="+", default=[32768])
+    config_names = [name for name, _ in SWEEP_CONFIGS]
+    parser.add_argument("--sweep-configs", nargs="+", default=config_names, choices=config_names)
     parser.add_argument("--sweep-densities", type=float, nargs="+", default=[1.0, 0.1])
     parser.add_argument("--skip", nargs="*", default=[], choices=["battery", "compare", "sweep"])
     args = parser.parse_args()
@@ -325,7 +337,7 @@ def main():
         save()
     sweep_rows = []
     if "sweep" not in args.skip:
-        sweep_rows = sweep(args.sweep_seq_len, args.sweep_densities, records)
+        sweep_rows = sweep(args.sweep_seq_lens, args.sweep_densities, args.sweep_configs, records)
         save()
 
     failures = [r for r in records if r.get("kind") == "failure"]
@@ -354,7 +366,8 @@ def main():
     if sweep_rows:
         print("\nlaunch sweep (mosaic_gpu)")
         timing.print_table(
-            sweep_rows, ["config", "seq_len", "target_density", "time_ms", "tflops_active"]
+            sweep_rows,
+            ["config", "seq_len", "target_density", "time_ms", "tflops_active", "vs_cudnn_tflops"],
         )
     if compare_rows:
         print("\nmosaic_gpu vs triton vs cuDNN (bf16, N=32, K=8, H=128, B=1)")

@@ -84,9 +84,11 @@ PERSISTENT_CASES = tuple(
 @pytest.mark.parametrize(
     "persistent_case", PERSISTENT_CASES, ids=[c.name for c in PERSISTENT_CASES]
 )
-def test_mosaic_gpu_persistent_launch(persistent_case, on_gpu, rng):
-    """3 CTAs take every work item in turn: the K/V ring, its barriers and the Q/O tile carry
-    over from item to item, with rows of one block (fewer than the stages) among full ones."""
+@pytest.mark.parametrize("programs", [3, 10], ids=["3_programs", "more_programs_than_items"])
+def test_mosaic_gpu_persistent_launch(persistent_case, programs, on_gpu, rng):
+    """A few CTAs take every work item in turn: the K/V ring and its barriers run on from item
+    to item and the Q tiles are double-buffered, with rows of one block (fewer than the stages)
+    among full ones. With 10 CTAs for at most 8 items, some CTAs have nothing to do."""
     case = persistent_case
     q, k, v = make_inputs(rng, case)
     mask = random_block_mask(rng, case)
@@ -104,7 +106,7 @@ def test_mosaic_gpu_persistent_launch(persistent_case, on_gpu, rng):
         geometry=geometry,
         with_block_lse=False,
         interpret=not on_gpu,
-        config=mosaic_gpu.MosaicGpuConfig(persistent_programs=3),
+        config=mosaic_gpu.MosaicGpuConfig(persistent_programs=programs),
     )
     want_out, want_lse, _ = numpy_oracle.attention(
         as_np(q), as_np(k), as_np(v), mask, case.block_size
