@@ -1,22 +1,13 @@
 """Block-sparse flash attention on Pallas Mosaic GPU (Hopper: TMA, wgmma, warp specialization).
 
-FA3-style: a 1-D grid of CTAs that take the work items, one per (query head, query block,
-batch), in turn: item `pid + i * programs` for the i-th turn, heaviest query blocks first
-(causal rows grow with the block index). By default there is one CTA per item; with
-`persistent_programs` a fixed number of CTAs (one per SM) loop over the items. Each CTA has
-`num_compute_wgs` compute warpgroups (each owns bs / num_compute_wgs query rows of the block)
-and one memory warpgroup. The memory warpgroup reads the row's key-block list from the layout
-(scalar GMEM loads) and issues TMA copies of the listed K/V blocks into a ring of `num_stages`
-shared-memory slots; the compute warpgroups run QK^T and PV as wgmma from shared memory, with
-an exp2-domain online softmax in registers. Two compute warpgroups ping-pong through a schedule
-barrier so that one's softmax overlaps the other's matmuls. Shared memory holds the input dtype
-(bf16 or f16).
-
-The ring runs on across items: its slots are numbered by a CTA-wide block counter, so the memory
-warpgroup fills the ring with the next item's first blocks while the compute warpgroups finish
-the last item's. A persistent CTA also double-buffers the Q tile: the next item's Q is copied
-while the current item runs, and the finished output tile is staged for its TMA store in the
-Q buffer it came from.
+FA3-style: one CTA per (query head, query block, batch) (or, with `persistent_programs`, a
+fixed number of CTAs that take those work items in turn) with `num_compute_wgs` compute
+warpgroups (each owns bs / num_compute_wgs query rows of the block) and one memory warpgroup.
+The memory warpgroup reads the row's key-block list from the layout (scalar GMEM loads) and
+issues TMA copies of the listed K/V blocks into a ring of `num_stages` shared-memory slots; the
+compute warpgroups run QK^T and PV as wgmma from shared memory, with an exp2-domain online
+softmax in registers. Two compute warpgroups ping-pong through a schedule barrier so that one's
+softmax overlaps the other's matmuls. Shared memory holds the input dtype (bf16 or f16).
 
 Only the last listed block can cross the diagonal (lists are ascending and never go past it) or
 the end of the keys, so the loop runs unmasked over the first `count - 1` blocks and masks the
@@ -61,8 +52,8 @@ class MosaicGpuConfig:
       rows, which must be a multiple of 64. None: 2 when the block has >= 128 rows, else 1.
     use_schedule_barrier: ping-pong the two compute warpgroups (FA3's intra-CTA overlap).
     persistent_programs: 0 launches one CTA per (head, query block, batch); n > 0 launches n
-      CTAs that take those work items in turn (heaviest first, round robin), with the K/V ring
-      and a double-buffered Q tile running on from one item to the next.
+      CTAs that take those work items in turn (heaviest first, round robin), so that the memory
+      warpgroup fills the ring for its next item while the compute warpgroups finish the last.
     """
 
     num_stages: int = 2
@@ -92,15 +83,9 @@ def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
     return MosaicGpuConfig(num_stages=stages)
 
 
-def q_buffers(config: MosaicGpuConfig) -> int:
-    """Q/O tiles per CTA: two when a CTA takes several items (the next Q loads meanwhile)."""
-    return 2 if config.persistent_programs else 1
-
-
 def smem_bytes(head_dim: int, block_size: int, config: MosaicGpuConfig) -> int:
     """Shared memory one CTA allocates (Q/O tiles, K/V ring, LSE rows), barriers excluded."""
-    tiles = q_buffers(config) + 2 * config.num_stages
-    return 2 * block_size * head_dim * tiles + 4 * block_size
+    return 2 * block_size * head_dim * (1 + 2 * config.num_stages) + 4 * block_size
 
 
 def check_supported(
@@ -160,70 +145,48 @@ def _kernel(
     num_stages: int,
     num_compute_wgs: int,
     causal: bool,
+    work_grid: tuple[int, int, int] | None,
 ):
     q_smem, k_smem, v_smem, lse_smem, *p_smem = buffers
     p_smem = p_smem[0] if p_smem else None
     q_loaded, k_loaded, v_loaded = loaded_barriers
     k_free, v_free = free_barriers
     block_q = block_size // num_compute_wgs
-    num_q_buffers = q_smem.shape[0]
     dtype = q_ref.dtype
     head_dim = q_ref.shape[-1]
-    batch_size, num_heads = count_ref.shape[:2]
     wg = lax.axis_index("wg")
     uses_schedule = schedule_barrier is not None
     # Logits are scaled inside the exp2's FMA; a masked raw logit must stay finite once scaled.
     masked_logit = common.MASK_VALUE / max(1.0, qk_scale)
 
-    # This CTA takes items pid, pid + programs, ... of batch x query block (heaviest first) x head.
-    programs = lax.axis_size("programs")
-    pid = lax.axis_index("programs")
-    num_items = batch_size * num_q_tiles * num_heads
-    num_turns = lax.div(num_items - pid + programs - 1, programs)
-
-    def work_item(turn):
-        """(batch, head, query tile) of this CTA's `turn`-th item."""
-        item = turn * programs + pid
-        head = lax.rem(item, num_heads)
-        item = lax.div(item, num_heads)
-        tile = num_q_tiles - 1 - lax.rem(item, num_q_tiles)
-        return lax.div(item, num_q_tiles), head, tile
-
-    def ring_slot(step):
-        return lax.rem(step, jnp.int32(num_stages))
-
     def sync_schedule():
         plgpu.barrier_arrive(schedule_barrier)
         plgpu.barrier_wait(schedule_barrier)
 
-    def q_rows(tile):
-        return tile * block_size + wg * block_q
+    def for_each_item(body):
+        """Runs body(batch, head, tile) for this CTA's work items, heavier query blocks first
+        (causal rows grow with the block index). work_grid None: one item, the CTA's own."""
+        if work_grid is None:
+            body(
+                lax.axis_index("batch"),
+                lax.axis_index("heads"),
+                num_q_tiles - 1 - lax.axis_index("q_tiles"),
+            )
+            return
 
-    def load_q(turn):
-        batch, head, tile = work_item(turn)
-        buffer = lax.rem(turn, num_q_buffers)
-        plgpu.copy_gmem_to_smem(
-            q_ref.at[batch, pl.ds(q_rows(tile), block_q), head],
-            q_smem.at[buffer, wg],
-            q_loaded.at[buffer * num_compute_wgs + wg],
-        )
+        @plgpu.nd_loop(work_grid, collective_axes="programs")
+        def _(info):
+            batch, reversed_tile, head = info.index
+            body(batch, head, num_q_tiles - 1 - reversed_tile)
 
-    def compute_item(turn, first_step):
-        """One item; its j-th block sits in ring slot (first_step + j) % num_stages."""
-        batch, head, tile = work_item(turn)
-        buffer = lax.rem(turn, num_q_buffers)
+    def compute_item(batch, head, tile):
         count = count_ref[batch, head, tile]
-        q_tile_smem = q_smem.at[buffer, wg]
-        row_start = q_rows(tile)
+        q_tile_smem = q_smem.at[wg]
+        row_start = tile * block_size + wg * block_q
         q_abs_start = first_q_pos + row_start
-        if num_q_buffers > 1:
-
-            @pl.when(turn + 1 < num_turns)
-            def _():
-                # The other buffer staged the previous item's output: wait for its store to
-                # read it, then load the next item's Q there while this item runs.
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                load_q(turn + 1)
+        plgpu.copy_gmem_to_smem(
+            q_ref.at[batch, pl.ds(row_start, block_q), head], q_tile_smem, q_loaded.at[wg]
+        )
 
         def needs_mask(kb):
             block_end = kb * block_size + block_size
@@ -239,18 +202,18 @@ def _kernel(
         m = plgpu.layout_cast(jnp.full((block_q,), common.MASK_VALUE, jnp.float32), row_layout)
         l = plgpu.layout_cast(jnp.full((block_q,), 0.0, jnp.float32), row_layout)
         acc = plgpu.layout_cast(jnp.full((block_q, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
-        plgpu.barrier_wait(q_loaded.at[buffer * num_compute_wgs + wg])
+        plgpu.barrier_wait(q_loaded.at[wg])
 
         @pl.when(count > 0)
         def _():
-            plgpu.barrier_wait(k_loaded.at[ring_slot(first_step)])
+            plgpu.barrier_wait(k_loaded.at[0])
 
         if uses_schedule:
             pl.when(wg == 1)(sync_schedule)
 
         def kv_step(j, carry, *, masked: bool):
             acc, m, l = carry
-            slot = ring_slot(first_step + j)
+            slot = lax.rem(j, jnp.int32(num_stages))
 
             def qk(acc_ref):
                 plgpu.wgmma(acc_ref, q_tile_smem, k_smem.at[slot].T)
@@ -289,9 +252,11 @@ def _kernel(
                 plgpu.barrier_wait(schedule_barrier)
 
             def wait_next_k():
-                @pl.when(j + 1 < count)
+                next_step = j + 1
+
+                @pl.when(next_step < count)
                 def _():
-                    plgpu.barrier_wait(k_loaded.at[ring_slot(first_step + j + 1)])
+                    plgpu.barrier_wait(k_loaded.at[lax.rem(next_step, jnp.int32(num_stages))])
 
             if p_smem is None:
                 # P stays in registers: wgmma accumulates onto acc (the hardware path).
@@ -325,9 +290,6 @@ def _kernel(
         has_keys = l > 0
         safe_l = jnp.where(has_keys, l, 1.0)
         acc /= lax.broadcast_in_dim(safe_l, acc.shape, [0])
-        # The output tile is staged in this item's Q buffer; the LSE row waits for the previous
-        # item's store to have read it.
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         q_tile_smem[...] = acc.astype(dtype)
         lse_smem.at[wg][...] = jnp.where(
             has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE
@@ -335,50 +297,53 @@ def _kernel(
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(q_tile_smem, out_ref.at[batch, pl.ds(row_start, block_q), head])
         plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[batch, head, pl.ds(row_start, block_q)])
-        return first_step + count
+        plgpu.wait_smem_to_gmem(0)
 
-    def memory_item(turn, first_step):
-        """Copies the item's K/V blocks into ring slots (first_step + j) % num_stages, each once
-        the compute warpgroups have released the block that used the slot before."""
-        batch, head, tile = work_item(turn)
+    def memory_item(batch, head, tile):
         count = count_ref[batch, head, tile]
         kv_head = lax.div(head, jnp.int32(group))
 
-        @pl.loop(0, count)
-        def _(j):
-            step = first_step + j
-            slot = ring_slot(step)
+        def kv_block(j):
             kb = idx_ref[batch, head, tile, j]
-            rows = pl.ds(pl.multiple_of(kb * block_size, block_size), block_size)
-            source = (batch, rows, kv_head)
-            refill = step >= num_stages
-            pl.when(refill)(lambda: plgpu.barrier_wait(k_free.at[slot]))
+            return (batch, pl.ds(pl.multiple_of(kb * block_size, block_size), block_size), kv_head)
+
+        def fill(step):
+            source = kv_block(step)
+            plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[step], k_loaded.at[step])
+            plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[step], v_loaded.at[step])
+
+        # Prologue: fill the ring, issuing only the copies this row has.
+        for step in range(num_stages):
+            pl.when(step < count)(functools.partial(fill, step))
+
+        @pl.loop(num_stages, jnp.maximum(count, num_stages))
+        def _(step):
+            slot = lax.rem(step, jnp.int32(num_stages))
+            source = kv_block(step)
+            plgpu.barrier_wait(k_free.at[slot])
             plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[slot], k_loaded.at[slot])
-            pl.when(refill)(lambda: plgpu.barrier_wait(v_free.at[slot]))
+            plgpu.barrier_wait(v_free.at[slot])
             plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[slot], v_loaded.at[slot])
 
-        return first_step + count
+        # Observe the releases of the last copies too, so that every barrier phase is consumed
+        # before the CTA exits (interpret mode checks this; on hardware it is a short tail wait).
+        @pl.loop(jnp.maximum(count - num_stages, 0), count)
+        def _(step):
+            slot = lax.rem(step, jnp.int32(num_stages))
+            plgpu.barrier_wait(k_free.at[slot])
+            plgpu.barrier_wait(v_free.at[slot])
 
     @pl.when(wg < num_compute_wgs)
     def _compute_wg():
         if num_compute_wgs == 2:
             plgpu.set_max_registers(232, action="increase")
-        pl.when(num_turns > 0)(lambda: load_q(0))
-        lax.fori_loop(0, num_turns, compute_item, jnp.int32(0))
-        plgpu.wait_smem_to_gmem(0)
+        for_each_item(compute_item)
 
     @pl.when(wg == num_compute_wgs)
     def _memory_wg():
         if num_compute_wgs == 2:
             plgpu.set_max_registers(40, action="decrease")
-        num_steps = lax.fori_loop(0, num_turns, memory_item, jnp.int32(0))
-
-        # Observe the releases of the last copies too, so that every barrier phase is consumed
-        # before the CTA exits (interpret mode checks this; on hardware it is a short tail wait).
-        @pl.loop(jnp.maximum(num_steps - num_stages, 0), num_steps)
-        def _(step):
-            plgpu.barrier_wait(k_free.at[ring_slot(step)])
-            plgpu.barrier_wait(v_free.at[ring_slot(step)])
+        for_each_item(memory_item)
 
 
 def attention(
@@ -428,9 +393,7 @@ def attention(
     # 16-bit tiles of 64 columns are 128 bytes wide: the 128-byte swizzle wgmma reads best.
     transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     buffers = (
-        plgpu.SMEM(
-            (q_buffers(config), num_compute_wgs, block_q, head_dim), q.dtype, transforms=transforms
-        ),
+        plgpu.SMEM((num_compute_wgs, block_q, head_dim), q.dtype, transforms=transforms),
         plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
         plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
         plgpu.SMEM((num_compute_wgs, block_q), jnp.float32),
@@ -439,7 +402,7 @@ def attention(
         # P for the PV wgmma; on hardware P stays in registers.
         buffers += (plgpu.SMEM((num_compute_wgs, block_q, bs), q.dtype, transforms=transforms),)
     loaded_barriers = (
-        plgpu.Barrier(num_barriers=q_buffers(config) * num_compute_wgs),
+        plgpu.Barrier(num_barriers=num_compute_wgs),
         plgpu.Barrier(num_barriers=num_stages),
         plgpu.Barrier(num_barriers=num_stages),
     )
@@ -460,8 +423,12 @@ def attention(
         num_stages=num_stages,
         num_compute_wgs=num_compute_wgs,
         causal=causal,
+        work_grid=(batch, geometry.num_q_blocks, num_heads) if config.persistent_programs else None,
     )
-    num_items = batch * geometry.num_q_blocks * num_heads
+    if config.persistent_programs:
+        grid, grid_names = (config.persistent_programs,), ("programs",)
+    else:
+        grid, grid_names = (num_heads, geometry.num_q_blocks, batch), ("heads", "q_tiles", "batch")
     if uses_schedule:
         scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))
     else:
@@ -473,8 +440,8 @@ def attention(
             jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
         ),
         scratch_types=scratch,
-        grid=(config.persistent_programs or num_items,),
-        grid_names=("programs",),
+        grid=grid,
+        grid_names=grid_names,
         num_threads=num_compute_wgs + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),

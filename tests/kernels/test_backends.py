@@ -86,9 +86,9 @@ PERSISTENT_CASES = tuple(
 )
 @pytest.mark.parametrize("programs", [3, 10], ids=["3_programs", "more_programs_than_items"])
 def test_mosaic_gpu_persistent_launch(persistent_case, programs, on_gpu, rng):
-    """A few CTAs take every work item in turn: the K/V ring and its barriers run on from item
-    to item and the Q tiles are double-buffered, with rows of one block (fewer than the stages)
-    among full ones. With 10 CTAs for at most 8 items, some CTAs have nothing to do."""
+    """A few CTAs take every work item in turn: the K/V ring, its barriers and the Q/O tile carry
+    over from item to item, with rows of one block (fewer than the stages) among full ones.
+    With 10 CTAs for at most 8 items, some CTAs have nothing to do."""
     case = persistent_case
     q, k, v = make_inputs(rng, case)
     mask = random_block_mask(rng, case)
@@ -126,6 +126,7 @@ class TestMosaicGpu(Battery):
     interpret = False
     cases = MOSAIC_GPU_CASES
     map_cases = _in_16_bits(Battery.map_cases)
+    smoke_cases = _in_16_bits(Battery.smoke_cases)
 
 
 @pytest.mark.gpu
