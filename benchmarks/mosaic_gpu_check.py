@@ -13,8 +13,7 @@ Records are written to --out after every section, so a run cut short keeps what 
    H=128, bf16, B=1) at --seq-lens (32K, 128K) and --densities (~100 %, 10 %, 5 %) with
    benchmarks/attention.py's structured layouts.
 3. A few mosaic_gpu launch configurations (stages, one or two compute warpgroups, schedule
-   barrier, persistent CTAs; --sweep-configs picks some) at --sweep-seq-lens, printed
-   separately.
+   barrier; --sweep-configs picks some) at --sweep-seq-lens, printed separately.
 
     python -m benchmarks.mosaic_gpu_check --out benchmarks/results/mosaic_gpu_check_h200.json
 """
@@ -50,8 +49,6 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
-    # One CTA per H200 SM taking the work items in turn.
-    ("s2_wg2_persistent132", mosaic_backend.MosaicGpuConfig(persistent_programs=132)),
 )
 
 

@@ -1,7 +1,6 @@
 """Block-sparse flash attention on Pallas Mosaic GPU (Hopper: TMA, wgmma, warp specialization).
 
-FA3-style: one CTA per (query head, query block, batch) (or, with `persistent_programs`, a
-fixed number of CTAs that take those work items in turn) with `num_compute_wgs` compute
+FA3-style: one CTA per (query head, query block, batch) with `num_compute_wgs` compute
 warpgroups (each owns bs / num_compute_wgs query rows of the block) and one memory warpgroup.
 The memory warpgroup reads the row's key-block list from the layout (scalar GMEM loads) and
 issues TMA copies of the listed K/V blocks into a ring of `num_stages` shared-memory slots; the
@@ -51,25 +50,17 @@ class MosaicGpuConfig:
     num_compute_wgs: compute warpgroups per CTA, 1 or 2; each owns bs / num_compute_wgs query
       rows, which must be a multiple of 64. None: 2 when the block has >= 128 rows, else 1.
     use_schedule_barrier: ping-pong the two compute warpgroups (FA3's intra-CTA overlap).
-    persistent_programs: 0 launches one CTA per (head, query block, batch); n > 0 launches n
-      CTAs that take those work items in turn (heaviest first, round robin), so that the memory
-      warpgroup fills the ring for its next item while the compute warpgroups write the last
-      one's output. On the H200 n = 132 measured no faster than the default at 10 % density and
-      2-5 % slower on full rows (docs/results.md section 7).
     """
 
     num_stages: int = 2
     num_compute_wgs: int | None = None
     use_schedule_barrier: bool = True
-    persistent_programs: int = 0
 
     def __post_init__(self):
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
         if self.num_compute_wgs not in (None, 1, 2):
             raise ValueError(f"num_compute_wgs must be 1, 2 or None, got {self.num_compute_wgs}")
-        if self.persistent_programs < 0:
-            raise ValueError(f"persistent_programs must be >= 0, got {self.persistent_programs}")
 
     def compute_wgs(self, block_size: int) -> int:
         if self.num_compute_wgs is not None:
@@ -147,7 +138,6 @@ def _kernel(
     num_stages: int,
     num_compute_wgs: int,
     causal: bool,
-    work_grid: tuple[int, int, int] | None,
 ):
     q_smem, k_smem, v_smem, lse_smem, *p_smem = buffers
     p_smem = p_smem[0] if p_smem else None
@@ -156,7 +146,12 @@ def _kernel(
     block_q = block_size // num_compute_wgs
     dtype = q_ref.dtype
     head_dim = q_ref.shape[-1]
+    batch = lax.axis_index("batch")
+    head = lax.axis_index("heads")
+    # Heavier (later) query blocks launch first: causal rows grow with the block index.
+    tile = num_q_tiles - 1 - lax.axis_index("q_tiles")
     wg = lax.axis_index("wg")
+    count = count_ref[batch, head, tile]
     uses_schedule = schedule_barrier is not None
     # Logits are scaled inside the exp2's FMA; a masked raw logit must stay finite once scaled.
     masked_logit = common.MASK_VALUE / max(1.0, qk_scale)
@@ -165,24 +160,10 @@ def _kernel(
         plgpu.barrier_arrive(schedule_barrier)
         plgpu.barrier_wait(schedule_barrier)
 
-    def for_each_item(body):
-        """Runs body(batch, head, tile) for this CTA's work items, heavier query blocks first
-        (causal rows grow with the block index). work_grid None: one item, the CTA's own."""
-        if work_grid is None:
-            body(
-                lax.axis_index("batch"),
-                lax.axis_index("heads"),
-                num_q_tiles - 1 - lax.axis_index("q_tiles"),
-            )
-            return
-
-        @plgpu.nd_loop(work_grid, collective_axes="programs")
-        def _(info):
-            batch, reversed_tile, head = info.index
-            body(batch, head, num_q_tiles - 1 - reversed_tile)
-
-    def compute_item(batch, head, tile):
-        count = count_ref[batch, head, tile]
+    @pl.when(wg < num_compute_wgs)
+    def _compute_wg():
+        if num_compute_wgs == 2:
+            plgpu.set_max_registers(232, action="increase")
         q_tile_smem = q_smem.at[wg]
         row_start = tile * block_size + wg * block_q
         q_abs_start = first_q_pos + row_start
@@ -301,8 +282,10 @@ def _kernel(
         plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[batch, head, pl.ds(row_start, block_q)])
         plgpu.wait_smem_to_gmem(0)
 
-    def memory_item(batch, head, tile):
-        count = count_ref[batch, head, tile]
+    @pl.when(wg == num_compute_wgs)
+    def _memory_wg():
+        if num_compute_wgs == 2:
+            plgpu.set_max_registers(40, action="decrease")
         kv_head = lax.div(head, jnp.int32(group))
 
         def kv_block(j):
@@ -334,18 +317,6 @@ def _kernel(
             slot = lax.rem(step, jnp.int32(num_stages))
             plgpu.barrier_wait(k_free.at[slot])
             plgpu.barrier_wait(v_free.at[slot])
-
-    @pl.when(wg < num_compute_wgs)
-    def _compute_wg():
-        if num_compute_wgs == 2:
-            plgpu.set_max_registers(232, action="increase")
-        for_each_item(compute_item)
-
-    @pl.when(wg == num_compute_wgs)
-    def _memory_wg():
-        if num_compute_wgs == 2:
-            plgpu.set_max_registers(40, action="decrease")
-        for_each_item(memory_item)
 
 
 def attention(
@@ -425,12 +396,7 @@ def attention(
         num_stages=num_stages,
         num_compute_wgs=num_compute_wgs,
         causal=causal,
-        work_grid=(batch, geometry.num_q_blocks, num_heads) if config.persistent_programs else None,
     )
-    if config.persistent_programs:
-        grid, grid_names = (config.persistent_programs,), ("programs",)
-    else:
-        grid, grid_names = (num_heads, geometry.num_q_blocks, batch), ("heads", "q_tiles", "batch")
     if uses_schedule:
         scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))
     else:
@@ -442,8 +408,8 @@ def attention(
             jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
         ),
         scratch_types=scratch,
-        grid=grid,
-        grid_names=grid_names,
+        grid=(num_heads, geometry.num_q_blocks, batch),
+        grid_names=("heads", "q_tiles", "batch"),
         num_threads=num_compute_wgs + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),

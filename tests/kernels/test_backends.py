@@ -3,24 +3,9 @@
 import dataclasses
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from pallas_kernels.block_sparse_attention import (
-    BlockGeometry,
-    layout_from_mask,
-    mosaic_gpu,
-)
-from tests.kernels import numpy_oracle
-from tests.kernels.battery import (
-    CASES,
-    TINY_CASES,
-    TOLERANCES,
-    Battery,
-    as_np,
-    make_inputs,
-    random_block_mask,
-)
+from tests.kernels.battery import CASES, TINY_CASES, Battery
 
 
 class TestReference(Battery):
@@ -69,53 +54,6 @@ class TestMosaicGpuInterpret(Battery):
     cases = tuple(map(_smaller, MOSAIC_GPU_CASES))
     map_cases = tuple(map(_smaller, _in_16_bits(Battery.map_cases)))
     smoke_cases = cases[:1]
-
-
-PERSISTENT_CASES = tuple(
-    _smaller(c)
-    for c in MOSAIC_GPU_CASES
-    if c.name in {"base", "ragged_T", "chunk_offset_unaligned", "diagonal_only", "mixed_densities"}
-)
-
-
-@pytest.mark.parametrize(
-    "on_gpu", [False, pytest.param(True, marks=pytest.mark.gpu)], ids=["interpret", "gpu"]
-)
-@pytest.mark.parametrize(
-    "persistent_case", PERSISTENT_CASES, ids=[c.name for c in PERSISTENT_CASES]
-)
-@pytest.mark.parametrize("programs", [3, 10], ids=["3_programs", "more_programs_than_items"])
-def test_mosaic_gpu_persistent_launch(persistent_case, programs, on_gpu, rng):
-    """A few CTAs take every work item in turn: the K/V ring, its barriers and the Q/O tile carry
-    over from item to item, with rows of one block (fewer than the stages) among full ones.
-    With 10 CTAs for at most 8 items, some CTAs have nothing to do."""
-    case = persistent_case
-    q, k, v = make_inputs(rng, case)
-    mask = random_block_mask(rng, case)
-    layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
-    geometry = BlockGeometry(
-        num_queries=case.num_queries, num_keys=case.num_keys, block_size=case.block_size
-    )
-    result = mosaic_gpu.attention(
-        q,
-        k,
-        v,
-        layout,
-        sm_scale=case.head_dim**-0.5,
-        causal=True,
-        geometry=geometry,
-        with_block_lse=False,
-        interpret=not on_gpu,
-        config=mosaic_gpu.MosaicGpuConfig(persistent_programs=programs),
-    )
-    want_out, want_lse, _ = numpy_oracle.attention(
-        as_np(q), as_np(k), as_np(v), mask, case.block_size
-    )
-    tol = TOLERANCES[case.dtype]
-    np.testing.assert_allclose(as_np(result.out), want_out, atol=tol["out"], rtol=0)
-    np.testing.assert_allclose(
-        np.asarray(result.lse, np.float64), want_lse, atol=tol["lse"], rtol=0
-    )
 
 
 @pytest.mark.gpu
