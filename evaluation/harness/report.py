@@ -6,6 +6,7 @@ so a table copied elsewhere still says where its numbers came from.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -90,7 +91,20 @@ def _is_run(summary: dict) -> bool:
     return summary["dense_by_construction"] < 1.0 and not summary.get("same_as")
 
 
-def _environment_line(runs: list[dict], model: str | None = None) -> tuple[str, str]:
+def _runs_of(runs: list[dict], model: str) -> list[dict]:
+    """The invocations that could have run `model`: those listing it after `--models`, and those
+    that chose no models (every model)."""
+
+    def could_run(argv: list[str]) -> bool:
+        if "--models" not in argv:
+            return True
+        listed = argv[argv.index("--models") + 1 :]
+        return model in itertools.takewhile(lambda arg: not arg.startswith("--"), listed)
+
+    return [r for r in runs if could_run(r.get("argv", []))]
+
+
+def _environment_line(runs: list[dict]) -> tuple[str, str]:
     envs = [r["environment"] for r in runs if "environment" in r]
     if not envs:
         return "unknown hardware", "unknown commit"
@@ -106,9 +120,8 @@ def _environment_line(runs: list[dict], model: str | None = None) -> tuple[str, 
         }
     )
     commits = sorted(
-        {(e["commit"] or "?")[:10] + (" + local changes" if e["dirty"] else "") for e in envs}
+        {(e["commit"] or "?")[:7] + (" + local changes" if e["dirty"] else "") for e in envs}
     )
-    del model
     return ", ".join(kinds), ", ".join(commits)
 
 
@@ -364,7 +377,6 @@ def write_report(
     figures_dir.mkdir(parents=True, exist_ok=True)
     root = Path(root) if root else report_path.parent
     runs = store.runs()
-    hardware, commits = _environment_line(runs)
     written: list[Path] = []
 
     def rel(path: Path) -> str:
@@ -398,6 +410,7 @@ def write_report(
         by_model.setdefault(s["model"], []).append(s)
     for model, rows in by_model.items():
         rows = sorted(rows, key=_sort_key)
+        hardware, commits = _environment_line(_runs_of(runs, model))
         tables = sorted({str(s["table"]) for s in rows if s["method"] == "shareprefill"})
         lines += [f"## {model}", ""]
         if tables:

@@ -9,7 +9,7 @@ import pytest
 from evaluation.harness.aggregate import summarize_store
 from evaluation.harness.model_runs import tiny_random_model
 from evaluation.harness.options import EvalOptions
-from evaluation.harness.report import write_report
+from evaluation.harness.report import _runs_of, write_report
 from evaluation.harness.run import run_evaluation
 from evaluation.harness.settings import PRESET_VARIANTS, parse_variant
 from evaluation.harness.store import ResultStore
@@ -121,3 +121,14 @@ def test_cli_parsing_and_report_only(run, tmp_path):
     )
     assert code == 0 and report.is_file()
     assert len(json.loads((run[0] / "summary.json").read_text())) == 10
+
+
+def test_a_models_caption_names_only_the_invocations_that_could_run_it():
+    runs = [
+        {"argv": ["--models", "a", "b", "--tasks", "text"], "id": 1},
+        {"argv": ["--tasks", "text", "--models", "b"], "id": 2},
+        {"argv": ["--tasks", "passkey"], "id": 3},  # no --models: every model
+    ]
+    assert [r["id"] for r in _runs_of(runs, "a")] == [1, 3]
+    assert [r["id"] for r in _runs_of(runs, "b")] == [1, 2, 3]
+    assert [r["id"] for r in _runs_of(runs, "text")] == [3]  # a task name is not a model
