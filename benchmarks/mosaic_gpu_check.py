@@ -200,6 +200,25 @@ def _max_diff(q, k, v, layout) -> float:
     return float(jnp.abs(a - bench.sparse_triton(q, k, v, layout).astype(jnp.float32)).max())
 
 
+def _time_row(
+    rows, records, label, kind, implementation, config_name, fn, inputs, layout, seq_len,
+    density, dense_time,
+) -> None:  # fmt: skip
+    """Times one kernel call (a failure is recorded, not raised); appends and prints its row."""
+    row = _guarded(
+        label, records, _timed, kind, implementation, config_name, fn, *inputs, layout, seq_len,
+        density, dense_time,
+    )  # fmt: skip
+    if row is not None:
+        rows.append(row)
+        records.append(row)
+        print(
+            f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f} TFLOP/s active,"
+            f" {row['speedup']:.2f}x cuDNN",
+            flush=True,
+        )
+
+
 def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
     """mosaic_gpu vs triton vs cuDNN; appends to `records` as it goes and returns the rows."""
     rows = []
@@ -227,19 +246,10 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
             for name, fn in (("mosaic_gpu", sparse_mosaic), ("triton", bench.sparse_triton)):
-                label = f"{name} S={seq_len} density={density}"
-                row = _guarded(
-                    label, records, _timed, "compare", name, "default", fn, q, k, v, layout,
-                    seq_len, density, dense_time,
+                _time_row(
+                    rows, records, f"{name} S={seq_len} density={density}", "compare", name,
+                    "default", fn, (q, k, v), layout, seq_len, density, dense_time,
                 )  # fmt: skip
-                if row is not None:
-                    rows.append(row)
-                    records.append(row)
-                    print(
-                        f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f} TFLOP/s"
-                        f" active, {row['speedup']:.2f}x cuDNN",
-                        flush=True,
-                    )
             if density == 1.0:
                 agree = _guarded(
                     f"mosaic_gpu vs triton S={seq_len}", records, _max_diff, q, k, v, layout
@@ -272,19 +282,11 @@ def sweep(seq_lens, densities, configs, records: list[dict]) -> list[dict]:
             for name, config in SWEEP_CONFIGS:
                 if name not in configs:
                     continue
-                fn = functools.partial(sparse_mosaic, config=config)
-                label = f"sweep {name} S={seq_len} density={density}"
-                row = _guarded(
-                    label, records, _timed, "sweep", "mosaic_gpu", name, fn, q, k, v, layout,
-                    seq_len, density, dense_time,
+                _time_row(
+                    rows, records, f"sweep {name} S={seq_len} density={density}", "sweep",
+                    "mosaic_gpu", name, functools.partial(sparse_mosaic, config=config),
+                    (q, k, v), layout, seq_len, density, dense_time,
                 )  # fmt: skip
-                if row is not None:
-                    rows.append(row)
-                    records.append(row)
-                    print(
-                        f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f}",
-                        flush=True,
-                    )
     return rows
 
 
