@@ -219,17 +219,22 @@ def _time_row(
         )
 
 
-def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
-    """mosaic_gpu vs triton vs cuDNN; appends to `records` as it goes and returns the rows."""
-    rows = []
+def _lengths(seq_lens, records: list[dict]):
+    """(seq_len, (q, k, v), geometry, cuDNN seconds) for each length where cuDNN ran."""
     for seq_len in seq_lens:
         q, k, v = bench.make_inputs(seq_len)
         geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
         dense_time = _guarded(
             f"cudnn S={seq_len}", records, timing.time_call, bench.dense_cudnn, q, k, v
         )
-        if dense_time is None:
-            continue
+        if dense_time is not None:
+            yield seq_len, (q, k, v), geometry, dense_time
+
+
+def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
+    """mosaic_gpu vs triton vs cuDNN; appends to `records` as it goes and returns the rows."""
+    rows = []
+    for seq_len, (q, k, v), geometry, dense_time in _lengths(seq_lens, records):
         rows.append(
             {
                 "kind": "compare",
@@ -269,14 +274,7 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
 def sweep(seq_lens, densities, configs, records: list[dict]) -> list[dict]:
     """Times the named SWEEP_CONFIGS at every length and density against cuDNN."""
     rows = []
-    for seq_len in seq_lens:
-        q, k, v = bench.make_inputs(seq_len)
-        geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-        dense_time = _guarded(
-            f"cudnn (sweep) S={seq_len}", records, timing.time_call, bench.dense_cudnn, q, k, v
-        )
-        if dense_time is None:
-            continue
+    for seq_len, (q, k, v), geometry, dense_time in _lengths(seq_lens, records):
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
             for name, config in SWEEP_CONFIGS:
