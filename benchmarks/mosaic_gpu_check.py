@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import time
 import traceback
 from pathlib import Path
@@ -49,6 +50,15 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
+    ("read_wait", mosaic_backend.MosaicGpuConfig(read_only_store_wait=True)),
+    ("early_idx", mosaic_backend.MosaicGpuConfig(early_index_loads=True)),
+    ("half_diag", mosaic_backend.MosaicGpuConfig(half_diagonal=True)),
+    (
+        "all3",
+        mosaic_backend.MosaicGpuConfig(
+            read_only_store_wait=True, early_index_loads=True, half_diagonal=True
+        ),
+    ),
 )
 
 
@@ -271,13 +281,17 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
     return rows
 
 
-def sweep(seq_lens, densities, configs, records: list[dict]) -> list[dict]:
-    """Times the named SWEEP_CONFIGS at every length and density against cuDNN."""
+def sweep(seq_lens, densities, configs, repeats, records: list[dict]) -> list[dict]:
+    """Times the named SWEEP_CONFIGS at every length and density against cuDNN.
+
+    With repeats > 1 the configurations take turns, so that a drift of the GPU's clock over the
+    run falls on all of them alike.
+    """
     rows = []
     for seq_len, (q, k, v), geometry, dense_time in _lengths(seq_lens, records):
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
-            for name, config in SWEEP_CONFIGS:
+            for _, (name, config) in itertools.product(range(repeats), SWEEP_CONFIGS):
                 if name not in configs:
                     continue
                 _time_row(
@@ -298,6 +312,7 @@ def main():
     config_names = [name for name, _ in SWEEP_CONFIGS]
     parser.add_argument("--sweep-configs", nargs="+", default=config_names, choices=config_names)
     parser.add_argument("--sweep-densities", type=float, nargs="+", default=[1.0, 0.1])
+    parser.add_argument("--sweep-repeats", type=int, default=1)
     parser.add_argument("--skip", nargs="*", default=[], choices=["battery", "compare", "sweep"])
     args = parser.parse_args()
     meta = timing.environment()
@@ -334,7 +349,13 @@ def main():
         save()
     sweep_rows = []
     if "sweep" not in args.skip:
-        sweep_rows = sweep(args.sweep_seq_lens, args.sweep_densities, args.sweep_configs, records)
+        sweep_rows = sweep(
+            args.sweep_seq_lens,
+            args.sweep_densities,
+            args.sweep_configs,
+            args.sweep_repeats,
+            records,
+        )
         save()
 
     failures = [r for r in records if r.get("kind") == "failure"]
