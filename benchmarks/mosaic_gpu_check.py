@@ -50,15 +50,6 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
-    ("read_wait", mosaic_backend.MosaicGpuConfig(read_only_store_wait=True)),
-    ("early_idx", mosaic_backend.MosaicGpuConfig(early_index_loads=True)),
-    ("half_diag", mosaic_backend.MosaicGpuConfig(half_diagonal=True)),
-    (
-        "all3",
-        mosaic_backend.MosaicGpuConfig(
-            read_only_store_wait=True, early_index_loads=True, half_diagonal=True
-        ),
-    ),
 )
 
 

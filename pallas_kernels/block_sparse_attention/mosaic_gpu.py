@@ -50,20 +50,11 @@ class MosaicGpuConfig:
     num_compute_wgs: compute warpgroups per CTA, 1 or 2; each owns bs / num_compute_wgs query
       rows, which must be a multiple of 64. None: 2 when the block has >= 128 rows, else 1.
     use_schedule_barrier: ping-pong the two compute warpgroups (FA3's intra-CTA overlap).
-    read_only_store_wait: end the CTA once the output store has read shared memory, without
-      waiting for its global write (CUTLASS epilogues do the same).
-    early_index_loads: the memory warpgroup loads the ring's first block indices before the
-      row's count, instead of after it.
-    half_diagonal: a compute warpgroup whose rows see only the first block_q keys of its last
-      block (the first warpgroup on an aligned diagonal) multiplies only those.
     """
 
     num_stages: int = 2
     num_compute_wgs: int | None = None
     use_schedule_barrier: bool = True
-    read_only_store_wait: bool = False
-    early_index_loads: bool = False
-    half_diagonal: bool = False
 
     def __post_init__(self):
         if self.num_stages < 1:
@@ -147,7 +138,6 @@ def _kernel(
     num_stages: int,
     num_compute_wgs: int,
     causal: bool,
-    config: MosaicGpuConfig,
 ):
     q_smem, k_smem, v_smem, lse_smem, *p_smem = buffers
     p_smem = p_smem[0] if p_smem else None
@@ -190,15 +180,6 @@ def _kernel(
 
         last = idx_ref[batch, head, tile, jnp.maximum(count - 1, 0)]
         num_unmasked = jnp.where((count > 0) & needs_mask(last), count - 1, count)
-        # The masked step (0 or 1 of them) multiplies only the first block_q keys when no row of
-        # this warpgroup sees past them: trip counts select the variant, no branch is needed.
-        num_full = count
-        if config.half_diagonal and num_compute_wgs == 2:
-            visible_end = num_keys
-            if causal:
-                visible_end = jnp.minimum(visible_end, q_abs_start + block_q)
-            half = last * block_size + block_q >= visible_end
-            num_full = jnp.where(half, num_unmasked, count)
 
         row_layout = plgpu.Layout.WGMMA.reduce(1)
         m = plgpu.layout_cast(jnp.full((block_q,), common.MASK_VALUE, jnp.float32), row_layout)
@@ -213,23 +194,21 @@ def _kernel(
         if uses_schedule:
             pl.when(wg == 1)(sync_schedule)
 
-        def kv_step(j, carry, *, masked: bool, num_cols: int = block_size):
+        def kv_step(j, carry, *, masked: bool):
             acc, m, l = carry
             slot = lax.rem(j, jnp.int32(num_stages))
-            k_block = k_smem.at[slot, pl.ds(0, num_cols)]
-            v_block = v_smem.at[slot, pl.ds(0, num_cols)]
 
             def qk(acc_ref):
-                plgpu.wgmma(acc_ref, q_tile_smem, k_block.T)
+                plgpu.wgmma(acc_ref, q_tile_smem, k_smem.at[slot].T)
                 if uses_schedule:
                     sync_schedule()
                 return acc_ref[...]
 
-            s = pl.run_scoped(qk, plgpu.ACC((block_q, num_cols), jnp.float32))
+            s = pl.run_scoped(qk, plgpu.ACC((block_q, block_size), jnp.float32))
             plgpu.barrier_arrive(k_free.at[slot])
             if masked:
                 kb = idx_ref[batch, head, tile, j]
-                shape = (block_q, num_cols)
+                shape = (block_q, block_size)
                 q_pos = q_abs_start + plgpu.broadcasted_iota(
                     jnp.int32, shape, 0, layout=plgpu.Layout.WGMMA
                 )
@@ -265,18 +244,17 @@ def _kernel(
             if p_smem is None:
                 # P stays in registers: wgmma accumulates onto acc (the hardware path).
                 def pv(acc_ref):
-                    plgpu.wgmma(acc_ref, p_in, v_block)
+                    plgpu.wgmma(acc_ref, p_in, v_smem.at[slot])
                     wait_next_k()
 
                 acc = pl.run_state(pv)(plgpu.ACC.init(acc))
             else:
                 # Interpret mode simulates wgmma from shared memory into a fresh accumulator only.
-                p_block = p_smem.at[wg, :, pl.ds(0, num_cols)]
-                p_block[...] = p_in
+                p_smem.at[wg][...] = p_in
                 plgpu.commit_smem()
 
                 def pv(acc_ref):
-                    plgpu.wgmma(acc_ref, p_block, v_block)
+                    plgpu.wgmma(acc_ref, p_smem.at[wg], v_smem.at[slot])
                     wait_next_k()
                     return acc_ref[...]
 
@@ -286,9 +264,8 @@ def _kernel(
 
         carry = (acc, m, l)
         carry = lax.fori_loop(0, num_unmasked, functools.partial(kv_step, masked=False), carry)
-        carry = lax.fori_loop(num_unmasked, num_full, functools.partial(kv_step, masked=True), carry)
         acc, m, l = lax.fori_loop(
-            num_full, count, functools.partial(kv_step, masked=True, num_cols=block_q), carry
+            num_unmasked, count, functools.partial(kv_step, masked=True), carry
         )
         if uses_schedule:
             pl.when(wg == 0)(sync_schedule)
@@ -303,7 +280,7 @@ def _kernel(
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(q_tile_smem, out_ref.at[batch, pl.ds(row_start, block_q), head])
         plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[batch, head, pl.ds(row_start, block_q)])
-        plgpu.wait_smem_to_gmem(0, wait_read_only=config.read_only_store_wait)
+        plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == num_compute_wgs)
     def _memory_wg():
@@ -315,19 +292,14 @@ def _kernel(
             kb = idx_ref[batch, head, tile, j]
             return (batch, pl.ds(pl.multiple_of(kb * block_size, block_size), block_size), kv_head)
 
-        def fill(step, source):
+        def fill(step):
+            source = kv_block(step)
             plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[step], k_loaded.at[step])
             plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[step], v_loaded.at[step])
 
         # Prologue: fill the ring, issuing only the copies this row has.
-        max_blocks = idx_ref.shape[-1]
         for step in range(num_stages):
-            if config.early_index_loads:
-                # In bounds for any count; used only when step < count.
-                source = kv_block(min(step, max_blocks - 1))
-                pl.when(step < count)(functools.partial(fill, step, source))
-            else:
-                pl.when(step < count)(lambda step=step: fill(step, kv_block(step)))
+            pl.when(step < count)(functools.partial(fill, step))
 
         @pl.loop(num_stages, jnp.maximum(count, num_stages))
         def _(step):
@@ -424,7 +396,6 @@ def attention(
         num_stages=num_stages,
         num_compute_wgs=num_compute_wgs,
         causal=causal,
-        config=config,
     )
     if uses_schedule:
         scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))

@@ -99,14 +99,6 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
         (256, 128, jnp.bfloat16, None),  # one stage fits
         (128, 128, jnp.float16, mosaic_gpu.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(use_schedule_barrier=False)),
-        (
-            128,
-            128,
-            jnp.bfloat16,
-            mosaic_gpu.MosaicGpuConfig(
-                read_only_store_wait=True, early_index_loads=True, half_diagonal=True
-            ),
-        ),
     ],
 )
 def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, monkeypatch):
