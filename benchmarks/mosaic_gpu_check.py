@@ -50,6 +50,11 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
+    ("overlap", mosaic_backend.MosaicGpuConfig(overlap_softmax=True)),
+    (
+        "overlap_nosched",
+        mosaic_backend.MosaicGpuConfig(overlap_softmax=True, use_schedule_barrier=False),
+    ),
 )
 
 
