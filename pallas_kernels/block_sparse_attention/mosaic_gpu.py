@@ -257,7 +257,7 @@ def _kernel(
             return acc, m, l, p
 
         def overlapped_step(j, carry, *, masked: bool):
-            """QK^T of block j and PV of block j-1 in flight together; j's softmax overlaps the PV."""
+            """Block j's QK^T and block j-1's PV in flight together; the softmax overlaps the PV."""
             acc, m, l, p_prev = carry
             slot = lax.rem(j, jnp.int32(num_stages))
             prev = lax.rem(j - 1, jnp.int32(num_stages))
@@ -394,9 +394,7 @@ def _kernel(
             acc, m, l, _ = lax.fori_loop(0, has_any, last_pv, carry)
         else:
             carry = (acc, m, l)
-            carry = lax.fori_loop(
-                0, num_unmasked, functools.partial(kv_step, masked=False), carry
-            )
+            carry = lax.fori_loop(0, num_unmasked, functools.partial(kv_step, masked=False), carry)
             acc, m, l = lax.fori_loop(
                 num_unmasked, count, functools.partial(kv_step, masked=True), carry
             )
