@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import itertools
 import time
 import traceback
 from pathlib import Path
@@ -50,11 +49,6 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
-    ("overlap", mosaic_backend.MosaicGpuConfig(overlap_softmax=True)),
-    (
-        "overlap_nosched",
-        mosaic_backend.MosaicGpuConfig(overlap_softmax=True, use_schedule_barrier=False),
-    ),
 )
 
 
@@ -219,7 +213,8 @@ def _time_row(
         rows.append(row)
         records.append(row)
         print(
-            f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f} TFLOP/s active,"
+            f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f} TFLOP/s active"
+            f" ({row['vs_cudnn_tflops']:.1%} of cuDNN's {row['dense_tflops']:.0f}),"
             f" {row['speedup']:.2f}x cuDNN",
             flush=True,
         )
@@ -280,22 +275,52 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
 def sweep(seq_lens, densities, configs, repeats, records: list[dict]) -> list[dict]:
     """Times the named SWEEP_CONFIGS at every length and density against cuDNN.
 
-    With repeats > 1 the configurations take turns, so that a drift of the GPU's clock over the
-    run falls on all of them alike.
+    Each repeat times cuDNN again and then every configuration in turn; each row's ratio is
+    against its own repeat's cuDNN, so a drift of the GPU's clock over the run falls on
+    numerator and denominator alike.
     """
     rows = []
-    for seq_len, (q, k, v), geometry, dense_time in _lengths(seq_lens, records):
+    for seq_len, (q, k, v), geometry, _ in _lengths(seq_lens, records):
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
-            for _, (name, config) in itertools.product(range(repeats), SWEEP_CONFIGS):
-                if name not in configs:
+            for _ in range(repeats):
+                dense_time = _guarded(
+                    f"cudnn S={seq_len}", records, timing.time_call, bench.dense_cudnn, q, k, v
+                )
+                if dense_time is None:
                     continue
-                _time_row(
-                    rows, records, f"sweep {name} S={seq_len} density={density}", "sweep",
-                    "mosaic_gpu", name, functools.partial(sparse_mosaic, config=config),
-                    (q, k, v), layout, seq_len, density, dense_time,
-                )  # fmt: skip
+                for name, config in SWEEP_CONFIGS:
+                    if name not in configs:
+                        continue
+                    _time_row(
+                        rows, records, f"sweep {name} S={seq_len} density={density}", "sweep",
+                        "mosaic_gpu", name, functools.partial(sparse_mosaic, config=config),
+                        (q, k, v), layout, seq_len, density, dense_time,
+                    )  # fmt: skip
     return rows
+
+
+def sweep_medians(rows: list[dict]) -> list[dict]:
+    """One row per (config, length, density): the median and range over the repeats."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["config"], r["seq_len"], r["target_density"]), []).append(r)
+    summary = []
+    for (config, seq_len, density), group in groups.items():
+        ratios = [r["vs_cudnn_tflops"] for r in group]
+        summary.append(
+            {
+                "config": config,
+                "seq_len": seq_len,
+                "target_density": density,
+                "repeats": len(group),
+                "tflops_active": float(np.median([r["tflops_active"] for r in group])),
+                "vs_cudnn_median": float(np.median(ratios)),
+                "vs_cudnn_min": min(ratios),
+                "vs_cudnn_max": max(ratios),
+            }
+        )
+    return summary
 
 
 def main():
@@ -380,8 +405,17 @@ def main():
     if sweep_rows:
         print("\nlaunch sweep (mosaic_gpu)")
         timing.print_table(
-            sweep_rows,
-            ["config", "seq_len", "target_density", "time_ms", "tflops_active", "vs_cudnn_tflops"],
+            sweep_medians(sweep_rows),
+            [
+                "config",
+                "seq_len",
+                "target_density",
+                "repeats",
+                "tflops_active",
+                "vs_cudnn_median",
+                "vs_cudnn_min",
+                "vs_cudnn_max",
+            ],
         )
     if compare_rows:
         print("\nmosaic_gpu vs triton vs cuDNN (bf16, N=32, K=8, H=128, B=1)")

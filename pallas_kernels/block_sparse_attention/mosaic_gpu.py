@@ -50,14 +50,11 @@ class MosaicGpuConfig:
     num_compute_wgs: compute warpgroups per CTA, 1 or 2; each owns bs / num_compute_wgs query
       rows, which must be a multiple of 64. None: 2 when the block has >= 128 rows, else 1.
     use_schedule_barrier: ping-pong the two compute warpgroups (FA3's intra-CTA overlap).
-    overlap_softmax: issue block j's QK^T together with block j-1's PV and run block j's softmax
-      while that PV is in flight (FA3's intra-warpgroup overlap).
     """
 
     num_stages: int = 2
     num_compute_wgs: int | None = None
     use_schedule_barrier: bool = True
-    overlap_softmax: bool = False
 
     def __post_init__(self):
         if self.num_stages < 1:
@@ -141,7 +138,6 @@ def _kernel(
     num_stages: int,
     num_compute_wgs: int,
     causal: bool,
-    overlap_softmax: bool,
 ):
     q_smem, k_smem, v_smem, lse_smem, *p_smem = buffers
     p_smem = p_smem[0] if p_smem else None
@@ -197,112 +193,6 @@ def _kernel(
 
         if uses_schedule:
             pl.when(wg == 1)(sync_schedule)
-
-        def mask_scores(s, j):
-            kb = idx_ref[batch, head, tile, j]
-            q_pos = q_abs_start + plgpu.broadcasted_iota(
-                jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA
-            )
-            k_pos = kb * block_size + plgpu.broadcasted_iota(
-                jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA
-            )
-            visible = k_pos < num_keys
-            if causal:
-                visible &= k_pos <= q_pos
-            return jnp.where(visible, s, masked_logit)
-
-        def online_softmax(s, m, l):
-            """(p in the input dtype, m, l, alpha) after one block of logits s."""
-            # exp2 domain; m is already scaled so exp2's argument is an FMA.
-            m_new = jnp.maximum(m, s.max(axis=1) * qk_scale)
-            alpha = jnp.exp2(m - m_new)
-            p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_new, s.shape, [0]))
-            return p.astype(dtype), m_new, l * alpha + p.sum(axis=1), alpha
-
-        def p_operand(p):
-            """PV's left operand: P in registers, or (interpret mode) staged in shared memory."""
-            if p_smem is None:
-                return p
-            return p_smem.at[wg]
-
-        def stage_p(p):
-            if p_smem is not None:
-                p_smem.at[wg][...] = p
-                plgpu.commit_smem()
-
-        def o_accumulate(o_ref, acc):
-            """Starts o_ref from acc; interpret mode only accumulates into a fresh (zero) one."""
-            if p_smem is None:
-                o_ref[...] = acc
-
-        def o_result(o, acc):
-            return o if p_smem is None else acc + o
-
-        def first_scores(_, carry, *, masked: bool):
-            """Block 0's QK^T and softmax; its PV waits for the next step."""
-            acc, m, l, _ = carry
-
-            def qk(s_ref):
-                plgpu.wgmma(s_ref, q_tile_smem, k_smem.at[0].T)
-                if uses_schedule:
-                    sync_schedule()
-                return s_ref[...]
-
-            s = pl.run_scoped(qk, plgpu.ACC((block_q, block_size), jnp.float32))
-            plgpu.barrier_arrive(k_free.at[0])
-            if masked:
-                s = mask_scores(s, 0)
-            p, m, l, _ = online_softmax(s, m, l)  # acc is zero: nothing to rescale
-            stage_p(p)
-            return acc, m, l, p
-
-        def overlapped_step(j, carry, *, masked: bool):
-            """Block j's QK^T and block j-1's PV in flight together; the softmax overlaps the PV."""
-            acc, m, l, p_prev = carry
-            slot = lax.rem(j, jnp.int32(num_stages))
-            prev = lax.rem(j - 1, jnp.int32(num_stages))
-            plgpu.barrier_wait(k_loaded.at[slot])
-
-            def gemms(s_ref, o_ref):
-                o_accumulate(o_ref, acc)
-                plgpu.wgmma(s_ref, q_tile_smem, k_smem.at[slot].T)
-                plgpu.barrier_wait(v_loaded.at[prev])
-                plgpu.wgmma(o_ref, p_operand(p_prev), v_smem.at[prev])
-                if uses_schedule:
-                    sync_schedule()
-                s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # the PV stays in flight
-                plgpu.barrier_arrive(k_free.at[slot])
-                if masked:
-                    s = mask_scores(s, j)
-                p, m_new, l_new, alpha = online_softmax(s, m, l)
-                o = plgpu.wgmma_accumulator_load(o_ref, wait_n=0)
-                return o, p, m_new, l_new, alpha
-
-            o, p, m_new, l_new, alpha = pl.run_scoped(
-                gemms,
-                plgpu.ACC((block_q, block_size), jnp.float32),
-                plgpu.ACC((block_q, head_dim), jnp.float32),
-            )
-            plgpu.barrier_arrive(v_free.at[prev])
-            stage_p(p)
-            acc = o_result(o, acc) * lax.broadcast_in_dim(alpha, acc.shape, [0])
-            return acc, m_new, l_new, p
-
-        def last_pv(_, carry):
-            acc, m, l, p = carry
-            prev = lax.rem(count - 1, jnp.int32(num_stages))
-            plgpu.barrier_wait(v_loaded.at[prev])
-
-            def pv(o_ref):
-                o_accumulate(o_ref, acc)
-                plgpu.wgmma(o_ref, p_operand(p), v_smem.at[prev])
-                if uses_schedule:
-                    sync_schedule()
-                return o_ref[...]
-
-            o = pl.run_scoped(pv, plgpu.ACC((block_q, head_dim), jnp.float32))
-            plgpu.barrier_arrive(v_free.at[prev])
-            return o_result(o, acc), m, l, p
 
         def kv_step(j, carry, *, masked: bool):
             acc, m, l = carry
@@ -372,32 +262,11 @@ def _kernel(
             plgpu.barrier_arrive(v_free.at[slot])
             return acc, m_new, l
 
-        if overlap_softmax:
-            # Trip counts of 0 or 1 select the first block's variant and the final PV.
-            p = plgpu.layout_cast(jnp.zeros((block_q, block_size), dtype), plgpu.Layout.WGMMA)
-            carry = (acc, m, l, p)
-            has_any = (count > 0).astype(jnp.int32)
-            first_unmasked = jnp.minimum(num_unmasked, 1)
-            carry = lax.fori_loop(
-                0, first_unmasked, functools.partial(first_scores, masked=False), carry
-            )
-            carry = lax.fori_loop(
-                first_unmasked, has_any, functools.partial(first_scores, masked=True), carry
-            )
-            steps_from = jnp.maximum(num_unmasked, 1)
-            carry = lax.fori_loop(
-                1, steps_from, functools.partial(overlapped_step, masked=False), carry
-            )
-            carry = lax.fori_loop(
-                steps_from, count, functools.partial(overlapped_step, masked=True), carry
-            )
-            acc, m, l, _ = lax.fori_loop(0, has_any, last_pv, carry)
-        else:
-            carry = (acc, m, l)
-            carry = lax.fori_loop(0, num_unmasked, functools.partial(kv_step, masked=False), carry)
-            acc, m, l = lax.fori_loop(
-                num_unmasked, count, functools.partial(kv_step, masked=True), carry
-            )
+        carry = (acc, m, l)
+        carry = lax.fori_loop(0, num_unmasked, functools.partial(kv_step, masked=False), carry)
+        acc, m, l = lax.fori_loop(
+            num_unmasked, count, functools.partial(kv_step, masked=True), carry
+        )
         if uses_schedule:
             pl.when(wg == 0)(sync_schedule)
 
@@ -527,7 +396,6 @@ def attention(
         num_stages=num_stages,
         num_compute_wgs=num_compute_wgs,
         causal=causal,
-        overlap_softmax=config.overlap_softmax,
     )
     if uses_schedule:
         scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))

@@ -52,3 +52,22 @@ def test_map_case_passes_with_mosaic_gpu_interpret():
     record = mosaic_gpu_check.battery_case(case, True, interpret=True)
     assert record["passed"], record
     assert battery.TOLERANCES[case.dtype]["block_map"] >= record["map_err"]
+
+
+def test_sweep_medians_groups_repeats_by_config_length_and_density():
+    def row(config, density, ratio):
+        return {
+            "config": config,
+            "seq_len": 32768,
+            "target_density": density,
+            "tflops_active": 600 * ratio,
+            "vs_cudnn_tflops": ratio,
+        }
+
+    rows = [row("default", 0.1, r) for r in (0.85, 0.94, 0.86)] + [row("default", 0.2, 0.95)]
+    summary = {s["target_density"]: s for s in mosaic_gpu_check.sweep_medians(rows)}
+    assert summary[0.1]["repeats"] == 3
+    assert summary[0.1]["vs_cudnn_median"] == 0.86
+    assert (summary[0.1]["vs_cudnn_min"], summary[0.1]["vs_cudnn_max"]) == (0.85, 0.94)
+    assert summary[0.1]["tflops_active"] == 600 * 0.86
+    assert summary[0.2]["repeats"] == 1 and summary[0.2]["vs_cudnn_median"] == 0.95
