@@ -40,6 +40,8 @@ SUPPORTED_DTYPES = (jnp.bfloat16, jnp.float16)
 WGMMA_ROWS = 64
 # Shared memory per CTA on H100/H200 (227 KB usable).
 SMEM_BYTES = 227 * 1024
+# Profiler ranges kept per warpgroup and CTA (a truncated trace is cut, not corrupted).
+PROFILE_RANGES = 320
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,11 +52,16 @@ class MosaicGpuConfig:
     num_compute_wgs: compute warpgroups per CTA, 1 or 2; each owns bs / num_compute_wgs query
       rows, which must be a multiple of 64. None: 2 when the block has >= 128 rows, else 1.
     use_schedule_barrier: ping-pong the two compute warpgroups (FA3's intra-CTA overlap).
+    profile_dir: when set, every CTA records the start and end cycle of each of its warpgroups'
+      named phases (setup, q_wait, k0_wait, stagger, blocks, normalize, store; issue, drain) and
+      each launch writes them as a Chrome trace into this directory. For diagnosis: the dump
+      is slow, and every launch writes a file (benchmarks/mosaic_gpu_timeline.py reads them).
     """
 
     num_stages: int = 2
     num_compute_wgs: int | None = None
     use_schedule_barrier: bool = True
+    profile_dir: str | None = None
 
     def __post_init__(self):
         if self.num_stages < 1:
@@ -74,6 +81,17 @@ def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
     q_bytes = block_size * head_dim * 2
     stages = max(1, min(3, (SMEM_BYTES - q_bytes - 4096) // per_stage))
     return MosaicGpuConfig(num_stages=stages)
+
+
+def compiler_params(config: MosaicGpuConfig) -> plgpu.CompilerParams:
+    if config.profile_dir is None:
+        return plgpu.CompilerParams(approx_math=True)
+    return plgpu.CompilerParams(
+        approx_math=True,
+        profile_space=PROFILE_RANGES,
+        profile_dir=config.profile_dir,
+        profile_bounds_check=True,
+    )
 
 
 def smem_bytes(head_dim: int, block_size: int, config: MosaicGpuConfig) -> int:
@@ -162,37 +180,44 @@ def _kernel(
 
     @pl.when(wg < num_compute_wgs)
     def _compute_wg():
-        if num_compute_wgs == 2:
-            plgpu.set_max_registers(232, action="increase")
-        q_tile_smem = q_smem.at[wg]
-        row_start = tile * block_size + wg * block_q
-        q_abs_start = first_q_pos + row_start
-        plgpu.copy_gmem_to_smem(
-            q_ref.at[batch, pl.ds(row_start, block_q), head], q_tile_smem, q_loaded.at[wg]
-        )
+        with jax.named_scope("setup"):
+            if num_compute_wgs == 2:
+                plgpu.set_max_registers(232, action="increase")
+            q_tile_smem = q_smem.at[wg]
+            row_start = tile * block_size + wg * block_q
+            q_abs_start = first_q_pos + row_start
+            plgpu.copy_gmem_to_smem(
+                q_ref.at[batch, pl.ds(row_start, block_q), head], q_tile_smem, q_loaded.at[wg]
+            )
 
-        def needs_mask(kb):
-            block_end = kb * block_size + block_size
-            crosses = block_end > num_keys
-            if causal:
-                crosses |= block_end - 1 > q_abs_start
-            return crosses
+            def needs_mask(kb):
+                block_end = kb * block_size + block_size
+                crosses = block_end > num_keys
+                if causal:
+                    crosses |= block_end - 1 > q_abs_start
+                return crosses
 
-        last = idx_ref[batch, head, tile, jnp.maximum(count - 1, 0)]
-        num_unmasked = jnp.where((count > 0) & needs_mask(last), count - 1, count)
+            last = idx_ref[batch, head, tile, jnp.maximum(count - 1, 0)]
+            num_unmasked = jnp.where((count > 0) & needs_mask(last), count - 1, count)
 
-        row_layout = plgpu.Layout.WGMMA.reduce(1)
-        m = plgpu.layout_cast(jnp.full((block_q,), common.MASK_VALUE, jnp.float32), row_layout)
-        l = plgpu.layout_cast(jnp.full((block_q,), 0.0, jnp.float32), row_layout)
-        acc = plgpu.layout_cast(jnp.full((block_q, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
-        plgpu.barrier_wait(q_loaded.at[wg])
+            row_layout = plgpu.Layout.WGMMA.reduce(1)
+            m = plgpu.layout_cast(jnp.full((block_q,), common.MASK_VALUE, jnp.float32), row_layout)
+            l = plgpu.layout_cast(jnp.full((block_q,), 0.0, jnp.float32), row_layout)
+            acc = plgpu.layout_cast(
+                jnp.full((block_q, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA
+            )
+        with jax.named_scope("q_wait"):
+            plgpu.barrier_wait(q_loaded.at[wg])
 
-        @pl.when(count > 0)
-        def _():
-            plgpu.barrier_wait(k_loaded.at[0])
+        with jax.named_scope("k0_wait"):
 
-        if uses_schedule:
-            pl.when(wg == 1)(sync_schedule)
+            @pl.when(count > 0)
+            def _():
+                plgpu.barrier_wait(k_loaded.at[0])
+
+        with jax.named_scope("stagger"):
+            if uses_schedule:
+                pl.when(wg == 1)(sync_schedule)
 
         def kv_step(j, carry, *, masked: bool):
             acc, m, l = carry
@@ -262,25 +287,30 @@ def _kernel(
             plgpu.barrier_arrive(v_free.at[slot])
             return acc, m_new, l
 
-        carry = (acc, m, l)
-        carry = lax.fori_loop(0, num_unmasked, functools.partial(kv_step, masked=False), carry)
-        acc, m, l = lax.fori_loop(
-            num_unmasked, count, functools.partial(kv_step, masked=True), carry
-        )
-        if uses_schedule:
-            pl.when(wg == 0)(sync_schedule)
+        with jax.named_scope("blocks"):
+            carry = (acc, m, l)
+            carry = lax.fori_loop(0, num_unmasked, functools.partial(kv_step, masked=False), carry)
+            acc, m, l = lax.fori_loop(
+                num_unmasked, count, functools.partial(kv_step, masked=True), carry
+            )
+            if uses_schedule:
+                pl.when(wg == 0)(sync_schedule)
 
-        has_keys = l > 0
-        safe_l = jnp.where(has_keys, l, 1.0)
-        acc /= lax.broadcast_in_dim(safe_l, acc.shape, [0])
-        q_tile_smem[...] = acc.astype(dtype)
-        lse_smem.at[wg][...] = jnp.where(
-            has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE
-        )
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(q_tile_smem, out_ref.at[batch, pl.ds(row_start, block_q), head])
-        plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[batch, head, pl.ds(row_start, block_q)])
-        plgpu.wait_smem_to_gmem(0)
+        with jax.named_scope("normalize"):
+            has_keys = l > 0
+            safe_l = jnp.where(has_keys, l, 1.0)
+            acc /= lax.broadcast_in_dim(safe_l, acc.shape, [0])
+            q_tile_smem[...] = acc.astype(dtype)
+            lse_smem.at[wg][...] = jnp.where(
+                has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE
+            )
+            plgpu.commit_smem()
+        with jax.named_scope("store"):
+            plgpu.copy_smem_to_gmem(q_tile_smem, out_ref.at[batch, pl.ds(row_start, block_q), head])
+            plgpu.copy_smem_to_gmem(
+                lse_smem.at[wg], lse_ref.at[batch, head, pl.ds(row_start, block_q)]
+            )
+            plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == num_compute_wgs)
     def _memory_wg():
@@ -297,26 +327,29 @@ def _kernel(
             plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[step], k_loaded.at[step])
             plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[step], v_loaded.at[step])
 
-        # Prologue: fill the ring, issuing only the copies this row has.
-        for step in range(num_stages):
-            pl.when(step < count)(functools.partial(fill, step))
+        with jax.named_scope("issue"):
+            # Prologue: fill the ring, issuing only the copies this row has.
+            for step in range(num_stages):
+                pl.when(step < count)(functools.partial(fill, step))
 
-        @pl.loop(num_stages, jnp.maximum(count, num_stages))
-        def _(step):
-            slot = lax.rem(step, jnp.int32(num_stages))
-            source = kv_block(step)
-            plgpu.barrier_wait(k_free.at[slot])
-            plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[slot], k_loaded.at[slot])
-            plgpu.barrier_wait(v_free.at[slot])
-            plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[slot], v_loaded.at[slot])
+            @pl.loop(num_stages, jnp.maximum(count, num_stages))
+            def _(step):
+                slot = lax.rem(step, jnp.int32(num_stages))
+                source = kv_block(step)
+                plgpu.barrier_wait(k_free.at[slot])
+                plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[slot], k_loaded.at[slot])
+                plgpu.barrier_wait(v_free.at[slot])
+                plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[slot], v_loaded.at[slot])
 
-        # Observe the releases of the last copies too, so that every barrier phase is consumed
-        # before the CTA exits (interpret mode checks this; on hardware it is a short tail wait).
-        @pl.loop(jnp.maximum(count - num_stages, 0), count)
-        def _(step):
-            slot = lax.rem(step, jnp.int32(num_stages))
-            plgpu.barrier_wait(k_free.at[slot])
-            plgpu.barrier_wait(v_free.at[slot])
+        with jax.named_scope("drain"):
+            # Observe the releases of the last copies too, so that every barrier phase is
+            # consumed before the CTA exits (interpret mode checks this; on hardware it is a
+            # short tail wait).
+            @pl.loop(jnp.maximum(count - num_stages, 0), count)
+            def _(step):
+                slot = lax.rem(step, jnp.int32(num_stages))
+                plgpu.barrier_wait(k_free.at[slot])
+                plgpu.barrier_wait(v_free.at[slot])
 
 
 def attention(
@@ -412,7 +445,7 @@ def attention(
         grid_names=("heads", "q_tiles", "batch"),
         num_threads=num_compute_wgs + 1,
         thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
+        compiler_params=compiler_params(config),
         interpret=plgpu.InterpretGPUParams() if interpret else None,
         kernel_name="block_sparse_attention_mgpu",
     )(layout.kv_block_idx, layout.kv_block_count, q_padded, k_padded, v_padded)
