@@ -34,6 +34,7 @@ stage_hopper() {
   "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery compare --sweep-configs default \
     --sweep-seq-lens 32768 131072 --sweep-densities 1.0 0.2 0.1 0.05 --sweep-repeats 6 \
     --out "$RESULTS/mosaic_gpu_repeats_h200.json"
+  "$PYTHON" -m benchmarks.mosaic_gpu_timeline --out "$RESULTS/mosaic_gpu_timeline_h200.json"
 }
 stage_planner() { "$PYTHON" -m benchmarks.planner_overhead --profile-launches; }
 stage_methods() {
