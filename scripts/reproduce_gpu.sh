@@ -35,6 +35,7 @@ stage_hopper() {
     --sweep-seq-lens 32768 131072 --sweep-densities 1.0 0.2 0.1 0.05 --sweep-repeats 6 \
     --out "$RESULTS/mosaic_gpu_repeats_h200.json"
   "$PYTHON" -m benchmarks.mosaic_gpu_timeline --out "$RESULTS/mosaic_gpu_timeline_h200.json"
+  "$PYTHON" -m benchmarks.mosaic_gpu_schedule_model  # CPU: the makespan model on that timeline
 }
 stage_planner() { "$PYTHON" -m benchmarks.planner_overhead --profile-launches; }
 stage_methods() {
