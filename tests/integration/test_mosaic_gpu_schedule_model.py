@@ -28,6 +28,7 @@ def test_schedules_on_a_hand_worked_case():
     assert model.makespan("persistent_round_robin", costs, 2) == 18  # 8+6+4 / 7+5+3
     assert model.makespan("persistent_snake", costs, 2) == 17  # 8+5+4 / 7+6+3
     assert model.makespan("persistent_queue", costs, 2) == 17  # 8,5,4 / 7,6,3 as SMs free
+    assert model.makespan("persistent_chunks", costs, 2) == 21  # starts 0,8,15 < 16.5 / 21,26,30
     assert model.makespan("one_cta_per_item", costs, 2) == 17
 
 
