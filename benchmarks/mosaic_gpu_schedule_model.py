@@ -37,6 +37,7 @@ import numpy as np
 
 from benchmarks import attention as bench
 from benchmarks import timing
+from benchmarks.mosaic_gpu_timeline import launch_order
 from pallas_kernels.block_sparse_attention import BlockGeometry
 
 SCHEDULES = (
@@ -46,11 +47,6 @@ SCHEDULES = (
     "persistent_chunks",
     "persistent_queue",
 )
-
-
-def launch_order(block_counts: np.ndarray) -> np.ndarray:
-    """Blocks per item in the kernel's launch order: heads fastest, heavy (last) tiles first."""
-    return block_counts[:, ::-1].T.reshape(-1)
 
 
 def list_schedule(costs: np.ndarray, num_sms: int) -> float:
@@ -114,8 +110,8 @@ def main():
         "--out", type=Path, default=Path("benchmarks/results/mosaic_gpu_schedule_model.json")
     )
     args = parser.parse_args()
-    timeline = json.loads(args.timeline.read_text())["records"]
-    measured = next(r for r in timeline if r["density"] < 1.0)
+    timeline = json.loads(args.timeline.read_text())
+    measured = next(r for r in timeline["records"] if r["density"] < 1.0)
     # A CTA ends with its slowest warpgroup.
     slowest = max(measured["warpgroups"], key=lambda wg: wg["fixed_cycles"])
     per_block = slowest["cycles_per_block"]
@@ -133,7 +129,7 @@ def main():
             )
     meta = {
         "timeline": str(args.timeline),
-        "timeline_commit": json.loads(args.timeline.read_text())["environment"]["commit"],
+        "timeline_commit": timeline["environment"]["commit"],
         "cycles_per_block": per_block,
         "num_sms": args.num_sms,
     }

@@ -36,6 +36,12 @@ from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
 sparse_mosaic = bench.sparse_kernel(mosaic_backend)
 
 
+def launch_order(block_counts: np.ndarray) -> np.ndarray:
+    """Blocks of each CTA, indexed by CTA: the kernel's grid runs heads fastest, then query
+    blocks from the last (heaviest) to the first. block_counts: int[N, Tb] (one batch row)."""
+    return block_counts[:, ::-1].T.reshape(-1)
+
+
 def trace_phases(events: list[dict], traces_per_cta: int) -> list[dict]:
     """One dict per (CTA, warpgroup) trace: cta, wg, cycles (first event to last) and the cycles
     of each top-level phase, summed over its occurrences.
@@ -66,16 +72,13 @@ def trace_phases(events: list[dict], traces_per_cta: int) -> list[dict]:
 def summarize(traces: list[dict], block_counts: np.ndarray) -> list[dict]:
     """Per warpgroup: phase medians and the fit of cycles against block count.
 
-    block_counts: int[N, Tb], the layout's counts for batch 0. CTA c runs query head c % N and
-    query block Tb - 1 - (c // N) % Tb (the kernel launches heavy rows first).
+    block_counts: int[N, Tb], the layout's counts for batch 0 (the benchmark's B = 1).
     """
-    num_heads, num_tiles = block_counts.shape
+    blocks_of_cta = launch_order(block_counts)
     rows = []
     for wg in sorted({t["wg"] for t in traces}):
         mine = [t for t in traces if t["wg"] == wg]
-        heads = np.array([t["cta"] % num_heads for t in mine])
-        tiles = num_tiles - 1 - np.array([t["cta"] // num_heads % num_tiles for t in mine])
-        counts = block_counts[heads, tiles].astype(float)
+        counts = blocks_of_cta[[t["cta"] for t in mine]].astype(float)
         cycles = np.array([t["cycles"] for t in mine])
         listed = counts > 0
         per_block, fixed = np.polyfit(counts[listed], cycles[listed], 1)

@@ -1,14 +1,15 @@
-"""The schedule model's launch order and makespans on cases with known answers."""
+"""The kernel's launch order and the schedule model's makespans, on cases with known answers."""
 
 import numpy as np
 import pytest
 
 from benchmarks import mosaic_gpu_schedule_model as model
+from benchmarks import mosaic_gpu_timeline as timeline
 
 
 def test_launch_order_is_the_kernels_cta_order():
     counts = np.arange(24).reshape(4, 6)  # [N, Tb]
-    order = model.launch_order(counts)
+    order = timeline.launch_order(counts)
     num_heads, num_tiles = counts.shape
     for cta, blocks in enumerate(order):
         assert blocks == counts[cta % num_heads, num_tiles - 1 - cta // num_heads]
