@@ -27,6 +27,7 @@ from pallas_kernels.block_sparse_attention import (
     causal_layout,
     layout_from_mask,
 )
+from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
 from pallas_kernels.block_sparse_attention import triton as triton_backend
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 128
@@ -143,6 +144,7 @@ def sparse_kernel(backend):
 
 
 sparse_triton = sparse_kernel(triton_backend)
+sparse_mosaic = sparse_kernel(mosaic_backend)
 
 
 def causal_flops(seq_len: int) -> float:

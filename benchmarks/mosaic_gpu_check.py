@@ -151,7 +151,7 @@ def battery_case(
 
 def llama_checks(seq_len: int) -> list[dict]:
     """Llama shape vs the f32 reference (10 % layout, maps for 3 heads) and full causal vs cuDNN."""
-    checks = bench.check_correctness(seq_len, "mosaic_gpu", sparse_mosaic)
+    checks = bench.check_correctness(seq_len, "mosaic_gpu", bench.sparse_mosaic)
     return [{"kind": "check"} | check for check in checks]
 
 
@@ -186,9 +186,6 @@ def default_checks() -> list[dict]:
     return records
 
 
-sparse_mosaic = bench.sparse_kernel(mosaic_backend)
-
-
 def _timed(kind, implementation, config_name, fn, q, k, v, layout, seq_len, density, dense_time):
     geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
     t = timing.time_call(fn, q, k, v, layout)
@@ -198,7 +195,7 @@ def _timed(kind, implementation, config_name, fn, q, k, v, layout, seq_len, dens
 
 
 def _max_diff(q, k, v, layout) -> float:
-    a = sparse_mosaic(q, k, v, layout).astype(jnp.float32)
+    a = bench.sparse_mosaic(q, k, v, layout).astype(jnp.float32)
     return float(jnp.abs(a - bench.sparse_triton(q, k, v, layout).astype(jnp.float32)).max())
 
 
@@ -222,16 +219,23 @@ def _time_row(
         )
 
 
+def _inputs(seq_len: int):
+    """((q, k, v), geometry) at the benchmark shape."""
+    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+    return bench.make_inputs(seq_len), geometry
+
+
+def _cudnn_time(seq_len: int, inputs, records: list[dict]) -> float | None:
+    return _guarded(f"cudnn S={seq_len}", records, timing.time_call, bench.dense_cudnn, *inputs)
+
+
 def _lengths(seq_lens, records: list[dict]):
     """(seq_len, (q, k, v), geometry, cuDNN seconds) for each length where cuDNN ran."""
     for seq_len in seq_lens:
-        q, k, v = bench.make_inputs(seq_len)
-        geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-        dense_time = _guarded(
-            f"cudnn S={seq_len}", records, timing.time_call, bench.dense_cudnn, q, k, v
-        )
+        inputs, geometry = _inputs(seq_len)
+        dense_time = _cudnn_time(seq_len, inputs, records)
         if dense_time is not None:
-            yield seq_len, (q, k, v), geometry, dense_time
+            yield seq_len, inputs, geometry, dense_time
 
 
 def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
@@ -253,7 +257,7 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
         records.append(rows[-1])
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
-            for name, fn in (("mosaic_gpu", sparse_mosaic), ("triton", bench.sparse_triton)):
+            for name, fn in (("mosaic_gpu", bench.sparse_mosaic), ("triton", bench.sparse_triton)):
                 _time_row(
                     rows, records, f"{name} S={seq_len} density={density}", "compare", name,
                     "default", fn, (q, k, v), layout, seq_len, density, dense_time,
@@ -282,13 +286,12 @@ def sweep(seq_lens, densities, configs, repeats, records: list[dict]) -> list[di
     numerator and denominator alike.
     """
     rows = []
-    for seq_len, (q, k, v), geometry, _ in _lengths(seq_lens, records):
+    for seq_len in seq_lens:
+        inputs, geometry = _inputs(seq_len)
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
             for _ in range(repeats):
-                dense_time = _guarded(
-                    f"cudnn S={seq_len}", records, timing.time_call, bench.dense_cudnn, q, k, v
-                )
+                dense_time = _cudnn_time(seq_len, inputs, records)
                 if dense_time is None:
                     continue
                 for name, config in SWEEP_CONFIGS:
@@ -296,8 +299,8 @@ def sweep(seq_lens, densities, configs, repeats, records: list[dict]) -> list[di
                         continue
                     _time_row(
                         rows, records, f"sweep {name} S={seq_len} density={density}", "sweep",
-                        "mosaic_gpu", name, functools.partial(sparse_mosaic, config=config),
-                        (q, k, v), layout, seq_len, density, dense_time,
+                        "mosaic_gpu", name, functools.partial(bench.sparse_mosaic, config=config),
+                        inputs, layout, seq_len, density, dense_time,
                     )  # fmt: skip
     return rows
 

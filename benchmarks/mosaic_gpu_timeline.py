@@ -33,8 +33,6 @@ from benchmarks import timing
 from pallas_kernels.block_sparse_attention import BlockGeometry
 from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
 
-sparse_mosaic = bench.sparse_kernel(mosaic_backend)
-
 
 def launch_order(block_counts: np.ndarray) -> np.ndarray:
     """Blocks of each CTA, indexed by CTA: the kernel's grid runs heads fastest, then query
@@ -103,11 +101,11 @@ def profile(seq_len: int, density: float, trace_dir: Path) -> dict:
     q, k, v = bench.make_inputs(seq_len)
     geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
     layout, _ = bench.make_layout(geometry, density)
-    plain_time = timing.time_call(sparse_mosaic, q, k, v, layout)
+    plain_time = timing.time_call(bench.sparse_mosaic, q, k, v, layout)
     config = mosaic_backend.MosaicGpuConfig(profile_dir=str(trace_dir))
     config_wgs = config.compute_wgs(bench.BLOCK)
     before = set(trace_dir.glob("*trace.json"))
-    jax.block_until_ready(sparse_mosaic(q, k, v, layout, config=config))
+    jax.block_until_ready(bench.sparse_mosaic(q, k, v, layout, config=config))
     jax.effects_barrier()  # the trace is written by a host callback
     written = sorted(set(trace_dir.glob("*trace.json")) - before)
     if not written:
