@@ -23,6 +23,11 @@ Efficiency is the pure block work (per_block * total blocks / SMs) over the make
 per block equals cuDNN's (the timeline measures the same cycles per block on full rows, where the
 kernel matches cuDNN), so efficiency predicts the "of cuDNN's TFLOP/s" of docs/results.md.
 
+The model has no L2: it assumes every schedule keeps the rate per block. Contiguous chunks do
+not (docs/results.md 7.2, run 15a: the CTAs in flight read far-apart K/V and lose the L2's reuse,
+85-87 % of cuDNN even on full rows), and the persistent loop measured in run 15b hid almost none
+of the fixed cost that the smaller --fixed-cycles rows assume.
+
     python -m benchmarks.mosaic_gpu_schedule_model
 """
 
