@@ -25,8 +25,8 @@ kernel matches cuDNN), so efficiency predicts the "of cuDNN's TFLOP/s" of docs/r
 
 The model has no L2: it assumes every schedule keeps the rate per block. Contiguous chunks do
 not (docs/results.md 7.2, run 15a: the CTAs in flight read far-apart K/V and lose the L2's reuse,
-85-87 % of cuDNN even on full rows), and the persistent loop measured in run 15b hid almost none
-of the fixed cost that the smaller --fixed-cycles rows assume.
+85-87 % of cuDNN even on full rows). The persistent loop of run 15d cut the fixed cost to about
+4000 cycles but paid 1.7 % more per block, and its static assignment measured below the model.
 
     python -m benchmarks.mosaic_gpu_schedule_model
 """
