@@ -13,9 +13,9 @@ Records are written to --out after every section, so a run cut short keeps what 
    H=128, bf16, B=1) at --seq-lens (32K, 128K) and --densities (~100 %, 10 %, 5 %) with
    benchmarks/attention.py's structured layouts.
 3. A few mosaic_gpu launch configurations (stages, one or two compute warpgroups, schedule
-   barrier; --sweep-configs picks some) at --sweep-seq-lens, printed separately: --sweep-repeats
-   rounds, each timing cuDNN afresh and then every configuration; the table gives each cell's
-   median and range of the ratio to cuDNN.
+   barrier, work items per CTA; --sweep-configs picks some) at --sweep-seq-lens, printed
+   separately: --sweep-repeats rounds, each timing cuDNN afresh and then every configuration;
+   the table gives each cell's median and range of the ratio to cuDNN.
 
     python -m benchmarks.mosaic_gpu_check --out benchmarks/results/mosaic_gpu_check_h200.json
 """
@@ -51,6 +51,8 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
+    ("items1", mosaic_backend.MosaicGpuConfig()),
+    ("items4", mosaic_backend.MosaicGpuConfig(items_per_program=4)),
 )
 
 

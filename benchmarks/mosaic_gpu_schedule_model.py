@@ -3,7 +3,7 @@
 Each work item (one query block of one head) costs `fixed + per_block * blocks` cycles on one
 SM, with the constants measured by benchmarks/mosaic_gpu_timeline.py. For the layouts of
 benchmarks/attention.py, this computes the makespan over the SMs of four schedules, in the
-kernel's launch order (heads fastest, heavy query blocks first):
+kernel's launch order (query blocks fastest from the heaviest, then heads):
 
 - `one_cta_per_item`: today's launch. The hardware hands the next item to the first free SM
   (list scheduling in launch order).

@@ -35,9 +35,10 @@ from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
 
 
 def launch_order(block_counts: np.ndarray) -> np.ndarray:
-    """Blocks of each CTA, indexed by CTA: the kernel's grid runs heads fastest, then query
-    blocks from the last (heaviest) to the first. block_counts: int[N, Tb] (one batch row)."""
-    return block_counts[:, ::-1].T.reshape(-1)
+    """Blocks of each CTA of a one-item-per-CTA launch, indexed by CTA: query blocks fastest,
+    from the last (heaviest) to the first, then heads (the kernel's launch order).
+    block_counts: int[N, Tb] (one batch row)."""
+    return block_counts[:, ::-1].reshape(-1)
 
 
 def trace_phases(events: list[dict], traces_per_cta: int) -> list[dict]:
@@ -102,6 +103,7 @@ def profile(seq_len: int, density: float, trace_dir: Path) -> dict:
     geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
     layout, _ = bench.make_layout(geometry, density)
     plain_time = timing.time_call(bench.sparse_mosaic, q, k, v, layout)
+    # One item per CTA, so that a CTA's cycles are one row's.
     config = mosaic_backend.MosaicGpuConfig(profile_dir=str(trace_dir))
     config_wgs = config.compute_wgs(bench.BLOCK)
     before = set(trace_dir.glob("*trace.json"))

@@ -1,12 +1,21 @@
 """Block-sparse flash attention on Pallas Mosaic GPU (Hopper: TMA, wgmma, warp specialization).
 
-FA3-style: one CTA per (query head, query block, batch) with `num_compute_wgs` compute
+FA3-style: a work item is one (query head, query block, batch) row of the layout, and each CTA
+runs `items_per_program` consecutive items of the launch order with `num_compute_wgs` compute
 warpgroups (each owns bs / num_compute_wgs query rows of the block) and one memory warpgroup.
-The memory warpgroup reads the row's key-block list from the layout (scalar GMEM loads) and
-issues TMA copies of the listed K/V blocks into a ring of `num_stages` shared-memory slots; the
-compute warpgroups run QK^T and PV as wgmma from shared memory, with an exp2-domain online
-softmax in registers. Two compute warpgroups ping-pong through a schedule barrier so that one's
-softmax overlaps the other's matmuls. Shared memory holds the input dtype (bf16 or f16).
+The memory warpgroup reads each row's key-block list from the layout (scalar GMEM loads) and
+issues TMA copies of the listed K/V blocks into a ring of `num_stages` shared-memory slots that
+runs on from one item into the next; the compute warpgroups run QK^T and PV as wgmma from shared
+memory, with an exp2-domain online softmax in registers. Two compute warpgroups ping-pong
+through a schedule barrier so that one's softmax overlaps the other's matmuls. With several
+items per CTA the Q tile is double-buffered: the next item's Q loads while this one runs, and
+its output store overlaps the next item's start. Shared memory holds the input dtype (bf16 or
+f16).
+
+The launch order is the one the hardware gives a (heads, query blocks, batch) grid: query
+blocks fastest, from the last (the longest causal rows) to the first, then heads. CTAs in
+flight together therefore read one head's K/V, which the L2 keeps; run 16 (docs/results.md 7.3)
+measured an order with heads fastest 5-16 % slower at 32K-128K and 10-20 % density.
 
 Only the last listed block can cross the diagonal (lists are ascending and never go past it) or
 the end of the keys, so the loop runs unmasked over the first `count - 1` blocks and masks the
@@ -56,16 +65,22 @@ class MosaicGpuConfig:
       named phases (setup, q_wait, k0_wait, stagger, blocks, normalize, store; issue, drain) and
       each launch writes them as a Chrome trace into this directory. For diagnosis: the dump
       is slow, and every launch writes a file (benchmarks/mosaic_gpu_timeline.py reads them).
+    items_per_program: consecutive work items each CTA runs (k > 1 double-buffers the Q tile).
+      Each item carries a fixed ramp of about two blocks' time (Q load, ring fill and drain,
+      output store: run 14e) that the next item in the same CTA hides in part.
     """
 
     num_stages: int = 2
     num_compute_wgs: int | None = None
     use_schedule_barrier: bool = True
     profile_dir: str | None = None
+    items_per_program: int = 1
 
     def __post_init__(self):
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
+        if self.items_per_program < 1:
+            raise ValueError(f"items_per_program must be >= 1, got {self.items_per_program}")
         if self.num_compute_wgs not in (None, 1, 2):
             raise ValueError(f"num_compute_wgs must be 1, 2 or None, got {self.num_compute_wgs}")
 
@@ -76,11 +91,21 @@ class MosaicGpuConfig:
 
 
 def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
-    """The default launch: as many stages as fit the shared memory, up to 3 (unmeasured)."""
-    per_stage = 2 * block_size * head_dim * 2  # K and V, 16-bit
-    q_bytes = block_size * head_dim * 2
-    stages = max(1, min(3, (SMEM_BYTES - q_bytes - 4096) // per_stage))
-    return MosaicGpuConfig(num_stages=stages)
+    """The default launch: two items per CTA where a second Q tile fits beside two K/V stages,
+    and as many stages as fit, up to 3 (3 unmeasured).
+
+    Run 16d (H200, bs 128, H 128): two items per CTA reach 90 % of cuDNN's rate at 32K and 10 %
+    density against 85 % for one and stay at or above cuDNN on full rows; four or more items
+    lose 3-18 % on full rows and at 128K (run 16c).
+    """
+    tile = block_size * head_dim * 2  # one 16-bit Q, K or V tile
+
+    def stages_fitting(q_tiles: int) -> int:
+        return (SMEM_BYTES - 4096 - q_tiles * tile) // (2 * tile)
+
+    if stages_fitting(2) >= 2:
+        return MosaicGpuConfig(num_stages=min(3, stages_fitting(2)), items_per_program=2)
+    return MosaicGpuConfig(num_stages=max(1, min(3, stages_fitting(1))))
 
 
 def compiler_params(config: MosaicGpuConfig) -> plgpu.CompilerParams:
@@ -94,9 +119,15 @@ def compiler_params(config: MosaicGpuConfig) -> plgpu.CompilerParams:
     )
 
 
+def q_buffers(config: MosaicGpuConfig) -> int:
+    """Q/O tiles per CTA: two when a CTA runs several items (the next Q loads meanwhile)."""
+    return 2 if config.items_per_program > 1 else 1
+
+
 def smem_bytes(head_dim: int, block_size: int, config: MosaicGpuConfig) -> int:
     """Shared memory one CTA allocates (Q/O tiles, K/V ring, LSE rows), barriers excluded."""
-    return 2 * block_size * head_dim * (1 + 2 * config.num_stages) + 4 * block_size
+    tiles = q_buffers(config) + 2 * config.num_stages
+    return 2 * block_size * head_dim * tiles + 4 * block_size
 
 
 def check_supported(
@@ -156,39 +187,86 @@ def _kernel(
     num_stages: int,
     num_compute_wgs: int,
     causal: bool,
+    items_per_program: int,
 ):
     q_smem, k_smem, v_smem, lse_smem, *p_smem = buffers
     p_smem = p_smem[0] if p_smem else None
     q_loaded, k_loaded, v_loaded = loaded_barriers
     k_free, v_free = free_barriers
     block_q = block_size // num_compute_wgs
+    num_q_buffers = q_smem.shape[0]
     dtype = q_ref.dtype
     head_dim = q_ref.shape[-1]
-    batch = lax.axis_index("batch")
-    head = lax.axis_index("heads")
-    # Heavier (later) query blocks launch first: causal rows grow with the block index.
-    tile = num_q_tiles - 1 - lax.axis_index("q_tiles")
+    num_heads = count_ref.shape[1]
     wg = lax.axis_index("wg")
-    count = count_ref[batch, head, tile]
+    # This CTA runs items first_item .. first_item + num_turns - 1 of the launch order.
+    num_items = count_ref.size
+    first_item = lax.axis_index("programs") * items_per_program
+    num_turns = jnp.minimum(items_per_program, num_items - first_item)
     uses_schedule = schedule_barrier is not None
     # Logits are scaled inside the exp2's FMA; a masked raw logit must stay finite once scaled.
     masked_logit = common.MASK_VALUE / max(1.0, qk_scale)
+
+    def work_item(turn):
+        """(batch, head, query tile) of this CTA's turn-th item (module docstring: the launch
+        order). Turns past the end (the one-ahead loads of the last item) read the launch
+        order's last item."""
+        item = jnp.minimum(first_item + turn, num_items - 1)
+        tile = num_q_tiles - 1 - lax.rem(item, num_q_tiles)
+        rest = lax.div(item, num_q_tiles)
+        return lax.div(rest, num_heads), lax.rem(rest, num_heads), tile
+
+    def ring_slot(step):
+        return lax.rem(step, jnp.int32(num_stages))
 
     def sync_schedule():
         plgpu.barrier_arrive(schedule_barrier)
         plgpu.barrier_wait(schedule_barrier)
 
-    @pl.when(wg < num_compute_wgs)
-    def _compute_wg():
+    def q_rows(tile):
+        return tile * block_size + wg * block_q
+
+    def q_buffer(turn):
+        return lax.rem(turn, jnp.int32(num_q_buffers))
+
+    def load_q(turn):
+        batch, head, tile = work_item(turn)
+        buffer = q_buffer(turn)
+        plgpu.copy_gmem_to_smem(
+            q_ref.at[batch, pl.ds(q_rows(tile), block_q), head],
+            q_smem.at[buffer, wg],
+            q_loaded.at[buffer * num_compute_wgs + wg],
+        )
+
+    def row_extent(turn):
+        """(count, last listed block) of the turn-th item's row."""
+        batch, head, tile = work_item(turn)
+        count = count_ref[batch, head, tile]
+        return count, idx_ref[batch, head, tile, jnp.maximum(count - 1, 0)]
+
+    def compute_item(turn, carry):
+        """One item; its j-th block sits in ring slot (first_step + j) % num_stages. The carry
+        holds the ring position and this item's count and last block, loaded one item ahead."""
+        first_step, count, last = carry
+        batch, head, tile = work_item(turn)
+        buffer = q_buffer(turn)
+        q_tile_smem = q_smem.at[buffer, wg]
+        row_start = q_rows(tile)
+        q_abs_start = first_q_pos + row_start
+
+        def prefetch_next_q():
+            # The other buffer staged the previous item's output: once its store has read it,
+            # load the next item's Q there while this item runs. Issued after this item's first
+            # QK^T, so that the store has had that long.
+            if num_q_buffers > 1:
+
+                @pl.when(turn + 1 < num_turns)
+                def _():
+                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                    load_q(turn + 1)
+
         with jax.named_scope("setup"):
-            if num_compute_wgs == 2:
-                plgpu.set_max_registers(232, action="increase")
-            q_tile_smem = q_smem.at[wg]
-            row_start = tile * block_size + wg * block_q
-            q_abs_start = first_q_pos + row_start
-            plgpu.copy_gmem_to_smem(
-                q_ref.at[batch, pl.ds(row_start, block_q), head], q_tile_smem, q_loaded.at[wg]
-            )
+            next_count, next_last = row_extent(turn + 1)
 
             def needs_mask(kb):
                 block_end = kb * block_size + block_size
@@ -197,9 +275,7 @@ def _kernel(
                     crosses |= block_end - 1 > q_abs_start
                 return crosses
 
-            last = idx_ref[batch, head, tile, jnp.maximum(count - 1, 0)]
             num_unmasked = jnp.where((count > 0) & needs_mask(last), count - 1, count)
-
             row_layout = plgpu.Layout.WGMMA.reduce(1)
             m = plgpu.layout_cast(jnp.full((block_q,), common.MASK_VALUE, jnp.float32), row_layout)
             l = plgpu.layout_cast(jnp.full((block_q,), 0.0, jnp.float32), row_layout)
@@ -207,13 +283,13 @@ def _kernel(
                 jnp.full((block_q, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA
             )
         with jax.named_scope("q_wait"):
-            plgpu.barrier_wait(q_loaded.at[wg])
+            plgpu.barrier_wait(q_loaded.at[buffer * num_compute_wgs + wg])
 
         with jax.named_scope("k0_wait"):
 
             @pl.when(count > 0)
             def _():
-                plgpu.barrier_wait(k_loaded.at[0])
+                plgpu.barrier_wait(k_loaded.at[ring_slot(first_step)])
 
         with jax.named_scope("stagger"):
             if uses_schedule:
@@ -221,7 +297,7 @@ def _kernel(
 
         def kv_step(j, carry, *, masked: bool):
             acc, m, l = carry
-            slot = lax.rem(j, jnp.int32(num_stages))
+            slot = ring_slot(first_step + j)
 
             def qk(acc_ref):
                 plgpu.wgmma(acc_ref, q_tile_smem, k_smem.at[slot].T)
@@ -231,6 +307,7 @@ def _kernel(
 
             s = pl.run_scoped(qk, plgpu.ACC((block_q, block_size), jnp.float32))
             plgpu.barrier_arrive(k_free.at[slot])
+            pl.when(j == 0)(prefetch_next_q)
             if masked:
                 kb = idx_ref[batch, head, tile, j]
                 shape = (block_q, block_size)
@@ -260,11 +337,9 @@ def _kernel(
                 plgpu.barrier_wait(schedule_barrier)
 
             def wait_next_k():
-                next_step = j + 1
-
-                @pl.when(next_step < count)
+                @pl.when(j + 1 < count)
                 def _():
-                    plgpu.barrier_wait(k_loaded.at[lax.rem(next_step, jnp.int32(num_stages))])
+                    plgpu.barrier_wait(k_loaded.at[ring_slot(first_step + j + 1)])
 
             if p_smem is None:
                 # P stays in registers: wgmma accumulates onto acc (the hardware path).
@@ -293,6 +368,7 @@ def _kernel(
             acc, m, l = lax.fori_loop(
                 num_unmasked, count, functools.partial(kv_step, masked=True), carry
             )
+            pl.when(count == 0)(prefetch_next_q)
             if uses_schedule:
                 pl.when(wg == 0)(sync_schedule)
 
@@ -300,6 +376,8 @@ def _kernel(
             has_keys = l > 0
             safe_l = jnp.where(has_keys, l, 1.0)
             acc /= lax.broadcast_in_dim(safe_l, acc.shape, [0])
+            # The LSE row is shared by the items: the previous item's store must have read it.
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
             q_tile_smem[...] = acc.astype(dtype)
             lse_smem.at[wg][...] = jnp.where(
                 has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE
@@ -310,46 +388,52 @@ def _kernel(
             plgpu.copy_smem_to_gmem(
                 lse_smem.at[wg], lse_ref.at[batch, head, pl.ds(row_start, block_q)]
             )
-            plgpu.wait_smem_to_gmem(0)
+        return first_step + count, next_count, next_last
+
+    def memory_item(turn, first_step):
+        """Copies the item's K/V blocks into ring slots (first_step + j) % num_stages, each once
+        the compute warpgroups have released the block that used the slot before."""
+        batch, head, tile = work_item(turn)
+        count = count_ref[batch, head, tile]
+        kv_head = lax.div(head, jnp.int32(group))
+
+        @pl.loop(0, count)
+        def _(j):
+            step = first_step + j
+            slot = ring_slot(step)
+            kb = idx_ref[batch, head, tile, j]
+            rows = pl.ds(pl.multiple_of(kb * block_size, block_size), block_size)
+            source = (batch, rows, kv_head)
+            refill = step >= num_stages
+            pl.when(refill)(lambda: plgpu.barrier_wait(k_free.at[slot]))
+            plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[slot], k_loaded.at[slot])
+            pl.when(refill)(lambda: plgpu.barrier_wait(v_free.at[slot]))
+            plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[slot], v_loaded.at[slot])
+
+        return first_step + count
+
+    @pl.when(wg < num_compute_wgs)
+    def _compute_wg():
+        if num_compute_wgs == 2:
+            plgpu.set_max_registers(232, action="increase")
+        pl.when(num_turns > 0)(lambda: load_q(0))
+        lax.fori_loop(0, num_turns, compute_item, (jnp.int32(0), *row_extent(0)))
+        plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == num_compute_wgs)
     def _memory_wg():
         if num_compute_wgs == 2:
             plgpu.set_max_registers(40, action="decrease")
-        kv_head = lax.div(head, jnp.int32(group))
-
-        def kv_block(j):
-            kb = idx_ref[batch, head, tile, j]
-            return (batch, pl.ds(pl.multiple_of(kb * block_size, block_size), block_size), kv_head)
-
-        def fill(step):
-            source = kv_block(step)
-            plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[step], k_loaded.at[step])
-            plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[step], v_loaded.at[step])
-
         with jax.named_scope("issue"):
-            # Prologue: fill the ring, issuing only the copies this row has.
-            for step in range(num_stages):
-                pl.when(step < count)(functools.partial(fill, step))
-
-            @pl.loop(num_stages, jnp.maximum(count, num_stages))
-            def _(step):
-                slot = lax.rem(step, jnp.int32(num_stages))
-                source = kv_block(step)
-                plgpu.barrier_wait(k_free.at[slot])
-                plgpu.copy_gmem_to_smem(k_ref.at[source], k_smem.at[slot], k_loaded.at[slot])
-                plgpu.barrier_wait(v_free.at[slot])
-                plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[slot], v_loaded.at[slot])
-
+            num_steps = lax.fori_loop(0, num_turns, memory_item, jnp.int32(0))
         with jax.named_scope("drain"):
             # Observe the releases of the last copies too, so that every barrier phase is
             # consumed before the CTA exits (interpret mode checks this; on hardware it is a
             # short tail wait).
-            @pl.loop(jnp.maximum(count - num_stages, 0), count)
+            @pl.loop(jnp.maximum(num_steps - num_stages, 0), num_steps)
             def _(step):
-                slot = lax.rem(step, jnp.int32(num_stages))
-                plgpu.barrier_wait(k_free.at[slot])
-                plgpu.barrier_wait(v_free.at[slot])
+                plgpu.barrier_wait(k_free.at[ring_slot(step)])
+                plgpu.barrier_wait(v_free.at[ring_slot(step)])
 
 
 def attention(
@@ -399,7 +483,9 @@ def attention(
     # 16-bit tiles of 64 columns are 128 bytes wide: the 128-byte swizzle wgmma reads best.
     transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     buffers = (
-        plgpu.SMEM((num_compute_wgs, block_q, head_dim), q.dtype, transforms=transforms),
+        plgpu.SMEM(
+            (q_buffers(config), num_compute_wgs, block_q, head_dim), q.dtype, transforms=transforms
+        ),
         plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
         plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
         plgpu.SMEM((num_compute_wgs, block_q), jnp.float32),
@@ -408,7 +494,7 @@ def attention(
         # P for the PV wgmma; on hardware P stays in registers.
         buffers += (plgpu.SMEM((num_compute_wgs, block_q, bs), q.dtype, transforms=transforms),)
     loaded_barriers = (
-        plgpu.Barrier(num_barriers=num_compute_wgs),
+        plgpu.Barrier(num_barriers=q_buffers(config) * num_compute_wgs),
         plgpu.Barrier(num_barriers=num_stages),
         plgpu.Barrier(num_barriers=num_stages),
     )
@@ -429,11 +515,13 @@ def attention(
         num_stages=num_stages,
         num_compute_wgs=num_compute_wgs,
         causal=causal,
+        items_per_program=config.items_per_program,
     )
     if uses_schedule:
         scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))
     else:
         kernel = functools.partial(kernel, schedule_barrier=None)
+    num_items = batch * geometry.num_q_blocks * num_heads
     out, lse = plgpu.kernel(
         kernel,
         out_type=(
@@ -441,8 +529,8 @@ def attention(
             jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
         ),
         scratch_types=scratch,
-        grid=(num_heads, geometry.num_q_blocks, batch),
-        grid_names=("heads", "q_tiles", "batch"),
+        grid=(-(-num_items // config.items_per_program),),
+        grid_names=("programs",),
         num_threads=num_compute_wgs + 1,
         thread_name="wg",
         compiler_params=compiler_params(config),

@@ -3,9 +3,20 @@
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from tests.kernels.battery import CASES, TINY_CASES, Battery
+from pallas_kernels.block_sparse_attention import BlockGeometry, layout_from_mask, mosaic_gpu
+from tests.kernels import numpy_oracle
+from tests.kernels.battery import (
+    CASES,
+    TINY_CASES,
+    TOLERANCES,
+    Battery,
+    as_np,
+    make_inputs,
+    random_block_mask,
+)
 
 
 class TestReference(Battery):
@@ -54,6 +65,63 @@ class TestMosaicGpuInterpret(Battery):
     cases = tuple(map(_smaller, MOSAIC_GPU_CASES))
     map_cases = tuple(map(_smaller, _in_16_bits(Battery.map_cases)))
     smoke_cases = cases[:1]
+
+
+ITEMS_CASES = tuple(
+    _smaller(c)
+    for c in MOSAIC_GPU_CASES
+    if c.name in {"base", "ragged_T", "diagonal_only", "mixed_densities"}
+)
+
+
+@pytest.mark.parametrize(
+    "on_gpu", [False, pytest.param(True, marks=pytest.mark.gpu)], ids=["interpret", "gpu"]
+)
+@pytest.mark.parametrize("items_case", ITEMS_CASES, ids=[c.name for c in ITEMS_CASES])
+@pytest.mark.parametrize("items", [1, 3, 16], ids=["one_item", "three_items", "all_items"])
+def test_mosaic_gpu_items_per_program(items_case, items, on_gpu, rng):
+    """CTAs running several work items: the K/V ring, its barriers and the double-buffered Q/O
+    tile carry over from item to item, rows of one block (fewer than the stages) among full
+    ones, a last CTA with fewer items than the others (3), one CTA for everything (16)."""
+    case = items_case
+    q, k, v = make_inputs(rng, case)
+    mask = random_block_mask(rng, case)
+    layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
+    geometry = BlockGeometry(
+        num_queries=case.num_queries, num_keys=case.num_keys, block_size=case.block_size
+    )
+    result = mosaic_gpu.attention(
+        q,
+        k,
+        v,
+        layout,
+        sm_scale=case.head_dim**-0.5,
+        causal=True,
+        geometry=geometry,
+        with_block_lse=False,
+        interpret=not on_gpu,
+        config=mosaic_gpu.MosaicGpuConfig(items_per_program=items),
+    )
+    want_out, want_lse, _ = numpy_oracle.attention(
+        as_np(q), as_np(k), as_np(v), mask, case.block_size
+    )
+    tol = TOLERANCES[case.dtype]
+    np.testing.assert_allclose(as_np(result.out), want_out, atol=tol["out"], rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(result.lse, np.float64), want_lse, atol=tol["lse"], rtol=0
+    )
+
+
+def test_mosaic_gpu_default_runs_two_items_where_a_second_q_tile_fits():
+    assert mosaic_gpu.default_config(128, 128) == mosaic_gpu.MosaicGpuConfig(
+        num_stages=2, items_per_program=2
+    )
+    assert mosaic_gpu.default_config(64, 64).items_per_program == 2
+    # bs 256 x H 128: a second 64 KB Q tile leaves no room for two 128 KB K/V stages.
+    assert mosaic_gpu.default_config(128, 256) == mosaic_gpu.MosaicGpuConfig(num_stages=1)
+    for head_dim, bs in [(64, 64), (128, 128), (256, 128), (128, 256), (64, 256)]:
+        config = mosaic_gpu.default_config(head_dim, bs)
+        assert mosaic_gpu.smem_bytes(head_dim, bs, config) <= mosaic_gpu.SMEM_BYTES
 
 
 @pytest.mark.gpu
