@@ -30,7 +30,6 @@ LSEs in-loop; the main launch (all other heads) runs here. See `attention`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -42,127 +41,13 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from pallas_kernels.block_sparse_attention import common
 from pallas_kernels.block_sparse_attention import triton as triton_backend
 from pallas_kernels.block_sparse_attention.layout import BlockGeometry, BlockLayout
-
-SUPPORTED_HEAD_DIMS = (64, 128, 256)
-SUPPORTED_DTYPES = (jnp.bfloat16, jnp.float16)
-# wgmma works on 64-row tiles per warpgroup.
-WGMMA_ROWS = 64
-# Shared memory per CTA on H100/H200 (227 KB usable).
-SMEM_BYTES = 227 * 1024
-# Profiler ranges kept per warpgroup and CTA (a truncated trace is cut, not corrupted).
-PROFILE_RANGES = 320
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MosaicGpuConfig:
-    """Launch parameters.
-
-    num_stages: depth of the K/V shared-memory ring (copies in flight ahead of the compute).
-    num_compute_wgs: compute warpgroups per CTA, 1 or 2; each owns bs / num_compute_wgs query
-      rows, which must be a multiple of 64. None: 2 when the block has >= 128 rows, else 1.
-    use_schedule_barrier: ping-pong the two compute warpgroups (FA3's intra-CTA overlap).
-    profile_dir: when set, every CTA records the start and end cycle of each of its warpgroups'
-      named phases (setup, q_wait, k0_wait, stagger, blocks, normalize, store; issue, drain) and
-      each launch writes them as a Chrome trace into this directory. For diagnosis: the dump
-      is slow, and every launch writes a file (benchmarks/mosaic_gpu_timeline.py reads them).
-    items_per_program: consecutive work items each CTA runs (k > 1 double-buffers the Q tile).
-      Each item carries a fixed ramp of about two blocks' time (Q load, ring fill and drain,
-      output store: run 14e) that the next item in the same CTA hides in part.
-    """
-
-    num_stages: int = 2
-    num_compute_wgs: int | None = None
-    use_schedule_barrier: bool = True
-    profile_dir: str | None = None
-    items_per_program: int = 1
-
-    def __post_init__(self):
-        if self.num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
-        if self.items_per_program < 1:
-            raise ValueError(f"items_per_program must be >= 1, got {self.items_per_program}")
-        if self.num_compute_wgs not in (None, 1, 2):
-            raise ValueError(f"num_compute_wgs must be 1, 2 or None, got {self.num_compute_wgs}")
-
-    def compute_wgs(self, block_size: int) -> int:
-        if self.num_compute_wgs is not None:
-            return self.num_compute_wgs
-        return 2 if block_size >= 2 * WGMMA_ROWS else 1
-
-
-def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
-    """The default launch: two items per CTA where a second Q tile fits beside two K/V stages,
-    and as many stages as fit, up to 3 (3 unmeasured).
-
-    Run 16d (H200, bs 128, H 128): two items per CTA reach 90 % of cuDNN's rate at 32K and 10 %
-    density against 85 % for one and stay at or above cuDNN on full rows; four or more items
-    lose 3-18 % on full rows and at 128K (run 16c).
-    """
-    tile = block_size * head_dim * 2  # one 16-bit Q, K or V tile
-
-    def stages_fitting(q_tiles: int) -> int:
-        return (SMEM_BYTES - 4096 - q_tiles * tile) // (2 * tile)
-
-    if stages_fitting(2) >= 2:
-        return MosaicGpuConfig(num_stages=min(3, stages_fitting(2)), items_per_program=2)
-    return MosaicGpuConfig(num_stages=max(1, min(3, stages_fitting(1))))
-
-
-def compiler_params(config: MosaicGpuConfig) -> plgpu.CompilerParams:
-    if config.profile_dir is None:
-        return plgpu.CompilerParams(approx_math=True)
-    return plgpu.CompilerParams(
-        approx_math=True,
-        profile_space=PROFILE_RANGES,
-        profile_dir=config.profile_dir,
-        profile_bounds_check=True,
-    )
-
-
-def q_buffers(config: MosaicGpuConfig) -> int:
-    """Q/O tiles per CTA: two when a CTA runs several items (the next Q loads meanwhile)."""
-    return 2 if config.items_per_program > 1 else 1
-
-
-def smem_bytes(head_dim: int, block_size: int, config: MosaicGpuConfig) -> int:
-    """Shared memory one CTA allocates (Q/O tiles, K/V ring, LSE rows), barriers excluded."""
-    tiles = q_buffers(config) + 2 * config.num_stages
-    return 2 * block_size * head_dim * tiles + 4 * block_size
-
-
-def check_supported(
-    q: jax.Array, block_size: int, config: MosaicGpuConfig, interpret: bool
-) -> None:
-    """Raises NotImplementedError with the reason when this backend cannot run the call."""
-    if not interpret:
-        if jax.default_backend() != "gpu":
-            raise NotImplementedError("mosaic_gpu needs a GPU (or interpret=True)")
-        capability = getattr(jax.devices()[0], "compute_capability", "")
-        if capability != "9.0":
-            raise NotImplementedError(
-                f"mosaic_gpu needs a Hopper GPU (compute capability 9.0), got {capability!r}"
-            )
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise NotImplementedError(f"mosaic_gpu supports bfloat16 and float16, got {q.dtype}")
-    head_dim = q.shape[-1]
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise NotImplementedError(
-            f"mosaic_gpu supports head dims {SUPPORTED_HEAD_DIMS}, got {head_dim}"
-        )
-    wgs = config.compute_wgs(block_size)
-    if block_size % (wgs * WGMMA_ROWS):
-        raise NotImplementedError(
-            f"mosaic_gpu needs a block size multiple of {wgs * WGMMA_ROWS} with {wgs} compute"
-            f" warpgroup(s), got {block_size}"
-        )
-    if block_size > 256:
-        raise NotImplementedError(f"mosaic_gpu supports block sizes up to 256, got {block_size}")
-    needed = smem_bytes(head_dim, block_size, config)
-    if needed > SMEM_BYTES:
-        raise NotImplementedError(
-            f"mosaic_gpu launch needs {needed} bytes of shared memory (bs={block_size},"
-            f" H={head_dim}, {config.num_stages} stages), over {SMEM_BYTES}"
-        )
+from pallas_kernels.block_sparse_attention.mosaic_gpu_config import (
+    MosaicGpuConfig,
+    check_supported,
+    compiler_params,
+    default_config,
+    q_buffers,
+)
 
 
 def _kernel(

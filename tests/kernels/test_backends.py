@@ -6,7 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.block_sparse_attention import BlockGeometry, layout_from_mask, mosaic_gpu
+from pallas_kernels.block_sparse_attention import (
+    BlockGeometry,
+    layout_from_mask,
+    mosaic_gpu,
+    mosaic_gpu_config,
+)
 from tests.kernels import numpy_oracle
 from tests.kernels.battery import (
     CASES,
@@ -113,15 +118,18 @@ def test_mosaic_gpu_items_per_program(items_case, items, on_gpu, rng):
 
 
 def test_mosaic_gpu_default_runs_two_items_where_a_second_q_tile_fits():
-    assert mosaic_gpu.default_config(128, 128) == mosaic_gpu.MosaicGpuConfig(
+    config = mosaic_gpu_config
+    assert config.default_config(128, 128) == config.MosaicGpuConfig(
         num_stages=2, items_per_program=2
     )
-    assert mosaic_gpu.default_config(64, 64).items_per_program == 2
+    assert config.default_config(64, 64) == config.MosaicGpuConfig(
+        num_stages=3, items_per_program=2
+    )
     # bs 256 x H 128: a second 64 KB Q tile leaves no room for two 128 KB K/V stages.
-    assert mosaic_gpu.default_config(128, 256) == mosaic_gpu.MosaicGpuConfig(num_stages=1)
+    assert config.default_config(128, 256) == config.MosaicGpuConfig(num_stages=1)
     for head_dim, bs in [(64, 64), (128, 128), (256, 128), (128, 256), (64, 256)]:
-        config = mosaic_gpu.default_config(head_dim, bs)
-        assert mosaic_gpu.smem_bytes(head_dim, bs, config) <= mosaic_gpu.SMEM_BYTES
+        launch = config.default_config(head_dim, bs)
+        assert config.smem_bytes(head_dim, bs, launch) <= config.SMEM_BYTES
 
 
 @pytest.mark.gpu
