@@ -16,7 +16,8 @@ def synthetic_events(block_counts: np.ndarray, num_sms: int = 3) -> list[dict]:
     num_heads, num_tiles = block_counts.shape
     events = []
     for cta in range(num_heads * num_tiles):
-        count = block_counts[cta % num_heads, num_tiles - 1 - cta // num_heads % num_tiles]
+        # The kernel's launch order: query blocks fastest from the last, then heads.
+        count = block_counts[cta // num_tiles, num_tiles - 1 - cta % num_tiles]
         start = 1e6 + 7e4 * cta
         for wg in range(3):
             tid = 1 + wg + 3 * cta
