@@ -15,7 +15,8 @@ f16).
 The launch order is the one the hardware gives a (heads, query blocks, batch) grid: query
 blocks fastest, from the last (the longest causal rows) to the first, then heads. CTAs in
 flight together therefore read one head's K/V, which the L2 keeps; run 16 (docs/results.md 7.3)
-measured an order with heads fastest 5-16 % slower at 32K-128K and 10-20 % density.
+measured an order with heads fastest 4-17 points of cuDNN's rate slower at 32K-128K and
+10-20 % density.
 
 Only the last listed block can cross the diagonal (lists are ascending and never go past it) or
 the end of the keys, so the loop runs unmasked over the first `count - 1` blocks and masks the

@@ -118,18 +118,15 @@ def test_mosaic_gpu_items_per_program(items_case, items, on_gpu, rng):
 
 
 def test_mosaic_gpu_default_runs_two_items_where_a_second_q_tile_fits():
-    config = mosaic_gpu_config
-    assert config.default_config(128, 128) == config.MosaicGpuConfig(
-        num_stages=2, items_per_program=2
-    )
-    assert config.default_config(64, 64) == config.MosaicGpuConfig(
-        num_stages=3, items_per_program=2
-    )
+    launch = mosaic_gpu_config.MosaicGpuConfig
+    default = mosaic_gpu_config.default_config
+    assert default(128, 128) == launch(num_stages=2, items_per_program=2)
+    assert default(64, 64) == launch(num_stages=3, items_per_program=2)
     # bs 256 x H 128: a second 64 KB Q tile leaves no room for two 128 KB K/V stages.
-    assert config.default_config(128, 256) == config.MosaicGpuConfig(num_stages=1)
+    assert default(128, 256) == launch(num_stages=1)
     for head_dim, bs in [(64, 64), (128, 128), (256, 128), (128, 256), (64, 256)]:
-        launch = config.default_config(head_dim, bs)
-        assert config.smem_bytes(head_dim, bs, launch) <= config.SMEM_BYTES
+        needed = mosaic_gpu_config.smem_bytes(head_dim, bs, default(head_dim, bs))
+        assert needed <= mosaic_gpu_config.SMEM_BYTES
 
 
 @pytest.mark.gpu
