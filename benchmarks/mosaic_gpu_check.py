@@ -14,8 +14,8 @@ Records are written to --out after every section, so a run cut short keeps what 
    benchmarks/attention.py's structured layouts.
 3. A few mosaic_gpu launch configurations (stages, one or two compute warpgroups, schedule
    barrier, work items per CTA; --sweep-configs picks some) at --sweep-seq-lens, printed
-   separately: --sweep-repeats rounds, each timing cuDNN afresh and then every configuration;
-   the table gives each cell's median and range of the ratio to cuDNN.
+   separately: --sweep-rounds rounds per cell, each timing cuDNN and every configuration back
+   to back; the table gives the median and spread over the rounds of the ratio to cuDNN.
 
     python -m benchmarks.mosaic_gpu_check --out benchmarks/results/mosaic_gpu_check_h200.json
 """
@@ -280,54 +280,79 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
     return rows
 
 
-def sweep(seq_lens, densities, configs, repeats, records: list[dict]) -> list[dict]:
-    """Times the named SWEEP_CONFIGS at every length and density against cuDNN.
+def sweep(seq_lens, densities, configs, rounds, records: list[dict]) -> list[dict]:
+    """Times the named SWEEP_CONFIGS against cuDNN at every length and density, interleaved.
 
-    Each repeat times cuDNN again and then every configuration in turn; each row's ratio is
-    against its own repeat's cuDNN, so a drift of the GPU's clock over the run falls on
-    numerator and denominator alike.
+    Each cell runs `rounds` rounds of cuDNN and every configuration back to back
+    (timing.time_rounds); a row's ratio to cuDNN is taken within each round, so the SM clock's
+    drift under the power cap (1.5-2 GHz on the H200) falls on numerator and denominator alike.
+    A configuration that fails its first call is recorded as a failure and left out.
     """
     rows = []
     for seq_len in seq_lens:
         inputs, geometry = _inputs(seq_len)
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
-            for _ in range(repeats):
-                dense_time = _cudnn_time(seq_len, inputs, records)
-                if dense_time is None:
+            dense = functools.partial(bench.dense_cudnn, *inputs)
+            kernels = []
+            for name, config in SWEEP_CONFIGS:
+                fn = functools.partial(bench.sparse_mosaic, *inputs, layout, config=config)
+                label = f"sweep {name} S={seq_len} density={density}"
+                if name not in configs:
                     continue
-                for name, config in SWEEP_CONFIGS:
-                    if name not in configs:
-                        continue
-                    _time_row(
-                        rows, records, f"sweep {name} S={seq_len} density={density}", "sweep",
-                        "mosaic_gpu", name, functools.partial(bench.sparse_mosaic, config=config),
-                        inputs, layout, seq_len, density, dense_time,
-                    )  # fmt: skip
+                if _guarded(label, records, _first_call, fn) is not None:
+                    kernels.append((name, fn))
+            label = f"sweep S={seq_len} density={density}"
+            samples = _guarded(
+                label, records, timing.time_rounds, [dense] + [fn for _, fn in kernels], rounds
+            )
+            if samples is None:
+                continue
+            dense_times = [row[0] for row in samples]
+            for i, (name, _) in enumerate(kernels, start=1):
+                times = [r[i] for r in samples]
+                row = sweep_row(name, layout, geometry, density, times, dense_times)
+                rows.append(row)
+                records.append(row)
+                print(
+                    f"sweep {name} S={seq_len} density={density}: {row['time_ms']:.3f} ms,"
+                    f" {row['tflops_active']:.0f} TFLOP/s active, {row['vs_cudnn_median']:.1%} of"
+                    f" cuDNN's rate (rounds p25-p75 {row['vs_cudnn_p25']:.1%}-"
+                    f"{row['vs_cudnn_p75']:.1%}), {row['speedup']:.2f}x cuDNN",
+                    flush=True,
+                )
     return rows
 
 
-def sweep_medians(rows: list[dict]) -> list[dict]:
-    """One row per (config, length, density): the median and range over the repeats."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["config"], r["seq_len"], r["target_density"]), []).append(r)
-    summary = []
-    for (config, seq_len, density), group in groups.items():
-        ratios = [r["vs_cudnn_tflops"] for r in group]
-        summary.append(
-            {
-                "config": config,
-                "seq_len": seq_len,
-                "target_density": density,
-                "repeats": len(group),
-                "tflops_active": float(np.median([r["tflops_active"] for r in group])),
-                "vs_cudnn_median": float(np.median(ratios)),
-                "vs_cudnn_min": min(ratios),
-                "vs_cudnn_max": max(ratios),
-            }
-        )
-    return summary
+def _first_call(fn):
+    """Compiles and runs fn once (a failure surfaces here, not inside the timed rounds)."""
+    return jax.block_until_ready(fn())
+
+
+def sweep_row(name, layout, geometry, density, times, dense_times) -> dict:
+    """One configuration's row from paired per-round times (seconds) of it and of cuDNN.
+
+    Times are medians over the rounds; vs_cudnn_* are percentiles over the rounds of the ratio
+    of its TFLOP/s on active blocks to cuDNN's in the same round.
+    """
+    active = bench.active_flops(layout, geometry)
+    dense = bench.causal_flops(geometry.num_queries)
+    ratios = [active / t / (dense / d) for t, d in zip(times, dense_times, strict=True)]
+    record = bench.kernel_record(
+        layout, geometry, density, float(np.median(times)), float(np.median(dense_times))
+    )
+    return (
+        {"kind": "sweep", "implementation": "mosaic_gpu", "config": name}
+        | record
+        | {
+            "rounds": len(ratios),
+            "vs_cudnn_median": float(np.median(ratios)),
+            "vs_cudnn_p25": float(np.percentile(ratios, 25)),
+            "vs_cudnn_p75": float(np.percentile(ratios, 75)),
+            "vs_cudnn_min": min(ratios),
+            "vs_cudnn_rounds": ratios,
+        }
+    )
 
 
 def main():
@@ -340,7 +365,7 @@ def main():
     config_names = [name for name, _ in SWEEP_CONFIGS]
     parser.add_argument("--sweep-configs", nargs="+", default=config_names, choices=config_names)
     parser.add_argument("--sweep-densities", type=float, nargs="+", default=[1.0, 0.1])
-    parser.add_argument("--sweep-repeats", type=int, default=1)
+    parser.add_argument("--sweep-rounds", type=int, default=15)
     parser.add_argument("--skip", nargs="*", default=[], choices=["battery", "compare", "sweep"])
     args = parser.parse_args()
     meta = timing.environment()
@@ -381,7 +406,7 @@ def main():
             args.sweep_seq_lens,
             args.sweep_densities,
             args.sweep_configs,
-            args.sweep_repeats,
+            args.sweep_rounds,
             records,
         )
         save()
@@ -412,16 +437,18 @@ def main():
     if sweep_rows:
         print("\nlaunch sweep (mosaic_gpu)")
         timing.print_table(
-            sweep_medians(sweep_rows),
+            sweep_rows,
             [
                 "config",
                 "seq_len",
                 "target_density",
-                "repeats",
+                "rounds",
+                "time_ms",
                 "tflops_active",
                 "vs_cudnn_median",
+                "vs_cudnn_p25",
+                "vs_cudnn_p75",
                 "vs_cudnn_min",
-                "vs_cudnn_max",
             ],
         )
     if compare_rows:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -28,20 +29,50 @@ def time_call(
     that one batch lasts about `min_batch_seconds`, hiding dispatch gaps) and waits for the
     last; the per-call time of a batch is its wall time over its size.
     """
+    call = functools.partial(fn, *args, **kwargs)
+    batch = _warm_batch_size(call, warmup, min_batch_seconds)
+    return statistics.median(_time_batch(call, batch) for _ in range(repeats))
+
+
+def _warm_batch_size(fn: Callable[[], object], warmup: int, min_batch_seconds: float) -> int:
+    """Calls `fn` warmup + 1 times; the batch size that lasts about `min_batch_seconds`."""
     for _ in range(warmup):
-        jax.block_until_ready(fn(*args, **kwargs))
+        jax.block_until_ready(fn())
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args, **kwargs))
+    jax.block_until_ready(fn())
     single = time.perf_counter() - start
-    batch = max(1, min(200, int(min_batch_seconds / max(single, 1e-6))))
+    return max(1, min(200, int(min_batch_seconds / max(single, 1e-6))))
+
+
+def _time_batch(fn: Callable[[], object], batch: int) -> float:
+    """Seconds per call of `batch` back-to-back asynchronous calls, waiting for the last."""
+    start = time.perf_counter()
+    outs = [fn() for _ in range(batch)]
+    jax.block_until_ready(outs)
+    return (time.perf_counter() - start) / batch
+
+
+def time_rounds(
+    fns: Sequence[Callable[[], object]],
+    rounds: int,
+    warmup: int = 2,
+    min_batch_seconds: float = 0.02,
+) -> list[list[float]]:
+    """Per-call seconds of each of `fns`, timed in turn: `rounds` rows of one sample per function.
+
+    A round runs one batch of each function back to back (batches sized as in time_call), so
+    the samples of one round share the GPU's clock and power state; compare functions within a
+    round (a power-capped GPU's clock moves between rounds). Round r starts at function
+    r % len(fns), so that no function always runs first.
+    """
+    batches = [_warm_batch_size(fn, warmup, min_batch_seconds) for fn in fns]
     samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outs = [fn(*args, **kwargs) for _ in range(batch)]
-        jax.block_until_ready(outs)
-        samples.append((time.perf_counter() - start) / batch)
-        del outs
-    return statistics.median(samples)
+    for r in range(rounds):
+        row = [0.0] * len(fns)
+        for i in [(r + j) % len(fns) for j in range(len(fns))]:
+            row[i] = _time_batch(fns[i], batches[i])
+        samples.append(row)
+    return samples
 
 
 def environment() -> dict:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import pytest
 
-from benchmarks import mosaic_gpu_check
+from benchmarks import attention as bench
+from benchmarks import mosaic_gpu_check, timing
+from pallas_kernels.block_sparse_attention import BlockGeometry
 from tests.kernels import battery
 
 MAP_JOBS = [case for case, with_maps in mosaic_gpu_check.battery_jobs() if with_maps]
@@ -54,20 +57,36 @@ def test_map_case_passes_with_mosaic_gpu_interpret():
     assert battery.TOLERANCES[case.dtype]["block_map"] >= record["map_err"]
 
 
-def test_sweep_medians_groups_repeats_by_config_length_and_density():
-    def row(config, density, ratio):
-        return {
-            "config": config,
-            "seq_len": 32768,
-            "target_density": density,
-            "tflops_active": 600 * ratio,
-            "vs_cudnn_tflops": ratio,
-        }
+def test_sweep_row_takes_ratios_within_rounds():
+    """A clock change that slows kernel and cuDNN alike in one round leaves its ratio alone."""
+    geometry = BlockGeometry(num_queries=1024, num_keys=1024, block_size=bench.BLOCK)
+    layout, _ = bench.make_layout(geometry, 0.25)
+    # The kernel's active FLOPs over cuDNN's causal FLOPs: at equal times, the ratio of rates.
+    share = bench.active_flops(layout, geometry) / bench.causal_flops(1024)
+    dense_times = [1.0, 1.0, 1.3, 1.0]  # round 2 ran at a lower clock
+    times = [0.25, 0.25, 0.325, 0.5]  # round 3: the kernel alone was slow
+    row = mosaic_gpu_check.sweep_row("items1", layout, geometry, 0.25, times, dense_times)
+    assert row["config"] == "items1" and row["rounds"] == 4
+    assert row["vs_cudnn_rounds"] == pytest.approx([share * 4, share * 4, share * 4, share * 2])
+    assert row["vs_cudnn_median"] == pytest.approx(share * 4)
+    assert row["vs_cudnn_min"] == pytest.approx(share * 2)
+    assert row["time_ms"] == pytest.approx(287.5) and row["dense_time_ms"] == pytest.approx(1000)
 
-    rows = [row("default", 0.1, r) for r in (0.85, 0.94, 0.86)] + [row("default", 0.2, 0.95)]
-    summary = {s["target_density"]: s for s in mosaic_gpu_check.sweep_medians(rows)}
-    assert summary[0.1]["repeats"] == 3
-    assert summary[0.1]["vs_cudnn_median"] == 0.86
-    assert (summary[0.1]["vs_cudnn_min"], summary[0.1]["vs_cudnn_max"]) == (0.85, 0.94)
-    assert summary[0.1]["tflops_active"] == 600 * 0.86
-    assert summary[0.2]["repeats"] == 1 and summary[0.2]["vs_cudnn_median"] == 0.95
+
+def test_time_rounds_interleaves_and_rotates():
+    """One sample per function per round; round r starts with function r % n."""
+    calls = []
+
+    def recorder(name):
+        def fn():
+            calls.append(name)
+            return jnp.zeros(())
+
+        return fn
+
+    samples = timing.time_rounds(
+        [recorder("a"), recorder("b"), recorder("c")], rounds=3, warmup=0, min_batch_seconds=0.0
+    )
+    assert len(samples) == 3 and all(len(row) == 3 and min(row) > 0 for row in samples)
+    timed = calls[3:]  # after one sizing call each
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
