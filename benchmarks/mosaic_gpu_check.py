@@ -14,8 +14,11 @@ Records are written to --out after every section, so a run cut short keeps what 
    benchmarks/attention.py's structured layouts.
 3. A few mosaic_gpu launch configurations (stages, one or two compute warpgroups, schedule
    barrier, work items per CTA; --sweep-configs picks some) at --sweep-seq-lens, printed
-   separately: --sweep-rounds rounds per cell, each timing cuDNN and every configuration back
-   to back; the table gives the median and spread over the rounds of the ratio to cuDNN.
+   separately.
+
+Every timing (2 and 3) runs --rounds rounds per cell, each timing cuDNN and every kernel back
+to back, and reports the median and spread over the rounds of the ratio to cuDNN within a round
+(paired_rows).
 
     python -m benchmarks.mosaic_gpu_check --out benchmarks/results/mosaic_gpu_check_h200.json
 """
@@ -53,6 +56,7 @@ SWEEP_CONFIGS = (
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
     ("items1", mosaic_backend.MosaicGpuConfig()),
     ("items4", mosaic_backend.MosaicGpuConfig(items_per_program=4)),
+    ("s3_items1", mosaic_backend.MosaicGpuConfig(num_stages=3)),
 )
 
 
@@ -188,37 +192,9 @@ def default_checks() -> list[dict]:
     return records
 
 
-def _timed(kind, implementation, config_name, fn, q, k, v, layout, seq_len, density, dense_time):
-    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-    t = timing.time_call(fn, q, k, v, layout)
-    record = bench.kernel_record(layout, geometry, density, t, dense_time)
-    record["vs_cudnn_tflops"] = record["tflops_active"] / record["dense_tflops"]
-    return {"kind": kind, "implementation": implementation, "config": config_name} | record
-
-
 def _max_diff(q, k, v, layout) -> float:
     a = bench.sparse_mosaic(q, k, v, layout).astype(jnp.float32)
     return float(jnp.abs(a - bench.sparse_triton(q, k, v, layout).astype(jnp.float32)).max())
-
-
-def _time_row(
-    rows, records, label, kind, implementation, config_name, fn, inputs, layout, seq_len,
-    density, dense_time,
-) -> None:  # fmt: skip
-    """Times one kernel call (a failure is recorded, not raised); appends and prints its row."""
-    row = _guarded(
-        label, records, _timed, kind, implementation, config_name, fn, *inputs, layout, seq_len,
-        density, dense_time,
-    )  # fmt: skip
-    if row is not None:
-        rows.append(row)
-        records.append(row)
-        print(
-            f"{label}: {row['time_ms']:.3f} ms, {row['tflops_active']:.0f} TFLOP/s active"
-            f" ({row['vs_cudnn_tflops']:.1%} of cuDNN's {row['dense_tflops']:.0f}),"
-            f" {row['speedup']:.2f}x cuDNN",
-            flush=True,
-        )
 
 
 def _inputs(seq_len: int):
@@ -227,46 +203,91 @@ def _inputs(seq_len: int):
     return bench.make_inputs(seq_len), geometry
 
 
-def _cudnn_time(seq_len: int, inputs, records: list[dict]) -> float | None:
-    return _guarded(f"cudnn S={seq_len}", records, timing.time_call, bench.dense_cudnn, *inputs)
+def _first_call(fn):
+    """Compiles and runs fn once (a failure surfaces here, not inside the timed rounds)."""
+    return jax.block_until_ready(fn())
 
 
-def _lengths(seq_lens, records: list[dict]):
-    """(seq_len, (q, k, v), geometry, cuDNN seconds) for each length where cuDNN ran."""
+def paired_rows(kind, kernels, inputs, geometry, layout, density, rounds, records) -> list[dict]:
+    """Times (implementation, config, fn) kernels against cuDNN in interleaved rounds.
+
+    Each round runs cuDNN and every kernel back to back (timing.time_rounds); a kernel's ratio
+    to cuDNN is taken within each round, so the SM clock's drift under the power cap (1.5-2 GHz
+    on the H200) falls on numerator and denominator alike. A kernel that fails its first call
+    is recorded as a failure and left out. The rows are appended to `records` and returned.
+    """
+    cell = f"S={geometry.num_queries} density={density}"
+    kernels = [
+        (implementation, config, fn)
+        for implementation, config, fn in kernels
+        if _guarded(f"{kind} {implementation} {config} {cell}", records, _first_call, fn)
+        is not None
+    ]
+    dense = functools.partial(bench.dense_cudnn, *inputs)
+    fns = [dense] + [fn for *_, fn in kernels]
+    samples = _guarded(f"{kind} {cell}", records, timing.time_rounds, fns, rounds)
+    if samples is None:
+        return []
+    dense_times = [r[0] for r in samples]
+    rows = []
+    for i, (implementation, config, _) in enumerate(kernels, start=1):
+        times = [r[i] for r in samples]
+        row = {"kind": kind, "implementation": implementation, "config": config}
+        row |= paired_record(layout, geometry, density, times, dense_times)
+        rows.append(row)
+        records.append(row)
+        print(
+            f"{kind} {implementation} {config} {cell}: {row['time_ms']:.3f} ms,"
+            f" {row['tflops_active']:.0f} TFLOP/s active, {row['vs_cudnn_median']:.1%} of"
+            f" cuDNN's rate (rounds p25-p75 {row['vs_cudnn_p25']:.1%}-"
+            f"{row['vs_cudnn_p75']:.1%}), {row['speedup']:.2f}x cuDNN",
+            flush=True,
+        )
+    return rows
+
+
+def paired_record(layout, geometry, density, times, dense_times) -> dict:
+    """A kernel's record from paired per-round times (seconds) of it and of cuDNN.
+
+    Times are medians over the rounds; vs_cudnn_* are percentiles over the rounds of the ratio
+    of its TFLOP/s on active blocks to cuDNN's in the same round.
+    """
+    active = bench.active_flops(layout, geometry)
+    dense = bench.causal_flops(geometry.num_queries)
+    ratios = [active / t / (dense / d) for t, d in zip(times, dense_times, strict=True)]
+    record = bench.kernel_record(
+        layout, geometry, density, float(np.median(times)), float(np.median(dense_times))
+    )
+    return record | {
+        "rounds": len(ratios),
+        "vs_cudnn_median": float(np.median(ratios)),
+        "vs_cudnn_p25": float(np.percentile(ratios, 25)),
+        "vs_cudnn_p75": float(np.percentile(ratios, 75)),
+        "vs_cudnn_min": min(ratios),
+        "vs_cudnn_rounds": ratios,
+    }
+
+
+def compare(seq_lens, densities, rounds, records: list[dict]) -> list[dict]:
+    """mosaic_gpu and triton (default launches) against cuDNN, in rounds (paired_rows)."""
+    rows = []
     for seq_len in seq_lens:
         inputs, geometry = _inputs(seq_len)
-        dense_time = _cudnn_time(seq_len, inputs, records)
-        if dense_time is not None:
-            yield seq_len, inputs, geometry, dense_time
-
-
-def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
-    """mosaic_gpu vs triton vs cuDNN; appends to `records` as it goes and returns the rows."""
-    rows = []
-    for seq_len, (q, k, v), geometry, dense_time in _lengths(seq_lens, records):
-        rows.append(
-            {
-                "kind": "compare",
-                "implementation": "cudnn",
-                "seq_len": seq_len,
-                "target_density": 1.0,
-                "density": 1.0,
-                "time_ms": dense_time * 1e3,
-                "tflops_active": bench.causal_flops(seq_len) / dense_time / 1e12,
-                "speedup": 1.0,
-            }
-        )
-        records.append(rows[-1])
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
-            for name, fn in (("mosaic_gpu", bench.sparse_mosaic), ("triton", bench.sparse_triton)):
-                _time_row(
-                    rows, records, f"{name} S={seq_len} density={density}", "compare", name,
-                    "default", fn, (q, k, v), layout, seq_len, density, dense_time,
-                )  # fmt: skip
+            kernels = [
+                (name, "default", functools.partial(fn, *inputs, layout))
+                for name, fn in (
+                    ("mosaic_gpu", bench.sparse_mosaic),
+                    ("triton", bench.sparse_triton),
+                )
+            ]
+            rows += paired_rows(
+                "compare", kernels, inputs, geometry, layout, density, rounds, records
+            )
             if density == 1.0:
                 agree = _guarded(
-                    f"mosaic_gpu vs triton S={seq_len}", records, _max_diff, q, k, v, layout
+                    f"mosaic_gpu vs triton S={seq_len}", records, _max_diff, *inputs, layout
                 )
                 if agree is not None:
                     records.append(
@@ -281,78 +302,25 @@ def compare(seq_lens, densities, records: list[dict]) -> list[dict]:
 
 
 def sweep(seq_lens, densities, configs, rounds, records: list[dict]) -> list[dict]:
-    """Times the named SWEEP_CONFIGS against cuDNN at every length and density, interleaved.
-
-    Each cell runs `rounds` rounds of cuDNN and every configuration back to back
-    (timing.time_rounds); a row's ratio to cuDNN is taken within each round, so the SM clock's
-    drift under the power cap (1.5-2 GHz on the H200) falls on numerator and denominator alike.
-    A configuration that fails its first call is recorded as a failure and left out.
-    """
+    """The named SWEEP_CONFIGS against cuDNN at every length and density (paired_rows)."""
     rows = []
     for seq_len in seq_lens:
         inputs, geometry = _inputs(seq_len)
         for density in densities:
             layout, _ = bench.make_layout(geometry, density)
-            dense = functools.partial(bench.dense_cudnn, *inputs)
-            kernels = []
-            for name, config in SWEEP_CONFIGS:
-                fn = functools.partial(bench.sparse_mosaic, *inputs, layout, config=config)
-                label = f"sweep {name} S={seq_len} density={density}"
-                if name not in configs:
-                    continue
-                if _guarded(label, records, _first_call, fn) is not None:
-                    kernels.append((name, fn))
-            label = f"sweep S={seq_len} density={density}"
-            samples = _guarded(
-                label, records, timing.time_rounds, [dense] + [fn for _, fn in kernels], rounds
-            )
-            if samples is None:
-                continue
-            dense_times = [row[0] for row in samples]
-            for i, (name, _) in enumerate(kernels, start=1):
-                times = [r[i] for r in samples]
-                row = sweep_row(name, layout, geometry, density, times, dense_times)
-                rows.append(row)
-                records.append(row)
-                print(
-                    f"sweep {name} S={seq_len} density={density}: {row['time_ms']:.3f} ms,"
-                    f" {row['tflops_active']:.0f} TFLOP/s active, {row['vs_cudnn_median']:.1%} of"
-                    f" cuDNN's rate (rounds p25-p75 {row['vs_cudnn_p25']:.1%}-"
-                    f"{row['vs_cudnn_p75']:.1%}), {row['speedup']:.2f}x cuDNN",
-                    flush=True,
+            kernels = [
+                (
+                    "mosaic_gpu",
+                    name,
+                    functools.partial(bench.sparse_mosaic, *inputs, layout, config=config),
                 )
+                for name, config in SWEEP_CONFIGS
+                if name in configs
+            ]
+            rows += paired_rows(
+                "sweep", kernels, inputs, geometry, layout, density, rounds, records
+            )
     return rows
-
-
-def _first_call(fn):
-    """Compiles and runs fn once (a failure surfaces here, not inside the timed rounds)."""
-    return jax.block_until_ready(fn())
-
-
-def sweep_row(name, layout, geometry, density, times, dense_times) -> dict:
-    """One configuration's row from paired per-round times (seconds) of it and of cuDNN.
-
-    Times are medians over the rounds; vs_cudnn_* are percentiles over the rounds of the ratio
-    of its TFLOP/s on active blocks to cuDNN's in the same round.
-    """
-    active = bench.active_flops(layout, geometry)
-    dense = bench.causal_flops(geometry.num_queries)
-    ratios = [active / t / (dense / d) for t, d in zip(times, dense_times, strict=True)]
-    record = bench.kernel_record(
-        layout, geometry, density, float(np.median(times)), float(np.median(dense_times))
-    )
-    return (
-        {"kind": "sweep", "implementation": "mosaic_gpu", "config": name}
-        | record
-        | {
-            "rounds": len(ratios),
-            "vs_cudnn_median": float(np.median(ratios)),
-            "vs_cudnn_p25": float(np.percentile(ratios, 25)),
-            "vs_cudnn_p75": float(np.percentile(ratios, 75)),
-            "vs_cudnn_min": min(ratios),
-            "vs_cudnn_rounds": ratios,
-        }
-    )
 
 
 def main():
@@ -365,7 +333,9 @@ def main():
     config_names = [name for name, _ in SWEEP_CONFIGS]
     parser.add_argument("--sweep-configs", nargs="+", default=config_names, choices=config_names)
     parser.add_argument("--sweep-densities", type=float, nargs="+", default=[1.0, 0.1])
-    parser.add_argument("--sweep-rounds", type=int, default=15)
+    parser.add_argument(
+        "--rounds", type=int, default=15, help="interleaved timing rounds per cell (paired_rows)"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["battery", "compare", "sweep"])
     args = parser.parse_args()
     meta = timing.environment()
@@ -398,7 +368,7 @@ def main():
         save()
     compare_rows = []
     if "compare" not in args.skip:
-        compare_rows = compare(args.seq_lens, args.densities, records)
+        compare_rows = compare(args.seq_lens, args.densities, args.rounds, records)
         save()
     sweep_rows = []
     if "sweep" not in args.skip:
@@ -406,7 +376,7 @@ def main():
             args.sweep_seq_lens,
             args.sweep_densities,
             args.sweep_configs,
-            args.sweep_rounds,
+            args.rounds,
             records,
         )
         save()
@@ -462,7 +432,8 @@ def main():
                 "density",
                 "time_ms",
                 "tflops_active",
-                "vs_cudnn_tflops",
+                "dense_tflops",
+                "vs_cudnn_median",
                 "speedup",
             ],
         )

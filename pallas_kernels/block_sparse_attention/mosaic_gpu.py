@@ -8,9 +8,9 @@ issues TMA copies of the listed K/V blocks into a ring of `num_stages` shared-me
 runs on from one item into the next; the compute warpgroups run QK^T and PV as wgmma from shared
 memory, with an exp2-domain online softmax in registers. Two compute warpgroups ping-pong
 through a schedule barrier so that one's softmax overlaps the other's matmuls. With several
-items per CTA the Q tile is double-buffered: the next item's Q loads while this one runs, and
-its output store overlaps the next item's start. Shared memory holds the input dtype (bf16 or
-f16).
+items per CTA the Q tile is double-buffered: the next item's Q loads during this one's
+normalize and store, and its output store overlaps the next item's start. Shared memory holds
+the input dtype (bf16 or f16).
 
 The launch order is the one the hardware gives a (heads, query blocks, batch) grid: query
 blocks fastest, from the last (the longest causal rows) to the first, then heads. CTAs in
@@ -142,8 +142,9 @@ def _kernel(
 
         def prefetch_next_q():
             # The other buffer staged the previous item's output: once its store has read it,
-            # load the next item's Q there while this item runs. Issued after this item's first
-            # QK^T, so that the store has had that long.
+            # load the next item's Q there. Issued after this item's last block (a branch in
+            # every block step measured slower, run 18), so the copy runs under this item's
+            # normalize and store.
             if num_q_buffers > 1:
 
                 @pl.when(turn + 1 < num_turns)
@@ -152,7 +153,8 @@ def _kernel(
                     load_q(turn + 1)
 
         with jax.named_scope("setup"):
-            next_count, next_last = row_extent(turn + 1)
+            # One item per CTA: no next item to load ahead.
+            next_extent = row_extent(turn + 1) if items_per_program > 1 else (count, last)
 
             def needs_mask(kb):
                 block_end = kb * block_size + block_size
@@ -193,7 +195,6 @@ def _kernel(
 
             s = pl.run_scoped(qk, plgpu.ACC((block_q, block_size), jnp.float32))
             plgpu.barrier_arrive(k_free.at[slot])
-            pl.when(j == 0)(prefetch_next_q)
             if masked:
                 kb = idx_ref[batch, head, tile, j]
                 shape = (block_q, block_size)
@@ -254,7 +255,7 @@ def _kernel(
             acc, m, l = lax.fori_loop(
                 num_unmasked, count, functools.partial(kv_step, masked=True), carry
             )
-            pl.when(count == 0)(prefetch_next_q)
+            prefetch_next_q()
             if uses_schedule:
                 pl.when(wg == 0)(sync_schedule)
 
@@ -274,7 +275,7 @@ def _kernel(
             plgpu.copy_smem_to_gmem(
                 lse_smem.at[wg], lse_ref.at[batch, head, pl.ds(row_start, block_q)]
             )
-        return first_step + count, next_count, next_last
+        return first_step + count, *next_extent
 
     def memory_item(turn, first_step):
         """Copies the item's K/V blocks into ring slots (first_step + j) % num_stages, each once

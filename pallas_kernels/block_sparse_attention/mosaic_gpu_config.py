@@ -58,11 +58,12 @@ class MosaicGpuConfig:
 
 def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
     """The default launch: two items per CTA where a second Q tile fits beside two K/V stages
-    (else one), and as many stages as fit, up to 3 (3 unmeasured).
+    (else one), and as many stages as fit, up to 3.
 
-    H200, bs 128, H 128 (docs/results.md 7.3): two items per CTA measured 88-90 % of cuDNN's
-    rate at 32K and 10 % density against 85-87 % for one, and 0.5-3 points less than one on full
-    rows and at 128K; four or more items lose 5-20 points on full rows.
+    H200, bs 128, H 128 (docs/results.md 7.3, run 18, cuDNN timed in the same rounds): two
+    items per CTA measured 86 % of cuDNN's rate at 32K and 10 % density against 83 % for one,
+    and 0.3-2.7 points more than one on full rows and at 128K; four items lost 6-7 points on
+    full rows (run 17). With one item per CTA a third stage measured within 2 points of two.
     """
     tile = block_size * head_dim * 2  # one 16-bit Q, K or V tile
 
@@ -75,14 +76,17 @@ def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
 
 
 def compiler_params(config: MosaicGpuConfig) -> plgpu.CompilerParams:
-    if config.profile_dir is None:
-        return plgpu.CompilerParams(approx_math=True)
-    return plgpu.CompilerParams(
-        approx_math=True,
-        profile_space=PROFILE_RANGES,
-        profile_dir=config.profile_dir,
-        profile_bounds_check=True,
-    )
+    # The softmax's row reductions stay inside warps (WGMMA layout), so no shared memory is
+    # reserved for cross-warp reductions; the default 2 KB would keep a third K/V stage from
+    # fitting beside one Q tile at bs 128, H 128.
+    profile = {}
+    if config.profile_dir is not None:
+        profile = dict(
+            profile_space=PROFILE_RANGES,
+            profile_dir=config.profile_dir,
+            profile_bounds_check=True,
+        )
+    return plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0, **profile)
 
 
 def q_buffers(config: MosaicGpuConfig) -> int:

@@ -57,7 +57,7 @@ def test_map_case_passes_with_mosaic_gpu_interpret():
     assert battery.TOLERANCES[case.dtype]["block_map"] >= record["map_err"]
 
 
-def test_sweep_row_takes_ratios_within_rounds():
+def test_paired_record_takes_ratios_within_rounds():
     """A clock change that slows kernel and cuDNN alike in one round leaves its ratio alone."""
     geometry = BlockGeometry(num_queries=1024, num_keys=1024, block_size=bench.BLOCK)
     layout, _ = bench.make_layout(geometry, 0.25)
@@ -65,8 +65,8 @@ def test_sweep_row_takes_ratios_within_rounds():
     share = bench.active_flops(layout, geometry) / bench.causal_flops(1024)
     dense_times = [1.0, 1.0, 1.3, 1.0]  # round 2 ran at a lower clock
     times = [0.25, 0.25, 0.325, 0.5]  # round 3: the kernel alone was slow
-    row = mosaic_gpu_check.sweep_row("items1", layout, geometry, 0.25, times, dense_times)
-    assert row["config"] == "items1" and row["rounds"] == 4
+    row = mosaic_gpu_check.paired_record(layout, geometry, 0.25, times, dense_times)
+    assert row["rounds"] == 4
     assert row["vs_cudnn_rounds"] == pytest.approx([share * 4, share * 4, share * 4, share * 2])
     assert row["vs_cudnn_median"] == pytest.approx(share * 4)
     assert row["vs_cudnn_min"] == pytest.approx(share * 2)

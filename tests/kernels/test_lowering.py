@@ -100,6 +100,7 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
         (128, 128, jnp.float16, mosaic_gpu.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(use_schedule_barrier=False)),
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig()),  # one item per CTA
+        (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(num_stages=3)),  # 7 tiles of 32 KB
         (64, 64, jnp.float16, mosaic_gpu.MosaicGpuConfig(items_per_program=5)),
     ],
 )
