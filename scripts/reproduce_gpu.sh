@@ -28,10 +28,11 @@ RESULTS=benchmarks/results
 
 stage_kernels() { "$PYTHON" -m benchmarks.attention; }
 stage_hopper() {
-  "$PYTHON" -m benchmarks.mosaic_gpu_check --out "$RESULTS/mosaic_gpu_check_h200.json"
-  "$PYTHON" -m benchmarks.mosaic_gpu_check --densities 0.5 0.2 --skip battery sweep \
-    --out "$RESULTS/mosaic_gpu_check_densities_h200.json"
-  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery compare --sweep-configs default \
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip compare sweep \
+    --out "$RESULTS/mosaic_gpu_check_h200.json"
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery sweep --densities 1.0 0.5 0.2 0.1 0.05 \
+    --out "$RESULTS/mosaic_gpu_compare_h200.json"
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery compare --sweep-configs default items1 \
     --sweep-seq-lens 32768 131072 --sweep-densities 1.0 0.2 0.1 0.05 --rounds 15 \
     --out "$RESULTS/mosaic_gpu_repeats_h200.json"
   "$PYTHON" -m benchmarks.mosaic_gpu_timeline --out "$RESULTS/mosaic_gpu_timeline_h200.json"
