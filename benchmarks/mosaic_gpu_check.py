@@ -197,10 +197,14 @@ def _max_diff(q, k, v, layout) -> float:
     return float(jnp.abs(a - bench.sparse_triton(q, k, v, layout).astype(jnp.float32)).max())
 
 
-def _inputs(seq_len: int):
-    """((q, k, v), geometry) at the benchmark shape."""
-    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
-    return bench.make_inputs(seq_len), geometry
+def _cells(seq_lens, densities):
+    """((q, k, v), geometry, layout, density) at the benchmark shape, every length and density."""
+    for seq_len in seq_lens:
+        inputs = bench.make_inputs(seq_len)
+        geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+        for density in densities:
+            layout, _ = bench.make_layout(geometry, density)
+            yield inputs, geometry, layout, density
 
 
 def _first_call(fn):
@@ -271,55 +275,33 @@ def paired_record(layout, geometry, density, times, dense_times) -> dict:
 def compare(seq_lens, densities, rounds, records: list[dict]) -> list[dict]:
     """mosaic_gpu and triton (default launches) against cuDNN, in rounds (paired_rows)."""
     rows = []
-    for seq_len in seq_lens:
-        inputs, geometry = _inputs(seq_len)
-        for density in densities:
-            layout, _ = bench.make_layout(geometry, density)
-            kernels = [
-                (name, "default", functools.partial(fn, *inputs, layout))
-                for name, fn in (
-                    ("mosaic_gpu", bench.sparse_mosaic),
-                    ("triton", bench.sparse_triton),
-                )
-            ]
-            rows += paired_rows(
-                "compare", kernels, inputs, geometry, layout, density, rounds, records
-            )
-            if density == 1.0:
-                agree = _guarded(
-                    f"mosaic_gpu vs triton S={seq_len}", records, _max_diff, *inputs, layout
-                )
-                if agree is not None:
-                    records.append(
-                        {
-                            "kind": "check",
-                            "check": f"mosaic_gpu vs triton full causal, S={seq_len}",
-                            "max_abs_err": agree,
-                        }
-                    )
-                    print(f"mosaic_gpu vs triton, full causal S={seq_len}: {agree:.3g}", flush=True)
+    implementations = (("mosaic_gpu", bench.sparse_mosaic), ("triton", bench.sparse_triton))
+    for inputs, geometry, layout, density in _cells(seq_lens, densities):
+        kernels = [
+            (name, "default", functools.partial(fn, *inputs, layout))
+            for name, fn in implementations
+        ]
+        rows += paired_rows("compare", kernels, inputs, geometry, layout, density, rounds, records)
+        if density == 1.0:
+            label = f"mosaic_gpu vs triton full causal, S={geometry.num_queries}"
+            agree = _guarded(label, records, _max_diff, *inputs, layout)
+            if agree is not None:
+                records.append({"kind": "check", "check": label, "max_abs_err": agree})
+                print(f"{label}: {agree:.3g}", flush=True)
     return rows
 
 
 def sweep(seq_lens, densities, configs, rounds, records: list[dict]) -> list[dict]:
     """The named SWEEP_CONFIGS against cuDNN at every length and density (paired_rows)."""
     rows = []
-    for seq_len in seq_lens:
-        inputs, geometry = _inputs(seq_len)
-        for density in densities:
-            layout, _ = bench.make_layout(geometry, density)
-            kernels = [
-                (
-                    "mosaic_gpu",
-                    name,
-                    functools.partial(bench.sparse_mosaic, *inputs, layout, config=config),
-                )
-                for name, config in SWEEP_CONFIGS
-                if name in configs
-            ]
-            rows += paired_rows(
-                "sweep", kernels, inputs, geometry, layout, density, rounds, records
-            )
+    for inputs, geometry, layout, density in _cells(seq_lens, densities):
+        run = functools.partial(bench.sparse_mosaic, *inputs, layout)
+        kernels = [
+            ("mosaic_gpu", name, functools.partial(run, config=config))
+            for name, config in SWEEP_CONFIGS
+            if name in configs
+        ]
+        rows += paired_rows("sweep", kernels, inputs, geometry, layout, density, rounds, records)
     return rows
 
 
