@@ -60,7 +60,7 @@ def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
     """The default launch: two items per CTA where a second Q tile fits beside two K/V stages
     (else one), and as many stages as fit, up to 3.
 
-    H200, bs 128, H 128 (docs/results.md 7.3, run 18, cuDNN timed in the same rounds): two
+    H200, bs 128, H 128 (docs/results.md 7.4, run 18, cuDNN timed in the same rounds): two
     items per CTA measured 86 % of cuDNN's rate at 32K and 10 % density against 83 % for one,
     and 0.3-2.7 points more than one on full rows and at 128K; four items lost 6-7 points on
     full rows (run 17). With one item per CTA a third stage measured within 2 points of two.
