@@ -74,6 +74,7 @@ def _kernel(
     num_compute_wgs: int,
     causal: bool,
     items_per_program: int,
+    finish_in_flight: bool,
 ):
     q_smem, k_smem, v_smem, lse_smem, *p_smem = buffers
     p_smem = p_smem[0] if p_smem else None
@@ -115,13 +116,15 @@ def _kernel(
     def q_buffer(turn):
         return lax.rem(turn, jnp.int32(num_q_buffers))
 
+    def q_barrier(turn):
+        return q_loaded.at[q_buffer(turn) * num_compute_wgs + wg]
+
     def load_q(turn):
         batch, head, tile = work_item(turn)
-        buffer = q_buffer(turn)
         plgpu.copy_gmem_to_smem(
             q_ref.at[batch, pl.ds(q_rows(tile), block_q), head],
-            q_smem.at[buffer, wg],
-            q_loaded.at[buffer * num_compute_wgs + wg],
+            q_smem.at[q_buffer(turn), wg],
+            q_barrier(turn),
         )
 
     def row_extent(turn):
@@ -130,31 +133,49 @@ def _kernel(
         count = count_ref[batch, head, tile]
         return count, idx_ref[batch, head, tile, jnp.maximum(count - 1, 0)]
 
+    def qk(turn, step, while_in_flight=lambda: None):
+        """S = Q K^T of the turn-th item's Q tile and the K block of ring step `step`. Between
+        issuing the wgmma and reading S, the warpgroup passes the schedule barrier (the other
+        warpgroup's matmuls may start) and runs `while_in_flight`."""
+        slot = ring_slot(step)
+
+        def body(acc_ref):
+            plgpu.wgmma(acc_ref, q_smem.at[q_buffer(turn), wg], k_smem.at[slot].T)
+            if uses_schedule:
+                sync_schedule()
+            while_in_flight()
+            return acc_ref[...]
+
+        s = pl.run_scoped(body, plgpu.ACC((block_q, block_size), jnp.float32))
+        plgpu.barrier_arrive(k_free.at[slot])
+        return s
+
+    def no_scores():
+        """The carried S of an item without blocks (never read)."""
+        return plgpu.layout_cast(
+            jnp.full((block_q, block_size), 0.0, jnp.float32), plgpu.Layout.WGMMA
+        )
+
+    def first_qk(turn, step, while_in_flight=lambda: None):
+        """S of the turn-th item's first block, once its Q and that K block have landed."""
+        plgpu.barrier_wait(q_barrier(turn))
+        plgpu.barrier_wait(k_loaded.at[ring_slot(step)])
+        return qk(turn, step, while_in_flight)
+
     def compute_item(turn, carry):
         """One item; its j-th block sits in ring slot (first_step + j) % num_stages. The carry
-        holds the ring position and this item's count and last block, loaded one item ahead."""
-        first_step, count, last = carry
+        holds the ring position, this item's count and last block (loaded one item ahead) and
+        S of its first block (when count > 0), computed at the end of the previous item."""
+        first_step, count, last, s = carry
         batch, head, tile = work_item(turn)
-        buffer = q_buffer(turn)
-        q_tile_smem = q_smem.at[buffer, wg]
-        row_start = q_rows(tile)
-        q_abs_start = first_q_pos + row_start
-
-        def prefetch_next_q():
-            # The other buffer staged the previous item's output: once its store has read it,
-            # load the next item's Q there. Issued after this item's last block (a branch in
-            # every block step measured slower, run 18), so the copy runs under this item's
-            # normalize and store.
-            if num_q_buffers > 1:
-
-                @pl.when(turn + 1 < num_turns)
-                def _():
-                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                    load_q(turn + 1)
+        q_abs_start = first_q_pos + q_rows(tile)
+        if items_per_program > 1:
+            next_count, next_last = row_extent(turn + 1)
+            has_next = (turn + 1 < num_turns) & (next_count > 0)
+        else:
+            next_count, next_last, has_next = count, last, False
 
         with jax.named_scope("setup"):
-            # One item per CTA: no next item to load ahead.
-            next_extent = row_extent(turn + 1) if items_per_program > 1 else (count, last)
 
             def needs_mask(kb):
                 block_end = kb * block_size + block_size
@@ -163,38 +184,18 @@ def _kernel(
                     crosses |= block_end - 1 > q_abs_start
                 return crosses
 
-            num_unmasked = jnp.where((count > 0) & needs_mask(last), count - 1, count)
             row_layout = plgpu.Layout.WGMMA.reduce(1)
             m = plgpu.layout_cast(jnp.full((block_q,), common.MASK_VALUE, jnp.float32), row_layout)
             l = plgpu.layout_cast(jnp.full((block_q,), 0.0, jnp.float32), row_layout)
             acc = plgpu.layout_cast(
                 jnp.full((block_q, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA
             )
-        with jax.named_scope("q_wait"):
-            plgpu.barrier_wait(q_loaded.at[buffer * num_compute_wgs + wg])
 
-        with jax.named_scope("k0_wait"):
-
-            @pl.when(count > 0)
-            def _():
-                plgpu.barrier_wait(k_loaded.at[ring_slot(first_step)])
-
-        with jax.named_scope("stagger"):
-            if uses_schedule:
-                pl.when(wg == 1)(sync_schedule)
-
-        def kv_step(j, carry, *, masked: bool):
-            acc, m, l = carry
+        def kv_step(j, carry, *, masked: bool, last_of_item: bool):
+            """Softmax and PV of block j, whose S is in the carry; then, unless this is the
+            item's last block, S of block j + 1."""
+            acc, m, l, s = carry
             slot = ring_slot(first_step + j)
-
-            def qk(acc_ref):
-                plgpu.wgmma(acc_ref, q_tile_smem, k_smem.at[slot].T)
-                if uses_schedule:
-                    sync_schedule()
-                return acc_ref[...]
-
-            s = pl.run_scoped(qk, plgpu.ACC((block_q, block_size), jnp.float32))
-            plgpu.barrier_arrive(k_free.at[slot])
             if masked:
                 kb = idx_ref[batch, head, tile, j]
                 shape = (block_q, block_size)
@@ -224,8 +225,7 @@ def _kernel(
                 plgpu.barrier_wait(schedule_barrier)
 
             def wait_next_k():
-                @pl.when(j + 1 < count)
-                def _():
+                if not last_of_item:
                     plgpu.barrier_wait(k_loaded.at[ring_slot(first_step + j + 1)])
 
             if p_smem is None:
@@ -247,35 +247,72 @@ def _kernel(
 
                 acc += pl.run_scoped(pv, plgpu.ACC((block_q, head_dim), jnp.float32))
             plgpu.barrier_arrive(v_free.at[slot])
-            return acc, m_new, l
+            if not last_of_item:
+                s = qk(turn, first_step + j + 1)
+            return acc, m_new, l, s
 
         with jax.named_scope("blocks"):
-            carry = (acc, m, l)
-            carry = lax.fori_loop(0, num_unmasked, functools.partial(kv_step, masked=False), carry)
-            acc, m, l = lax.fori_loop(
-                num_unmasked, count, functools.partial(kv_step, masked=True), carry
-            )
-            prefetch_next_q()
-            if uses_schedule:
-                pl.when(wg == 0)(sync_schedule)
+            # Only the last block can need the mask (module docstring): it runs in one of the
+            # two one-step loops after the others.
+            last_j = jnp.maximum(count - 1, 0)
+            masked_last = jnp.where((count > 0) & needs_mask(last), 1, 0)
+            carry = (acc, m, l, s)
+            for lo, hi, masked, last_of_item in (
+                (0, last_j, False, False),
+                (last_j, last_j + masked_last, True, True),
+                (last_j + masked_last, count, False, True),
+            ):
+                step = functools.partial(kv_step, masked=masked, last_of_item=last_of_item)
+                carry = lax.fori_loop(lo, hi, step, carry)
+            acc, m, l, _ = carry
 
-        with jax.named_scope("normalize"):
-            has_keys = l > 0
-            safe_l = jnp.where(has_keys, l, 1.0)
-            acc /= lax.broadcast_in_dim(safe_l, acc.shape, [0])
-            # The LSE row is shared by the items: the previous item's store must have read it.
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            q_tile_smem[...] = acc.astype(dtype)
-            lse_smem.at[wg][...] = jnp.where(
-                has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE
-            )
-            plgpu.commit_smem()
-        with jax.named_scope("store"):
-            plgpu.copy_smem_to_gmem(q_tile_smem, out_ref.at[batch, pl.ds(row_start, block_q), head])
-            plgpu.copy_smem_to_gmem(
-                lse_smem.at[wg], lse_ref.at[batch, head, pl.ds(row_start, block_q)]
-            )
-        return first_step + count, *next_extent
+        def finish():
+            """Normalizes and stores this item's output and LSE (into its Q tile, which no
+            matmul reads any more), then loads the Q of the item two turns ahead."""
+            with jax.named_scope("normalize"):
+                # An empty row never waited for its Q: it must land before being overwritten.
+                pl.when(count == 0)(lambda: plgpu.barrier_wait(q_barrier(turn)))
+                has_keys = l > 0
+                safe_l = jnp.where(has_keys, l, 1.0)
+                inv_l = 1.0 / safe_l  # one division per row, then products
+                out_tile = q_smem.at[q_buffer(turn), wg]
+                lse_row = lse_smem.at[q_buffer(turn), wg]
+                out_tile[...] = (acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])).astype(dtype)
+                lse_row[...] = jnp.where(
+                    has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE
+                )
+                plgpu.commit_smem()
+            with jax.named_scope("store"):
+                rows = pl.ds(q_rows(tile), block_q)
+                plgpu.copy_smem_to_gmem(out_tile, out_ref.at[batch, rows, head], commit_group=False)
+                plgpu.copy_smem_to_gmem(lse_row, lse_ref.at[batch, head, rows])
+                if num_q_buffers > 2:
+
+                    @pl.when(turn + 2 < num_turns)
+                    def _():
+                        # Its tile held the previous item's output: wait until that store
+                        # has read it (this item's store may still be in flight).
+                        plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+                        load_q(turn + 2)
+
+        def finish_under_next_qk():
+            # The next item's first QK^T runs on the tensor cores, and after the schedule
+            # barrier the other warpgroup's matmuls, while this warpgroup normalizes.
+            if not finish_in_flight:
+                finish()
+                return first_qk(turn + 1, first_step + count)
+            return first_qk(turn + 1, first_step + count, while_in_flight=finish)
+
+        def finish_alone():
+            finish()
+            # Not the carried S: returning it would keep its registers live through the item.
+            return no_scores()
+
+        if items_per_program > 1:
+            s = lax.cond(has_next, finish_under_next_qk, finish_alone)
+        else:
+            s = finish_alone()
+        return first_step + count, next_count, next_last, s
 
     def memory_item(turn, first_step):
         """Copies the item's K/V blocks into ring slots (first_step + j) % num_stages, each once
@@ -303,8 +340,19 @@ def _kernel(
     def _compute_wg():
         if num_compute_wgs == 2:
             plgpu.set_max_registers(232, action="increase")
-        pl.when(num_turns > 0)(lambda: load_q(0))
-        lax.fori_loop(0, num_turns, compute_item, (jnp.int32(0), *row_extent(0)))
+        load_q(0)
+        if num_q_buffers > 1:
+            pl.when(num_turns > 1)(lambda: load_q(1))
+        with jax.named_scope("stagger"):
+            # The second warpgroup starts one schedule phase behind the first and stays there
+            # across the CTA's items; the first catches up after its last item.
+            if uses_schedule:
+                pl.when(wg == 1)(sync_schedule)
+        count, last = row_extent(0)
+        s = lax.cond(count > 0, lambda: first_qk(0, 0), no_scores)
+        lax.fori_loop(0, num_turns, compute_item, (jnp.int32(0), count, last, s))
+        if uses_schedule:
+            pl.when(wg == 0)(sync_schedule)
         plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == num_compute_wgs)
@@ -375,7 +423,7 @@ def attention(
         ),
         plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
         plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
-        plgpu.SMEM((num_compute_wgs, block_q), jnp.float32),
+        plgpu.SMEM((q_buffers(config), num_compute_wgs, block_q), jnp.float32),
     )
     if interpret:
         # P for the PV wgmma; on hardware P stays in registers.
@@ -403,6 +451,7 @@ def attention(
         num_compute_wgs=num_compute_wgs,
         causal=causal,
         items_per_program=config.items_per_program,
+        finish_in_flight=config.finish_in_flight,
     )
     if uses_schedule:
         scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))

@@ -41,6 +41,7 @@ class MosaicGpuConfig:
     use_schedule_barrier: bool = True
     profile_dir: str | None = None
     items_per_program: int = 1
+    finish_in_flight: bool = True  # EXPERIMENT
 
     def __post_init__(self):
         if self.num_stages < 1:
@@ -90,14 +91,15 @@ def compiler_params(config: MosaicGpuConfig) -> plgpu.CompilerParams:
 
 
 def q_buffers(config: MosaicGpuConfig) -> int:
-    """Q/O tiles per CTA: two when a CTA runs several items (the next Q loads meanwhile)."""
-    return 2 if config.items_per_program > 1 else 1
+    """Q/O tiles (and LSE rows) per CTA: one per item, up to three. With three, an item's Q
+    loads two items ahead into the tile whose output store was issued an item earlier."""
+    return min(config.items_per_program, 3)
 
 
 def smem_bytes(head_dim: int, block_size: int, config: MosaicGpuConfig) -> int:
     """Shared memory one CTA allocates (Q/O tiles, K/V ring, LSE rows), barriers excluded."""
     tiles = q_buffers(config) + 2 * config.num_stages
-    return 2 * block_size * head_dim * tiles + 4 * block_size
+    return 2 * block_size * head_dim * tiles + 4 * block_size * q_buffers(config)
 
 
 def check_supported(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.block_sparse_attention import (
+    MASK_VALUE,
     BlockGeometry,
     layout_from_mask,
     mosaic_gpu,
@@ -79,18 +80,10 @@ ITEMS_CASES = tuple(
 )
 
 
-@pytest.mark.parametrize(
-    "on_gpu", [False, pytest.param(True, marks=pytest.mark.gpu)], ids=["interpret", "gpu"]
-)
-@pytest.mark.parametrize("items_case", ITEMS_CASES, ids=[c.name for c in ITEMS_CASES])
-@pytest.mark.parametrize("items", [1, 3, 16], ids=["one_item", "three_items", "all_items"])
-def test_mosaic_gpu_items_per_program(items_case, items, on_gpu, rng):
-    """CTAs running several work items: the K/V ring, its barriers and the double-buffered Q/O
-    tile carry over from item to item, rows of one block (fewer than the stages) among full
-    ones, a last CTA with fewer items than the others (3), one CTA for everything (16)."""
-    case = items_case
+def _mosaic_gpu_items(case, mask, items, on_gpu, rng, oracle_mask=None):
+    """(out, lse) of the kernel with `items` items per CTA on the case's inputs and mask, and
+    the float64 oracle's (out, lse) for `oracle_mask` (default: the same mask)."""
     q, k, v = make_inputs(rng, case)
-    mask = random_block_mask(rng, case)
     layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
     geometry = BlockGeometry(
         num_queries=case.num_queries, num_keys=case.num_keys, block_size=case.block_size
@@ -108,13 +101,56 @@ def test_mosaic_gpu_items_per_program(items_case, items, on_gpu, rng):
         config=mosaic_gpu.MosaicGpuConfig(items_per_program=items),
     )
     want_out, want_lse, _ = numpy_oracle.attention(
-        as_np(q), as_np(k), as_np(v), mask, case.block_size
+        as_np(q), as_np(k), as_np(v), mask if oracle_mask is None else oracle_mask, case.block_size
     )
+    return as_np(result.out), np.asarray(result.lse, np.float64), want_out, want_lse
+
+
+ON_GPU = pytest.mark.parametrize(
+    "on_gpu", [False, pytest.param(True, marks=pytest.mark.gpu)], ids=["interpret", "gpu"]
+)
+
+
+@ON_GPU
+@pytest.mark.parametrize("items_case", ITEMS_CASES, ids=[c.name for c in ITEMS_CASES])
+@pytest.mark.parametrize("items", [1, 3, 16], ids=["one_item", "three_items", "all_items"])
+def test_mosaic_gpu_items_per_program(items_case, items, on_gpu, rng):
+    """CTAs running several work items: the K/V ring, its barriers and the Q/O tiles carry over
+    from item to item (the next item's first QK^T runs under this one's normalize), rows of one
+    block (fewer than the stages) among full ones, a last CTA with fewer items than the others
+    (3), one CTA for everything (16)."""
+    mask = random_block_mask(rng, items_case)
+    out, lse, want_out, want_lse = _mosaic_gpu_items(items_case, mask, items, on_gpu, rng)
+    tol = TOLERANCES[items_case.dtype]
+    np.testing.assert_allclose(out, want_out, atol=tol["out"], rtol=0)
+    np.testing.assert_allclose(lse, want_lse, atol=tol["lse"], rtol=0)
+
+
+@ON_GPU
+@pytest.mark.parametrize("items", [1, 2, 3], ids=["one_item", "two_items", "three_items"])
+def test_mosaic_gpu_empty_rows(items, on_gpu, rng):
+    """Rows that list no block (first, last and runs of consecutive items among them) write
+    zeros and an LSE of MASK_VALUE, and leave the rows around them exact."""
+    case = ITEMS_CASES[0]
+    mask = random_block_mask(rng, case)
+    empty = rng.random(mask.shape[:3]) < 0.4
+    empty[..., 0] = empty[..., -1] = True
+    # The oracle runs on the full mask: its rows are independent, and an empty row has no
+    # softmax to restate.
+    out, lse, want_out, want_lse = _mosaic_gpu_items(
+        case, mask & ~empty[..., None], items, on_gpu, rng, oracle_mask=mask
+    )
+    rows = numpy_oracle.block_index_of_query(case.num_queries, case.num_keys, case.block_size)
+    empty_queries = empty[:, :, rows]  # [B, N, T]
     tol = TOLERANCES[case.dtype]
-    np.testing.assert_allclose(as_np(result.out), want_out, atol=tol["out"], rtol=0)
+    out_empty = np.moveaxis(out, 2, 1)[empty_queries]  # [rows, H]
+    np.testing.assert_array_equal(out_empty, 0.0)
+    np.testing.assert_array_equal(lse[empty_queries], np.float32(MASK_VALUE))
+    kept = ~empty_queries
     np.testing.assert_allclose(
-        np.asarray(result.lse, np.float64), want_lse, atol=tol["lse"], rtol=0
+        np.moveaxis(out, 2, 1)[kept], np.moveaxis(want_out, 2, 1)[kept], atol=tol["out"], rtol=0
     )
+    np.testing.assert_allclose(lse[kept], want_lse[kept], atol=tol["lse"], rtol=0)
 
 
 def test_mosaic_gpu_default_runs_two_items_where_a_second_q_tile_fits():

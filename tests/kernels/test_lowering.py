@@ -102,6 +102,8 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig()),  # one item per CTA
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(num_stages=3)),  # 7 tiles of 32 KB
         (64, 64, jnp.float16, mosaic_gpu.MosaicGpuConfig(items_per_program=5)),
+        # Three Q/O tiles and two stages: 7 tiles of 32 KB.
+        (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(items_per_program=3)),
     ],
 )
 def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, monkeypatch):
