@@ -2,8 +2,9 @@
 
 Runs the kernel once per density at the Llama-3.1-8B attention shape with
 `MosaicGpuConfig(profile_dir=...)`: Mosaic GPU's profiler has every CTA record the start and end
-cycle of each warpgroup's named phases (compute: setup, q_wait, k0_wait, stagger, blocks,
-normalize, store; memory: issue, drain). From the trace it reports, per warpgroup:
+cycle of each warpgroup's named phases (compute: stagger, setup, blocks, normalize, store;
+memory: issue, drain; the kernel of runs 14e and 19 also had q_wait and k0_wait). From the
+trace it reports, per warpgroup:
 
 - the median cycles of each phase over the CTAs (a phase that runs inside the block loop, such as
   `blocks`, counts once per CTA, from its first start to its last end);

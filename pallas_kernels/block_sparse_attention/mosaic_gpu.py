@@ -7,10 +7,18 @@ The memory warpgroup reads each row's key-block list from the layout (scalar GME
 issues TMA copies of the listed K/V blocks into a ring of `num_stages` shared-memory slots that
 runs on from one item into the next; the compute warpgroups run QK^T and PV as wgmma from shared
 memory, with an exp2-domain online softmax in registers. Two compute warpgroups ping-pong
-through a schedule barrier so that one's softmax overlaps the other's matmuls. With several
-items per CTA the Q tile is double-buffered: the next item's Q loads during this one's
-normalize and store, and its output store overlaps the next item's start. Shared memory holds
-the input dtype (bf16 or f16).
+through a schedule barrier so that one's softmax overlaps the other's matmuls.
+
+Items follow each other without a pipeline drain. A block step is the softmax and PV of a block
+whose S is already in registers, then the QK^T of the next block; at an item's last block that
+next QK^T is the next item's first, and this item's normalize and output store run while it is
+in flight (and, past the schedule barrier, while the other warpgroup's matmuls run). The second
+warpgroup stays one schedule phase behind the first across all of the CTA's items. Each item
+has its own Q/O tile (up to three, reused in turn): the first two Qs load at the CTA's start,
+each later one when the item two turns earlier stores its output, so a Q has landed long before
+its first QK^T. Shared memory holds the input dtype (bf16 or f16). Run 24 (docs/results.md 7.5)
+measured this against the drained boundary (normalize, store, then the next item's first QK^T
+behind a per-item stagger): +4.7 points of cuDNN's rate at 32K and 10 % density.
 
 The launch order is the one the hardware gives a (heads, query blocks, batch) grid: query
 blocks fastest, from the last (the longest causal rows) to the first, then heads. CTAs in
@@ -20,7 +28,8 @@ measured an order with heads fastest 4-17 points of cuDNN's rate slower at 32K-1
 
 Only the last listed block can cross the diagonal (lists are ascending and never go past it) or
 the end of the keys, so the loop runs unmasked over the first `count - 1` blocks and masks the
-last one only when it needs it. Rows with fewer blocks than stages issue only the copies they
+last one only when it needs it; the last block runs in its own step, which issues no QK^T of
+this item. Rows with fewer blocks than stages issue only the copies they
 have, and rows with no block (count 0) write zeros and an LSE of MASK_VALUE. GQA is native:
 query head h copies kv head h // G, K/V are never repeated.
 
@@ -74,7 +83,6 @@ def _kernel(
     num_compute_wgs: int,
     causal: bool,
     items_per_program: int,
-    finish_in_flight: bool,
 ):
     q_smem, k_smem, v_smem, lse_smem, *p_smem = buffers
     p_smem = p_smem[0] if p_smem else None
@@ -169,11 +177,8 @@ def _kernel(
         first_step, count, last, s = carry
         batch, head, tile = work_item(turn)
         q_abs_start = first_q_pos + q_rows(tile)
-        if items_per_program > 1:
-            next_count, next_last = row_extent(turn + 1)
-            has_next = (turn + 1 < num_turns) & (next_count > 0)
-        else:
-            next_count, next_last, has_next = count, last, False
+        # One item per CTA: no next item to load ahead.
+        next_count, next_last = row_extent(turn + 1) if items_per_program > 1 else (count, last)
 
         with jax.named_scope("setup"):
 
@@ -298,9 +303,6 @@ def _kernel(
         def finish_under_next_qk():
             # The next item's first QK^T runs on the tensor cores, and after the schedule
             # barrier the other warpgroup's matmuls, while this warpgroup normalizes.
-            if not finish_in_flight:
-                finish()
-                return first_qk(turn + 1, first_step + count)
             return first_qk(turn + 1, first_step + count, while_in_flight=finish)
 
         def finish_alone():
@@ -309,6 +311,7 @@ def _kernel(
             return no_scores()
 
         if items_per_program > 1:
+            has_next = (turn + 1 < num_turns) & (next_count > 0)
             s = lax.cond(has_next, finish_under_next_qk, finish_alone)
         else:
             s = finish_alone()
@@ -451,7 +454,6 @@ def attention(
         num_compute_wgs=num_compute_wgs,
         causal=causal,
         items_per_program=config.items_per_program,
-        finish_in_flight=config.finish_in_flight,
     )
     if uses_schedule:
         scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))

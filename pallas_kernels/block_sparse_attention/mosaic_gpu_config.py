@@ -28,12 +28,13 @@ class MosaicGpuConfig:
       rows, which must be a multiple of 64. None: 2 when the block has >= 128 rows, else 1.
     use_schedule_barrier: ping-pong the two compute warpgroups (FA3's intra-CTA overlap).
     profile_dir: when set, every CTA records the start and end cycle of each of its warpgroups'
-      named phases (setup, q_wait, k0_wait, stagger, blocks, normalize, store; issue, drain) and
+      named phases (stagger, setup, blocks, normalize, store; issue, drain) and
       each launch writes them as a Chrome trace into this directory. For diagnosis: the dump
       is slow, and every launch writes a file (benchmarks/mosaic_gpu_timeline.py reads them).
-    items_per_program: consecutive work items each CTA runs (k > 1 double-buffers the Q tile).
-      Each item carries a fixed ramp of about two blocks' time (Q load, ring fill and drain,
-      output store: run 14e) that the next item in the same CTA hides in part.
+    items_per_program: consecutive work items each CTA runs, one Q/O tile each (up to three,
+      reused in turn). A CTA's first item pays the Q load and the ring's fill, its last the
+      drain and the output store; between its items the next item's first QK^T runs under
+      this one's normalize and store (mosaic_gpu.py).
     """
 
     num_stages: int = 2
@@ -41,7 +42,6 @@ class MosaicGpuConfig:
     use_schedule_barrier: bool = True
     profile_dir: str | None = None
     items_per_program: int = 1
-    finish_in_flight: bool = True  # EXPERIMENT
 
     def __post_init__(self):
         if self.num_stages < 1:
@@ -61,10 +61,11 @@ def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
     """The default launch: two items per CTA where a second Q tile fits beside two K/V stages
     (else one), and as many stages as fit, up to 3.
 
-    H200, bs 128, H 128 (docs/results.md 7.4, run 18, cuDNN timed in the same rounds): two
-    items per CTA measured 86 % of cuDNN's rate at 32K and 10 % density against 83 % for one,
-    and 0.3-2.7 points more than one on full rows and at 128K; four items lost 6-7 points on
-    full rows (run 17). With one item per CTA a third stage measured within 2 points of two.
+    H200, bs 128, H 128, cuDNN timed in the same rounds (docs/results.md 7.5, run 24): two
+    items per CTA measured 91.8 % of cuDNN's rate at 32K and 10 % density, against 83.0 % for
+    one and 89.5 % for three; on full rows 101.5 % at 32K and 108.9 % at 128K, where three
+    measured 99.9 % and 107.3 %. Three lead at 5 % density and at 128K / 10 % (78.0 % against
+    77.1 %, 99.5 % against 96.1 %). A third stage measured within 2 points of two (run 18).
     """
     tile = block_size * head_dim * 2  # one 16-bit Q, K or V tile
 
