@@ -29,9 +29,9 @@ measured an order with heads fastest 4-17 points of cuDNN's rate slower at 32K-1
 Only the last listed block can cross the diagonal (lists are ascending and never go past it) or
 the end of the keys, so the loop runs unmasked over the first `count - 1` blocks and masks the
 last one only when it needs it; the last block runs in its own step, which issues no QK^T of
-this item. Rows with fewer blocks than stages issue only the copies they
-have, and rows with no block (count 0) write zeros and an LSE of MASK_VALUE. GQA is native:
-query head h copies kv head h // G, K/V are never repeated.
+this item. Rows with fewer blocks than stages issue only the copies they have, and rows with no
+block (count 0) write zeros and an LSE of MASK_VALUE. GQA is native: query head h copies kv head
+h // G, K/V are never repeated.
 
 Block maps (`with_block_lse=True`) are not recorded by this kernel: the selected heads' launch
 (a small fraction of heads in SharePrefill) runs on the Triton backend, which records block
