@@ -54,10 +54,9 @@ SWEEP_CONFIGS = (
     ("s2_wg1", mosaic_backend.MosaicGpuConfig(num_stages=2, num_compute_wgs=1)),
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
-    ("items1", mosaic_backend.MosaicGpuConfig()),
-    ("items3", mosaic_backend.MosaicGpuConfig(items_per_program=3)),
-    ("items4", mosaic_backend.MosaicGpuConfig(items_per_program=4)),
-    ("s3_items1", mosaic_backend.MosaicGpuConfig(num_stages=3)),
+    ("one_item", mosaic_backend.MosaicGpuConfig()),
+    ("q2", mosaic_backend.MosaicGpuConfig(q_tiles=2)),
+    ("s3_one_item", mosaic_backend.MosaicGpuConfig(num_stages=3)),
 )
 
 

@@ -46,18 +46,49 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.mosaic.gpu import utils as mgpu_utils
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import arith, memref
 
 from pallas_kernels.block_sparse_attention import common
 from pallas_kernels.block_sparse_attention import triton as triton_backend
 from pallas_kernels.block_sparse_attention.layout import BlockGeometry, BlockLayout
 from pallas_kernels.block_sparse_attention.mosaic_gpu_config import (
+    ITEM_SLOTS,
     MosaicGpuConfig,
     check_supported,
     compiler_params,
     default_config,
-    q_buffers,
+    lse_rows,
 )
+
+
+def _claim_atomically(counter_ref, items_ref):
+    """items_ref[ITEM_SLOTS] = counter_ref[0]++ for the whole warpgroup: one thread's atomic
+    add on the global counter, its old value passed on through shared memory."""
+
+    @plgpu.inline_mgpu(arg_types=(plgpu.RefType(), plgpu.RefType()))
+    def claim(ctx, counter, items):
+        del ctx
+        index = ir.IndexType.get()
+        one = arith.constant(ir.IntegerType.get_signless(32), 1)
+        mgpu_utils.warpgroup_barrier()  # every thread has read the previous claim
+        with mgpu_utils.single_thread(scope=mgpu_utils.ThreadSubset.WARPGROUP):
+            zero = arith.constant(index, 0)
+            old = memref.atomic_rmw(arith.AtomicRMWKind.addi, one, counter, [zero])
+            memref.store(old, items, [arith.constant(index, ITEM_SLOTS)])
+        mgpu_utils.warpgroup_barrier()
+
+    claim(counter_ref, items_ref)
+
+
+def _claim_interpreted(counter_ref, items_ref):
+    """Interpret mode's stand-in for _claim_atomically (interpret mode runs no inline Mosaic
+    GPU code): a read and a write, not atomic across CTAs. Two CTAs that read the same value
+    run the same item and write the same output; no item is skipped."""
+    items_ref[ITEM_SLOTS] = counter_ref[0]
+    counter_ref[0] = items_ref[ITEM_SLOTS] + 1
 
 
 def _kernel(
@@ -66,11 +97,13 @@ def _kernel(
     q_ref,
     k_ref,
     v_ref,
+    counter_ref,
     out_ref,
     lse_ref,
     buffers,
     loaded_barriers,
     free_barriers,
+    item_barriers,
     schedule_barrier,
     *,
     qk_scale: float,
@@ -82,37 +115,39 @@ def _kernel(
     num_stages: int,
     num_compute_wgs: int,
     causal: bool,
-    items_per_program: int,
+    num_programs: int,
+    claim,
 ):
-    q_smem, k_smem, v_smem, lse_smem, *p_smem = buffers
+    q_smem, k_smem, v_smem, lse_smem, items_smem, *p_smem = buffers
     p_smem = p_smem[0] if p_smem else None
     q_loaded, k_loaded, v_loaded = loaded_barriers
     k_free, v_free = free_barriers
+    item_ready, item_free = item_barriers
     block_q = block_size // num_compute_wgs
     num_q_buffers = q_smem.shape[0]
+    persistent = num_q_buffers > 1
     dtype = q_ref.dtype
     head_dim = q_ref.shape[-1]
     num_heads = count_ref.shape[1]
     wg = lax.axis_index("wg")
-    # This CTA runs items first_item .. first_item + num_turns - 1 of the launch order.
     num_items = count_ref.size
-    first_item = lax.axis_index("programs") * items_per_program
-    num_turns = jnp.minimum(items_per_program, num_items - first_item)
     uses_schedule = schedule_barrier is not None
     # Logits are scaled inside the exp2's FMA; a masked raw logit must stay finite once scaled.
     masked_logit = common.MASK_VALUE / max(1.0, qk_scale)
 
-    def work_item(turn):
-        """(batch, head, query tile) of this CTA's turn-th item (module docstring: the launch
-        order). Turns past the end (the one-ahead loads of the last item) read the launch
-        order's last item."""
-        item = jnp.minimum(first_item + turn, num_items - 1)
+    def work_item(item):
+        """(batch, head, query tile) of an item of the launch order (module docstring). An
+        item past the end (no more work) reads the last item's."""
+        item = jnp.minimum(item, num_items - 1)
         tile = num_q_tiles - 1 - lax.rem(item, num_q_tiles)
         rest = lax.div(item, num_q_tiles)
         return lax.div(rest, num_heads), lax.rem(rest, num_heads), tile
 
     def ring_slot(step):
         return lax.rem(step, jnp.int32(num_stages))
+
+    def item_slot(turn):
+        return lax.rem(turn, jnp.int32(ITEM_SLOTS))
 
     def sync_schedule():
         plgpu.barrier_arrive(schedule_barrier)
@@ -127,19 +162,28 @@ def _kernel(
     def q_barrier(turn):
         return q_loaded.at[q_buffer(turn) * num_compute_wgs + wg]
 
-    def load_q(turn):
-        batch, head, tile = work_item(turn)
+    def load_q(turn, item):
+        batch, head, tile = work_item(item)
         plgpu.copy_gmem_to_smem(
             q_ref.at[batch, pl.ds(q_rows(tile), block_q), head],
             q_smem.at[q_buffer(turn), wg],
             q_barrier(turn),
         )
 
-    def row_extent(turn):
-        """(count, last listed block) of the turn-th item's row."""
-        batch, head, tile = work_item(turn)
+    def row_extent(item):
+        """(count, last listed block) of an item's row; count 0 past the end."""
+        batch, head, tile = work_item(item)
         count = count_ref[batch, head, tile]
-        return count, idx_ref[batch, head, tile, jnp.maximum(count - 1, 0)]
+        last = idx_ref[batch, head, tile, jnp.maximum(count - 1, 0)]
+        return jnp.where(item < num_items, count, 0), last
+
+    def read_item(turn):
+        """This CTA's turn-th item, as the memory warpgroup published it."""
+        slot = item_slot(turn)
+        plgpu.barrier_wait(item_ready.at[slot])
+        item = items_smem[slot]
+        plgpu.barrier_arrive(item_free.at[slot])
+        return item
 
     def qk(turn, step, while_in_flight=lambda: None):
         """S = Q K^T of the turn-th item's Q tile and the K block of ring step `step`. Between
@@ -170,15 +214,22 @@ def _kernel(
         plgpu.barrier_wait(k_loaded.at[ring_slot(step)])
         return qk(turn, step, while_in_flight)
 
-    def compute_item(turn, carry):
-        """One item; its j-th block sits in ring slot (first_step + j) % num_stages. The carry
-        holds the ring position, this item's count and last block (loaded one item ahead) and
-        S of its first block (when count > 0), computed at the end of the previous item."""
-        first_step, count, last, s = carry
-        batch, head, tile = work_item(turn)
+    def compute_item(carry):
+        """This CTA's turn-th item; its j-th block sits in ring slot (first_step + j) %
+        num_stages. The carry holds the ring position, the item, its count and last block
+        (loaded an item ahead) and S of its first block (when count > 0), computed at the end
+        of the previous item."""
+        turn, item, first_step, count, last, s = carry
+        batch, head, tile = work_item(item)
         q_abs_start = first_q_pos + q_rows(tile)
-        # One item per CTA: no next item to load ahead.
-        next_count, next_last = row_extent(turn + 1) if items_per_program > 1 else (count, last)
+        next_item = read_item(turn + 1)
+        next_count, next_last = row_extent(next_item)
+        if persistent:
+            # The next Q's tile held the output of item turn + 1 - num_q_buffers, and this
+            # item's LSE row the output of item turn - 2: wait until their stores have read
+            # them (the stores of later items may still be in flight).
+            plgpu.wait_smem_to_gmem(num_q_buffers - 2, wait_read_only=True)
+            pl.when(next_item < num_items)(lambda: load_q(turn + 1, next_item))
 
         with jax.named_scope("setup"):
 
@@ -281,7 +332,7 @@ def _kernel(
                 safe_l = jnp.where(has_keys, l, 1.0)
                 inv_l = 1.0 / safe_l  # one division per row, then products
                 out_tile = q_smem.at[q_buffer(turn), wg]
-                lse_row = lse_smem.at[q_buffer(turn), wg]
+                lse_row = lse_smem.at[lax.rem(turn, lse_smem.shape[0]), wg]
                 out_tile[...] = (acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])).astype(dtype)
                 lse_row[...] = jnp.where(
                     has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE
@@ -291,14 +342,6 @@ def _kernel(
                 rows = pl.ds(q_rows(tile), block_q)
                 plgpu.copy_smem_to_gmem(out_tile, out_ref.at[batch, rows, head], commit_group=False)
                 plgpu.copy_smem_to_gmem(lse_row, lse_ref.at[batch, head, rows])
-                if num_q_buffers > 2:
-
-                    @pl.when(turn + 2 < num_turns)
-                    def _():
-                        # Its tile held the previous item's output: wait until that store
-                        # has read it (this item's store may still be in flight).
-                        plgpu.wait_smem_to_gmem(1, wait_read_only=True)
-                        load_q(turn + 2)
 
         def finish_under_next_qk():
             # The next item's first QK^T runs on the tensor cores, and after the schedule
@@ -310,17 +353,33 @@ def _kernel(
             # Not the carried S: returning it would keep its registers live through the item.
             return no_scores()
 
-        if items_per_program > 1:
-            has_next = (turn + 1 < num_turns) & (next_count > 0)
-            s = lax.cond(has_next, finish_under_next_qk, finish_alone)
+        if persistent:
+            s = lax.cond(next_count > 0, finish_under_next_qk, finish_alone)
         else:
             s = finish_alone()
-        return first_step + count, next_count, next_last, s
+        return turn + 1, next_item, first_step + count, next_count, next_last, s
 
-    def memory_item(turn, first_step):
-        """Copies the item's K/V blocks into ring slots (first_step + j) % num_stages, each once
-        the compute warpgroups have released the block that used the slot before."""
-        batch, head, tile = work_item(turn)
+    def claim_item():
+        """The next unclaimed item: the grid's first num_programs items are the CTAs' own."""
+        if not persistent:
+            return jnp.int32(num_items)
+        claim(counter_ref, items_smem)
+        return num_programs + items_smem[ITEM_SLOTS]
+
+    def publish(turn, item):
+        slot = item_slot(turn)
+        pl.when(turn >= ITEM_SLOTS)(lambda: plgpu.barrier_wait(item_free.at[slot]))
+        items_smem[slot] = item
+        plgpu.barrier_arrive(item_ready.at[slot])
+
+    def memory_item(carry):
+        """Publishes the item two turns ahead, then copies this item's K/V blocks into ring
+        slots (first_step + j) % num_stages, each once the compute warpgroups have released
+        the block that used the slot before."""
+        turn, item, next_item, first_step = carry
+        item_after = claim_item()
+        publish(turn + 2, item_after)
+        batch, head, tile = work_item(item)
         count = count_ref[batch, head, tile]
         kv_head = lax.div(head, jnp.int32(group))
 
@@ -337,23 +396,29 @@ def _kernel(
             pl.when(refill)(lambda: plgpu.barrier_wait(v_free.at[slot]))
             plgpu.copy_gmem_to_smem(v_ref.at[source], v_smem.at[slot], v_loaded.at[slot])
 
-        return first_step + count
+        return turn + 1, next_item, item_after, first_step + count
+
+    def has_work(carry):
+        return carry[1] < num_items
 
     @pl.when(wg < num_compute_wgs)
     def _compute_wg():
         if num_compute_wgs == 2:
             plgpu.set_max_registers(232, action="increase")
-        load_q(0)
-        if num_q_buffers > 1:
-            pl.when(num_turns > 1)(lambda: load_q(1))
+        item = read_item(0)
+        load_q(0, item)
         with jax.named_scope("stagger"):
             # The second warpgroup starts one schedule phase behind the first and stays there
             # across the CTA's items; the first catches up after its last item.
             if uses_schedule:
                 pl.when(wg == 1)(sync_schedule)
-        count, last = row_extent(0)
+        count, last = row_extent(item)
         s = lax.cond(count > 0, lambda: first_qk(0, 0), no_scores)
-        lax.fori_loop(0, num_turns, compute_item, (jnp.int32(0), count, last, s))
+        turns, *_ = lax.while_loop(
+            has_work, compute_item, (jnp.int32(0), item, jnp.int32(0), count, last, s)
+        )
+        # The memory warpgroup published one item past the first one without work.
+        read_item(turns + 1)
         if uses_schedule:
             pl.when(wg == 0)(sync_schedule)
         plgpu.wait_smem_to_gmem(0)
@@ -362,16 +427,28 @@ def _kernel(
     def _memory_wg():
         if num_compute_wgs == 2:
             plgpu.set_max_registers(40, action="decrease")
+        first_item = lax.axis_index("programs")
+        second_item = claim_item()
+        publish(0, first_item)
+        publish(1, second_item)
         with jax.named_scope("issue"):
-            num_steps = lax.fori_loop(0, num_turns, memory_item, jnp.int32(0))
+            turns, _, _, num_steps = lax.while_loop(
+                has_work, memory_item, (jnp.int32(0), first_item, second_item, jnp.int32(0))
+            )
         with jax.named_scope("drain"):
-            # Observe the releases of the last copies too, so that every barrier phase is
-            # consumed before the CTA exits (interpret mode checks this; on hardware it is a
-            # short tail wait).
+            # Observe the releases of the last copies and item slots too, so that every
+            # barrier phase is consumed before the CTA exits (interpret mode checks this; on
+            # hardware it is a short tail wait).
             @pl.loop(jnp.maximum(num_steps - num_stages, 0), num_steps)
             def _(step):
                 plgpu.barrier_wait(k_free.at[ring_slot(step)])
                 plgpu.barrier_wait(v_free.at[ring_slot(step)])
+
+            # Turns 0 .. turns + 1 were published; those from ITEM_SLOTS on waited for a
+            # release of the slot's previous item.
+            @pl.loop(jnp.maximum(turns + 2 - ITEM_SLOTS, 0), turns + 2)
+            def _(turn):
+                plgpu.barrier_wait(item_free.at[item_slot(turn)])
 
 
 def attention(
@@ -422,17 +499,18 @@ def attention(
     transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     buffers = (
         plgpu.SMEM(
-            (q_buffers(config), num_compute_wgs, block_q, head_dim), q.dtype, transforms=transforms
+            (config.q_tiles, num_compute_wgs, block_q, head_dim), q.dtype, transforms=transforms
         ),
         plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
         plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
-        plgpu.SMEM((q_buffers(config), num_compute_wgs, block_q), jnp.float32),
+        plgpu.SMEM((lse_rows(config), num_compute_wgs, block_q), jnp.float32),
+        plgpu.SMEM((ITEM_SLOTS + 1,), jnp.int32),
     )
     if interpret:
         # P for the PV wgmma; on hardware P stays in registers.
         buffers += (plgpu.SMEM((num_compute_wgs, block_q, bs), q.dtype, transforms=transforms),)
     loaded_barriers = (
-        plgpu.Barrier(num_barriers=q_buffers(config) * num_compute_wgs),
+        plgpu.Barrier(num_barriers=config.q_tiles * num_compute_wgs),
         plgpu.Barrier(num_barriers=num_stages),
         plgpu.Barrier(num_barriers=num_stages),
     )
@@ -440,8 +518,13 @@ def attention(
         plgpu.Barrier(num_arrivals=num_compute_wgs, num_barriers=num_stages),
         plgpu.Barrier(num_arrivals=num_compute_wgs, num_barriers=num_stages),
     )
+    item_barriers = (
+        plgpu.Barrier(num_barriers=ITEM_SLOTS),
+        plgpu.Barrier(num_arrivals=num_compute_wgs, num_barriers=ITEM_SLOTS),
+    )
     uses_schedule = num_compute_wgs == 2 and config.use_schedule_barrier
-    scratch = [buffers, loaded_barriers, free_barriers]
+    scratch = [buffers, loaded_barriers, free_barriers, item_barriers]
+    num_programs = config.programs(batch * geometry.num_q_blocks * num_heads)
     kernel = functools.partial(
         _kernel,
         qk_scale=sm_scale * common.LOG2_E,
@@ -453,13 +536,17 @@ def attention(
         num_stages=num_stages,
         num_compute_wgs=num_compute_wgs,
         causal=causal,
-        items_per_program=config.items_per_program,
+        num_programs=num_programs,
+        claim=_claim_interpreted if interpret else _claim_atomically,
     )
     if uses_schedule:
         scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))
     else:
         kernel = functools.partial(kernel, schedule_barrier=None)
     num_items = batch * geometry.num_q_blocks * num_heads
+    num_programs = config.programs(num_items)
+    # Items claimed after the CTAs' own; a fresh zero for every call.
+    counter = jax.new_ref(jnp.zeros((1,), jnp.int32))
     out, lse = plgpu.kernel(
         kernel,
         out_type=(
@@ -467,14 +554,14 @@ def attention(
             jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
         ),
         scratch_types=scratch,
-        grid=(-(-num_items // config.items_per_program),),
+        grid=(num_programs,),
         grid_names=("programs",),
         num_threads=num_compute_wgs + 1,
         thread_name="wg",
         compiler_params=compiler_params(config),
         interpret=plgpu.InterpretGPUParams() if interpret else None,
         kernel_name="block_sparse_attention_mgpu",
-    )(layout.kv_block_idx, layout.kv_block_count, q_padded, k_padded, v_padded)
+    )(layout.kv_block_idx, layout.kv_block_count, q_padded, k_padded, v_padded, counter)
     return common.BackendResult(
         common.unpad_queries(out, geometry),
         common.unpad_queries(lse, geometry, axis=2),

@@ -17,6 +17,12 @@ WGMMA_ROWS = 64
 SMEM_BYTES = 227 * 1024
 # Profiler ranges kept per warpgroup and CTA (a truncated trace is cut, not corrupted).
 PROFILE_RANGES = 320
+# Pallas Mosaic GPU starts every shared-memory allocation on a 1 KB boundary.
+SMEM_ALIGNMENT = 1024
+HOPPER_SMS = 132
+# Work items published by the memory warpgroup to the compute warpgroups, in shared memory
+# slots 0 .. ITEM_SLOTS - 1; slot ITEM_SLOTS holds the memory warpgroup's last claim.
+ITEM_SLOTS = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,23 +37,30 @@ class MosaicGpuConfig:
       named phases (stagger, setup, blocks, normalize, store; issue, drain) and
       each launch writes them as a Chrome trace into this directory. For diagnosis: the dump
       is slow, and every launch writes a file (benchmarks/mosaic_gpu_timeline.py reads them).
-    items_per_program: consecutive work items each CTA runs, one Q/O tile each (up to three,
-      reused in turn). A CTA's first item pays the Q load and the ring's fill, its last the
-      drain and the output store; between its items the next item's first QK^T runs under
-      this one's normalize and store (mosaic_gpu.py).
+    q_tiles: Q/O tiles (and LSE rows) per CTA, 1 to 3. With one, each CTA runs one work item.
+      With more the launch is persistent: each CTA runs the item its index names, then
+      claims the next unclaimed item of the launch order from a counter in global memory,
+      and items follow each other without a drain (mosaic_gpu.py). Item t + 1's Q loads at
+      the start of item t, into the tile of item t + 1 - q_tiles once that item's output
+      store has read it: with three tiles that store was issued an item earlier, with two
+      it was issued just before (a short wait).
+    num_programs: CTAs of the persistent launch; None: one per SM of the device.
     """
 
     num_stages: int = 2
     num_compute_wgs: int | None = None
     use_schedule_barrier: bool = True
     profile_dir: str | None = None
-    items_per_program: int = 1
+    q_tiles: int = 1
+    num_programs: int | None = None
 
     def __post_init__(self):
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
-        if self.items_per_program < 1:
-            raise ValueError(f"items_per_program must be >= 1, got {self.items_per_program}")
+        if self.q_tiles not in (1, 2, 3):
+            raise ValueError(f"q_tiles must be 1, 2 or 3, got {self.q_tiles}")
+        if self.num_programs is not None and self.num_programs < 1:
+            raise ValueError(f"num_programs must be >= 1 or None, got {self.num_programs}")
         if self.num_compute_wgs not in (None, 1, 2):
             raise ValueError(f"num_compute_wgs must be 1, 2 or None, got {self.num_compute_wgs}")
 
@@ -56,25 +69,36 @@ class MosaicGpuConfig:
             return self.num_compute_wgs
         return 2 if block_size >= 2 * WGMMA_ROWS else 1
 
+    @property
+    def persistent(self) -> bool:
+        return self.q_tiles > 1
+
+    def programs(self, num_items: int) -> int:
+        """CTAs of the launch for num_items work items."""
+        if not self.persistent:
+            return num_items
+        return min(num_items, self.num_programs or device_sms())
+
+
+def device_sms() -> int:
+    """SMs of the default device: 132 (H100 SXM, H200) where it does not say (interpret mode,
+    lowering without a GPU)."""
+    return getattr(jax.devices()[0], "core_count", None) or HOPPER_SMS
+
 
 def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
-    """The default launch: two items per CTA where a second Q tile fits beside two K/V stages
-    (else one), and as many stages as fit, up to 3.
+    """The default launch: persistent with three Q tiles where they fit beside two K/V stages,
+    else one item per CTA; as many stages as fit, up to 3.
 
-    H200, bs 128, H 128, cuDNN timed in the same rounds (docs/results.md 7.5, run 24): two
-    items per CTA measured 91.8 % of cuDNN's rate at 32K and 10 % density, against 83.0 % for
-    one and 89.5 % for three; on full rows 101.5 % at 32K and 108.9 % at 128K, where three
-    measured 99.9 % and 107.3 %. Three lead at 5 % density and at 128K / 10 % (78.0 % against
-    77.1 %, 99.5 % against 96.1 %). A third stage measured within 2 points of two (run 18).
+    H200, bs 128, H 128, cuDNN timed in the same rounds: TODO
     """
-    tile = block_size * head_dim * 2  # one 16-bit Q, K or V tile
-
-    def stages_fitting(q_tiles: int) -> int:
-        return (SMEM_BYTES - 4096 - q_tiles * tile) // (2 * tile)
-
-    if stages_fitting(2) >= 2:
-        return MosaicGpuConfig(num_stages=min(3, stages_fitting(2)), items_per_program=2)
-    return MosaicGpuConfig(num_stages=max(1, min(3, stages_fitting(1))))
+    for q_tiles in (3, 1):
+        for num_stages in (3, 2, 1):
+            config = MosaicGpuConfig(num_stages=num_stages, q_tiles=q_tiles)
+            if smem_bytes(head_dim, block_size, config) <= SMEM_BYTES:
+                if q_tiles == 1 or num_stages >= 2:
+                    return config
+    return MosaicGpuConfig(num_stages=1)
 
 
 def compiler_params(config: MosaicGpuConfig) -> plgpu.CompilerParams:
@@ -91,16 +115,25 @@ def compiler_params(config: MosaicGpuConfig) -> plgpu.CompilerParams:
     return plgpu.CompilerParams(approx_math=True, reduction_scratch_bytes=0, **profile)
 
 
-def q_buffers(config: MosaicGpuConfig) -> int:
-    """Q/O tiles (and LSE rows) per CTA: one per item, up to three. With three, an item's Q
-    loads two items ahead into the tile whose output store was issued an item earlier."""
-    return min(config.items_per_program, 3)
+def lse_rows(config: MosaicGpuConfig) -> int:
+    """LSE rows per compute warpgroup: one per item in flight, at most two (an item's row is
+    rewritten two items later, when the item between has started)."""
+    return min(config.q_tiles, 2)
 
 
 def smem_bytes(head_dim: int, block_size: int, config: MosaicGpuConfig) -> int:
-    """Shared memory one CTA allocates (Q/O tiles, K/V ring, LSE rows), barriers excluded."""
-    tiles = q_buffers(config) + 2 * config.num_stages
-    return 2 * block_size * head_dim * tiles + 4 * block_size * q_buffers(config)
+    """Shared memory one CTA allocates: Q/O tiles, K/V ring, LSE rows, work-item slots (each
+    on a 1 KB boundary) and barriers (8 bytes each)."""
+
+    def aligned(nbytes):
+        return -(-nbytes // SMEM_ALIGNMENT) * SMEM_ALIGNMENT
+
+    tiles = (config.q_tiles + 2 * config.num_stages) * aligned(2 * block_size * head_dim)
+    lse = aligned(4 * block_size * lse_rows(config))
+    items = aligned(4 * (ITEM_SLOTS + 1))
+    wgs = config.compute_wgs(block_size)
+    barriers = config.q_tiles * wgs + 4 * config.num_stages + 2 * ITEM_SLOTS + 1
+    return tiles + lse + items + 8 * barriers
 
 
 def check_supported(
@@ -134,6 +167,6 @@ def check_supported(
     if needed > SMEM_BYTES:
         raise NotImplementedError(
             f"mosaic_gpu launch needs {needed} bytes of shared memory (bs={block_size},"
-            f" H={head_dim}, {config.num_stages} stages, {q_buffers(config)} Q tiles), over"
+            f" H={head_dim}, {config.num_stages} stages, {config.q_tiles} Q tiles), over"
             f" {SMEM_BYTES}"
         )

@@ -80,9 +80,9 @@ ITEMS_CASES = tuple(
 )
 
 
-def _mosaic_gpu_items(case, mask, items, on_gpu, rng, oracle_mask=None):
-    """(out, lse) of the kernel with `items` items per CTA on the case's inputs and mask, and
-    the float64 oracle's (out, lse) for `oracle_mask` (default: the same mask)."""
+def _mosaic_gpu_items(case, mask, config, on_gpu, rng, oracle_mask=None):
+    """(out, lse) of the kernel launched with `config` on the case's inputs and mask, and the
+    float64 oracle's (out, lse) for `oracle_mask` (default: the same mask)."""
     q, k, v = make_inputs(rng, case)
     layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
     geometry = BlockGeometry(
@@ -98,7 +98,7 @@ def _mosaic_gpu_items(case, mask, items, on_gpu, rng, oracle_mask=None):
         geometry=geometry,
         with_block_lse=False,
         interpret=not on_gpu,
-        config=mosaic_gpu.MosaicGpuConfig(items_per_program=items),
+        config=config,
     )
     want_out, want_lse, _ = numpy_oracle.attention(
         as_np(q), as_np(k), as_np(v), mask if oracle_mask is None else oracle_mask, case.block_size
@@ -111,24 +111,35 @@ ON_GPU = pytest.mark.parametrize(
 )
 
 
+LAUNCHES = {
+    "one_item_per_cta": mosaic_gpu.MosaicGpuConfig(),
+    "three_ctas": mosaic_gpu.MosaicGpuConfig(q_tiles=3, num_programs=3),
+    "three_ctas_two_q_tiles": mosaic_gpu.MosaicGpuConfig(q_tiles=2, num_programs=3),
+    "one_cta": mosaic_gpu.MosaicGpuConfig(q_tiles=3, num_programs=1),
+    "more_ctas_than_items": mosaic_gpu.MosaicGpuConfig(q_tiles=3, num_programs=10_000),
+}
+
+
 @ON_GPU
 @pytest.mark.parametrize("items_case", ITEMS_CASES, ids=[c.name for c in ITEMS_CASES])
-@pytest.mark.parametrize("items", [1, 3, 16], ids=["one_item", "three_items", "all_items"])
-def test_mosaic_gpu_items_per_program(items_case, items, on_gpu, rng):
-    """CTAs running several work items: the K/V ring, its barriers and the Q/O tiles carry over
-    from item to item (the next item's first QK^T runs under this one's normalize), rows of one
-    block (fewer than the stages) among full ones, a last CTA with fewer items than the others
-    (3), one CTA for everything (16)."""
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_mosaic_gpu_launches(items_case, launch, on_gpu, rng):
+    """Persistent CTAs claiming work items: the K/V ring, its barriers, the Q/O tiles and the
+    published items carry over from item to item (the next item's first QK^T runs under this
+    one's normalize), rows of one block (fewer than the stages) among full ones, one CTA for
+    everything, CTAs that claim nothing; and one item per CTA."""
     mask = random_block_mask(rng, items_case)
-    out, lse, want_out, want_lse = _mosaic_gpu_items(items_case, mask, items, on_gpu, rng)
+    out, lse, want_out, want_lse = _mosaic_gpu_items(
+        items_case, mask, LAUNCHES[launch], on_gpu, rng
+    )
     tol = TOLERANCES[items_case.dtype]
     np.testing.assert_allclose(out, want_out, atol=tol["out"], rtol=0)
     np.testing.assert_allclose(lse, want_lse, atol=tol["lse"], rtol=0)
 
 
 @ON_GPU
-@pytest.mark.parametrize("items", [1, 2, 3], ids=["one_item", "two_items", "three_items"])
-def test_mosaic_gpu_empty_rows(items, on_gpu, rng):
+@pytest.mark.parametrize("launch", ["one_item_per_cta", "three_ctas", "three_ctas_two_q_tiles"])
+def test_mosaic_gpu_empty_rows(launch, on_gpu, rng):
     """Rows that list no block (first, last and runs of consecutive items among them) write
     zeros and an LSE of MASK_VALUE, and leave the rows around them exact."""
     case = ITEMS_CASES[0]
@@ -138,7 +149,7 @@ def test_mosaic_gpu_empty_rows(items, on_gpu, rng):
     # The oracle runs on the full mask: its rows are independent, and an empty row has no
     # softmax to restate.
     out, lse, want_out, want_lse = _mosaic_gpu_items(
-        case, mask & ~empty[..., None], items, on_gpu, rng, oracle_mask=mask
+        case, mask & ~empty[..., None], LAUNCHES[launch], on_gpu, rng, oracle_mask=mask
     )
     rows = numpy_oracle.block_index_of_query(case.num_queries, case.num_keys, case.block_size)
     empty_queries = empty[:, :, rows]  # [B, N, T]

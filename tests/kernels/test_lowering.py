@@ -101,9 +101,9 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(use_schedule_barrier=False)),
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig()),  # one item per CTA
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(num_stages=3)),  # 7 tiles of 32 KB
-        (64, 64, jnp.float16, mosaic_gpu.MosaicGpuConfig(items_per_program=5)),
-        # Three Q/O tiles and two stages: 7 tiles of 32 KB.
-        (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(items_per_program=3)),
+        (64, 64, jnp.float16, mosaic_gpu.MosaicGpuConfig(q_tiles=2, num_programs=3)),
+        # Persistent, three Q/O tiles and two stages: 7 tiles of 32 KB.
+        (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(q_tiles=3)),
     ],
 )
 def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, monkeypatch):
