@@ -1,30 +1,33 @@
 """Block-sparse flash attention on Pallas Mosaic GPU (Hopper: TMA, wgmma, warp specialization).
 
-FA3-style: a work item is one (query head, query block, batch) row of the layout, and each CTA
-runs `items_per_program` consecutive items of the launch order with `num_compute_wgs` compute
-warpgroups (each owns bs / num_compute_wgs query rows of the block) and one memory warpgroup.
-The memory warpgroup reads each row's key-block list from the layout (scalar GMEM loads) and
-issues TMA copies of the listed K/V blocks into a ring of `num_stages` shared-memory slots that
-runs on from one item into the next; the compute warpgroups run QK^T and PV as wgmma from shared
-memory, with an exp2-domain online softmax in registers. Two compute warpgroups ping-pong
-through a schedule barrier so that one's softmax overlaps the other's matmuls.
+FA3-style: a work item is one (query head, query block, batch) row of the layout. Each CTA has
+`num_compute_wgs` compute warpgroups (each owns bs / num_compute_wgs query rows of the block)
+and one memory warpgroup. The memory warpgroup reads each row's key-block list from the layout
+(scalar GMEM loads) and issues TMA copies of the listed K/V blocks into a ring of `num_stages`
+shared-memory slots; the compute warpgroups run QK^T and PV as wgmma from shared memory, with an
+exp2-domain online softmax in registers. Two compute warpgroups ping-pong through a schedule
+barrier so that one's softmax overlaps the other's matmuls. Shared memory holds the input dtype
+(bf16 or f16).
 
-Items follow each other without a pipeline drain. A block step is the softmax and PV of a block
-whose S is already in registers, then the QK^T of the next block; at an item's last block that
-next QK^T is the next item's first, and this item's normalize and output store run while it is
-in flight (and, past the schedule barrier, while the other warpgroup's matmuls run). The second
-warpgroup stays one schedule phase behind the first across all of the CTA's items. Each item
-has its own Q/O tile (up to three, reused in turn): the first two Qs load at the CTA's start,
-each later one when the item two turns earlier stores its output, so a Q has landed long before
-its first QK^T. Shared memory holds the input dtype (bf16 or f16). Run 24 (docs/results.md 7.5)
-measured this against the drained boundary (normalize, store, then the next item's first QK^T
-behind a per-item stagger): +4.7 points of cuDNN's rate at 32K and 10 % density.
+The launch is persistent (with one Q tile, `q_tiles=1`, each CTA runs one item instead): one CTA
+per SM runs the item its index names, then claims the next unclaimed item of the launch order
+with an atomic add on a counter in global memory, so no SM idles at a CTA boundary and one that
+drew short items takes more. The memory warpgroup claims two items ahead and publishes them to
+the compute warpgroups through shared-memory slots. The K/V ring runs on from item to item, and
+items follow each other without a drain: a block step is the softmax and PV of a block whose S
+is already in registers, then the QK^T of the next block; at an item's last block that QK^T is
+the next item's first, and this item's normalize and output store run while it is in flight
+(and, past the schedule barrier, while the other warpgroup's matmuls run). The second warpgroup
+stays one schedule phase behind the first across all of the CTA's items. Each item in flight
+has its own Q/O tile (`q_tiles`, reused in turn); item t + 1's Q loads at the start of item t.
+docs/results.md 7.5-7.6 measured the two steps at 32K and 10 % density: +4.7 points of cuDNN's
+rate for the boundary without a drain (run 24), then +3.1 for the queue over two items per CTA
+(run 27).
 
-The launch order is the one the hardware gives a (heads, query blocks, batch) grid: query
-blocks fastest, from the last (the longest causal rows) to the first, then heads. CTAs in
-flight together therefore read one head's K/V, which the L2 keeps; run 16 (docs/results.md 7.3)
-measured an order with heads fastest 4-17 points of cuDNN's rate slower at 32K-128K and
-10-20 % density.
+The launch order is query blocks fastest, from the last (the longest causal rows) to the first,
+then heads. CTAs in flight together therefore read one head's K/V, which the L2 keeps; run 16
+(docs/results.md 7.3) measured an order with heads fastest 4-17 points of cuDNN's rate slower at
+32K-128K and 10-20 % density.
 
 Only the last listed block can cross the diagonal (lists are ascending and never go past it) or
 the end of the keys, so the loop runs unmasked over the first `count - 1` blocks and masks the
@@ -46,12 +49,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.mosaic.gpu import utils as mgpu_utils
 from jax.experimental.pallas import mosaic_gpu as plgpu
-from jaxlib.mlir import ir
-from jaxlib.mlir.dialects import arith, memref
 
-from pallas_kernels.block_sparse_attention import common
+from pallas_kernels.block_sparse_attention import common, mosaic_gpu_queue
 from pallas_kernels.block_sparse_attention import triton as triton_backend
 from pallas_kernels.block_sparse_attention.layout import BlockGeometry, BlockLayout
 from pallas_kernels.block_sparse_attention.mosaic_gpu_config import (
@@ -60,35 +60,8 @@ from pallas_kernels.block_sparse_attention.mosaic_gpu_config import (
     check_supported,
     compiler_params,
     default_config,
-    lse_rows,
+    scratch_types,
 )
-
-
-def _claim_atomically(counter_ref, items_ref):
-    """items_ref[ITEM_SLOTS] = counter_ref[0]++ for the whole warpgroup: one thread's atomic
-    add on the global counter, its old value passed on through shared memory."""
-
-    @plgpu.inline_mgpu(arg_types=(plgpu.RefType(), plgpu.RefType()))
-    def claim(ctx, counter, items):
-        del ctx
-        index = ir.IndexType.get()
-        one = arith.constant(ir.IntegerType.get_signless(32), 1)
-        mgpu_utils.warpgroup_barrier()  # every thread has read the previous claim
-        with mgpu_utils.single_thread(scope=mgpu_utils.ThreadSubset.WARPGROUP):
-            zero = arith.constant(index, 0)
-            old = memref.atomic_rmw(arith.AtomicRMWKind.addi, one, counter, [zero])
-            memref.store(old, items, [arith.constant(index, ITEM_SLOTS)])
-        mgpu_utils.warpgroup_barrier()
-
-    claim(counter_ref, items_ref)
-
-
-def _claim_interpreted(counter_ref, items_ref):
-    """Interpret mode's stand-in for _claim_atomically (interpret mode runs no inline Mosaic
-    GPU code): a read and a write, not atomic across CTAs. Two CTAs that read the same value
-    run the same item and write the same output; no item is skipped."""
-    items_ref[ITEM_SLOTS] = counter_ref[0]
-    counter_ref[0] = items_ref[ITEM_SLOTS] + 1
 
 
 def _kernel(
@@ -323,8 +296,8 @@ def _kernel(
             acc, m, l, _ = carry
 
         def finish():
-            """Normalizes and stores this item's output and LSE (into its Q tile, which no
-            matmul reads any more), then loads the Q of the item two turns ahead."""
+            """Normalizes and stores this item's output and LSE (the output through its Q
+            tile, which no matmul reads any more)."""
             with jax.named_scope("normalize"):
                 # An empty row never waited for its Q: it must land before being overwritten.
                 pl.when(count == 0)(lambda: plgpu.barrier_wait(q_barrier(turn)))
@@ -428,8 +401,8 @@ def _kernel(
         if num_compute_wgs == 2:
             plgpu.set_max_registers(40, action="decrease")
         first_item = lax.axis_index("programs")
-        second_item = claim_item()
         publish(0, first_item)
+        second_item = claim_item()
         publish(1, second_item)
         with jax.named_scope("issue"):
             turns, _, _, num_steps = lax.while_loop(
@@ -488,42 +461,11 @@ def attention(
     batch, _, num_heads, _ = q.shape
     group = num_heads // k.shape[2]
     num_compute_wgs = config.compute_wgs(bs)
-    block_q = bs // num_compute_wgs
-    num_stages = config.num_stages
 
     q_padded = common.pad_queries(q, geometry)
     k_padded = common.pad_keys(k, geometry)
     v_padded = common.pad_keys(v, geometry)
 
-    # 16-bit tiles of 64 columns are 128 bytes wide: the 128-byte swizzle wgmma reads best.
-    transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-    buffers = (
-        plgpu.SMEM(
-            (config.q_tiles, num_compute_wgs, block_q, head_dim), q.dtype, transforms=transforms
-        ),
-        plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
-        plgpu.SMEM((num_stages, bs, head_dim), q.dtype, transforms=transforms),
-        plgpu.SMEM((lse_rows(config), num_compute_wgs, block_q), jnp.float32),
-        plgpu.SMEM((ITEM_SLOTS + 1,), jnp.int32),
-    )
-    if interpret:
-        # P for the PV wgmma; on hardware P stays in registers.
-        buffers += (plgpu.SMEM((num_compute_wgs, block_q, bs), q.dtype, transforms=transforms),)
-    loaded_barriers = (
-        plgpu.Barrier(num_barriers=config.q_tiles * num_compute_wgs),
-        plgpu.Barrier(num_barriers=num_stages),
-        plgpu.Barrier(num_barriers=num_stages),
-    )
-    free_barriers = (
-        plgpu.Barrier(num_arrivals=num_compute_wgs, num_barriers=num_stages),
-        plgpu.Barrier(num_arrivals=num_compute_wgs, num_barriers=num_stages),
-    )
-    item_barriers = (
-        plgpu.Barrier(num_barriers=ITEM_SLOTS),
-        plgpu.Barrier(num_arrivals=num_compute_wgs, num_barriers=ITEM_SLOTS),
-    )
-    uses_schedule = num_compute_wgs == 2 and config.use_schedule_barrier
-    scratch = [buffers, loaded_barriers, free_barriers, item_barriers]
     num_programs = config.programs(batch * geometry.num_q_blocks * num_heads)
     kernel = functools.partial(
         _kernel,
@@ -533,18 +475,14 @@ def attention(
         first_q_pos=geometry.first_q_block * bs,
         num_keys=geometry.num_keys,
         group=group,
-        num_stages=num_stages,
+        num_stages=config.num_stages,
         num_compute_wgs=num_compute_wgs,
         causal=causal,
         num_programs=num_programs,
-        claim=_claim_interpreted if interpret else _claim_atomically,
+        claim=mosaic_gpu_queue.claim_interpreted if interpret else mosaic_gpu_queue.claim,
     )
-    if uses_schedule:
-        scratch.append(plgpu.Barrier(num_arrivals=num_compute_wgs))
-    else:
+    if not config.ping_pongs(bs):
         kernel = functools.partial(kernel, schedule_barrier=None)
-    num_items = batch * geometry.num_q_blocks * num_heads
-    num_programs = config.programs(num_items)
     # Items claimed after the CTAs' own; a fresh zero for every call.
     counter = jax.new_ref(jnp.zeros((1,), jnp.int32))
     out, lse = plgpu.kernel(
@@ -553,7 +491,7 @@ def attention(
             jax.ShapeDtypeStruct(q_padded.shape, q.dtype),
             jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
         ),
-        scratch_types=scratch,
+        scratch_types=scratch_types(config, bs, head_dim, q.dtype, interpret),
         grid=(num_programs,),
         grid_names=("programs",),
         num_threads=num_compute_wgs + 1,

@@ -69,6 +69,10 @@ class MosaicGpuConfig:
             return self.num_compute_wgs
         return 2 if block_size >= 2 * WGMMA_ROWS else 1
 
+    def ping_pongs(self, block_size: int) -> bool:
+        """Whether two compute warpgroups alternate through the schedule barrier."""
+        return self.compute_wgs(block_size) == 2 and self.use_schedule_barrier
+
     @property
     def persistent(self) -> bool:
         return self.q_tiles > 1
@@ -134,6 +138,48 @@ def smem_bytes(head_dim: int, block_size: int, config: MosaicGpuConfig) -> int:
     wgs = config.compute_wgs(block_size)
     barriers = config.q_tiles * wgs + 4 * config.num_stages + 2 * ITEM_SLOTS + 1
     return tiles + lse + items + 8 * barriers
+
+
+def scratch_types(
+    config: MosaicGpuConfig, block_size: int, head_dim: int, dtype, interpret: bool
+) -> list:
+    """The kernel's shared memory (what smem_bytes counts) and barriers: [(Q/O tiles, K ring,
+    V ring, LSE rows, item slots[, P tiles]), (Q, K, V loaded), (K, V free), (item published,
+    item released)] and the schedule barrier when the launch ping-pongs."""
+    wgs = config.compute_wgs(block_size)
+    block_q = block_size // wgs
+    stages = config.num_stages
+    # 16-bit tiles of 64 columns are 128 bytes wide: the 128-byte swizzle wgmma reads best.
+    transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    buffers = (
+        plgpu.SMEM((config.q_tiles, wgs, block_q, head_dim), dtype, transforms=transforms),
+        plgpu.SMEM((stages, block_size, head_dim), dtype, transforms=transforms),
+        plgpu.SMEM((stages, block_size, head_dim), dtype, transforms=transforms),
+        plgpu.SMEM((lse_rows(config), wgs, block_q), jnp.float32),
+        plgpu.SMEM((ITEM_SLOTS + 1,), jnp.int32),
+    )
+    if interpret:
+        # P for the PV wgmma; on hardware P stays in registers.
+        buffers += (plgpu.SMEM((wgs, block_q, block_size), dtype, transforms=transforms),)
+    scratch = [
+        buffers,
+        (
+            plgpu.Barrier(num_barriers=config.q_tiles * wgs),
+            plgpu.Barrier(num_barriers=stages),
+            plgpu.Barrier(num_barriers=stages),
+        ),
+        (
+            plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+            plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+        ),
+        (
+            plgpu.Barrier(num_barriers=ITEM_SLOTS),
+            plgpu.Barrier(num_arrivals=wgs, num_barriers=ITEM_SLOTS),
+        ),
+    ]
+    if config.ping_pongs(block_size):
+        scratch.append(plgpu.Barrier(num_arrivals=wgs))
+    return scratch
 
 
 def check_supported(

@@ -162,16 +162,37 @@ def test_mosaic_gpu_empty_rows(launch, on_gpu, rng):
     np.testing.assert_allclose(lse[kept], want_lse[kept], atol=tol["lse"], rtol=0)
 
 
-def test_mosaic_gpu_default_runs_two_items_where_a_second_q_tile_fits():
+def test_mosaic_gpu_default_is_persistent_where_three_q_tiles_fit():
     launch = mosaic_gpu_config.MosaicGpuConfig
     default = mosaic_gpu_config.default_config
-    assert default(128, 128) == launch(num_stages=2, items_per_program=2)
-    assert default(64, 64) == launch(num_stages=3, items_per_program=2)
-    # bs 256 x H 128: a second 64 KB Q tile leaves no room for two 128 KB K/V stages.
+    assert default(128, 128) == launch(num_stages=2, q_tiles=3)
+    assert default(64, 64) == launch(num_stages=3, q_tiles=3)
+    # bs 256 x H 128: one 64 KB Q tile and one K/V stage are all that fit.
     assert default(128, 256) == launch(num_stages=1)
     for head_dim, bs in [(64, 64), (128, 128), (256, 128), (128, 256), (64, 256)]:
         needed = mosaic_gpu_config.smem_bytes(head_dim, bs, default(head_dim, bs))
         assert needed <= mosaic_gpu_config.SMEM_BYTES
+
+
+def test_mosaic_gpu_launch_programs():
+    launch = mosaic_gpu_config.MosaicGpuConfig
+    assert launch().programs(1000) == 1000  # one item per CTA
+    assert launch(q_tiles=3, num_programs=7).programs(1000) == 7
+    assert launch(q_tiles=3, num_programs=7).programs(5) == 5
+    assert launch(q_tiles=2).programs(10_000) == mosaic_gpu_config.device_sms()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"q_tiles": 4}, "q_tiles"),
+        ({"num_programs": 0}, "num_programs"),
+        ({"num_stages": 0}, "num_stages"),
+    ],
+)
+def test_mosaic_gpu_config_rejects_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        mosaic_gpu_config.MosaicGpuConfig(**options)
 
 
 @pytest.mark.gpu

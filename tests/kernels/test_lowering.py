@@ -4,6 +4,8 @@ Interpret mode does not check the targets' rules (power-of-two Triton shapes, TP
 each kernel is also lowered for its platform against an abstract device.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -13,6 +15,7 @@ from pallas_kernels.block_sparse_attention import (
     BlockGeometry,
     BlockLayout,
     mosaic_gpu,
+    mosaic_gpu_config,
     mosaic_tpu,
     triton,
 )
@@ -127,3 +130,35 @@ def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, monkeypatch):
 
     text = lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
     assert "mosaic_gpu" in text
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        mosaic_gpu.MosaicGpuConfig(num_stages=3, q_tiles=3),
+        mosaic_gpu.MosaicGpuConfig(num_stages=4, q_tiles=1),
+    ],
+)
+def test_mosaic_gpu_smem_bytes_is_what_the_lowering_allocates(config, monkeypatch):
+    """Over the limit, Pallas Mosaic GPU's lowering names the shared memory the kernel needs:
+    smem_bytes (the supported-check's and default_config's budget) must be that number."""
+    g, layout, q, kv = _specs(T=1000, S=1300, N=4, K=2, H=128, bs=128, M=7, dtype=jnp.bfloat16)
+    monkeypatch.setattr(mosaic_gpu, "check_supported", lambda *args: None)
+
+    def run(q, k, v, layout):
+        return mosaic_gpu.attention(
+            q,
+            k,
+            v,
+            layout,
+            sm_scale=0.1,
+            causal=True,
+            geometry=g,
+            with_block_lse=False,
+            config=config,
+        )
+
+    with pytest.raises(ValueError, match=r"smem_bytes=(\d+)") as error:
+        lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
+    needed = int(re.search(r"smem_bytes=(\d+)", str(error.value)).group(1))
+    assert needed == mosaic_gpu_config.smem_bytes(128, 128, config)
