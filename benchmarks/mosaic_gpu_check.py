@@ -55,7 +55,7 @@ SWEEP_CONFIGS = (
     ("s1_wg1", mosaic_backend.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
     ("s2_wg2_nosched", mosaic_backend.MosaicGpuConfig(use_schedule_barrier=False)),
     ("one_item", mosaic_backend.MosaicGpuConfig()),
-    ("q2", mosaic_backend.MosaicGpuConfig(q_tiles=2)),
+    ("q3", mosaic_backend.MosaicGpuConfig(q_tiles=3)),
     ("s3_one_item", mosaic_backend.MosaicGpuConfig(num_stages=3)),
 )
 

@@ -32,7 +32,7 @@ stage_hopper() {
     --out "$RESULTS/mosaic_gpu_check_h200.json"
   "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery sweep --densities 1.0 0.5 0.2 0.1 0.05 \
     --out "$RESULTS/mosaic_gpu_compare_h200.json"
-  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery compare --sweep-configs default one_item q2 \
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery compare --sweep-configs default one_item q3 \
     --sweep-seq-lens 32768 131072 --sweep-densities 1.0 0.2 0.1 0.05 --rounds 11 \
     --out "$RESULTS/mosaic_gpu_repeats_h200.json"
   "$PYTHON" -m benchmarks.mosaic_gpu_timeline --out "$RESULTS/mosaic_gpu_timeline_h200.json"

@@ -21,7 +21,7 @@ the next item's first, and this item's normalize and output store run while it i
 stays one schedule phase behind the first across all of the CTA's items. Each item in flight
 has its own Q/O tile (`q_tiles`, reused in turn); item t + 1's Q loads at the start of item t.
 docs/results.md 7.5-7.6 measured the two steps at 32K and 10 % density: +4.7 points of cuDNN's
-rate for the boundary without a drain (run 24), then +3.1 for the queue over two items per CTA
+rate for the boundary without a drain (run 24), then +3.0 for the queue over two items per CTA
 (run 27).
 
 The launch order is query blocks fastest, from the last (the longest causal rows) to the first,

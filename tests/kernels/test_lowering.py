@@ -97,7 +97,7 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
 @pytest.mark.parametrize(
     ("H", "bs", "dtype", "config"),
     [
-        (128, 128, jnp.bfloat16, None),  # two compute warpgroups, 2 stages, 2 items per CTA
+        (128, 128, jnp.bfloat16, None),  # two compute warpgroups, 2 stages, persistent, 2 Q tiles
         (64, 64, jnp.float16, None),  # one compute warpgroup, 3 stages
         (256, 128, jnp.bfloat16, None),  # one stage fits
         (128, 128, jnp.float16, mosaic_gpu.MosaicGpuConfig(num_stages=1, num_compute_wgs=1)),
