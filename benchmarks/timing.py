@@ -63,13 +63,20 @@ def time_rounds(
     A round runs one batch of each function back to back (batches sized as in time_call), so
     the samples of one round share the GPU's clock and power state; compare functions within a
     round (a power-capped GPU's clock moves between rounds). Round r starts at function
-    r % len(fns), so that no function always runs first.
+    r % n, and every other block of n rounds runs in reverse, so that no function always runs
+    first and each one follows every other: under the power cap a kernel runs faster after a
+    cooler one (H200, run 29: cuDNN at 595-625 TFLOP/s after the Triton kernel, 573-588 after
+    a Mosaic GPU one in runs 27-28).
     """
     batches = [_warm_batch_size(fn, warmup, min_batch_seconds) for fn in fns]
+    n = len(fns)
     samples = []
     for r in range(rounds):
-        row = [0.0] * len(fns)
-        for i in [(r + j) % len(fns) for j in range(len(fns))]:
+        order = [(r + j) % n for j in range(n)]
+        if (r // n) % 2:
+            order.reverse()
+        row = [0.0] * n
+        for i in order:
             row[i] = _time_batch(fns[i], batches[i])
         samples.append(row)
     return samples

@@ -73,8 +73,9 @@ def test_paired_record_takes_ratios_within_rounds():
     assert row["time_ms"] == pytest.approx(287.5) and row["dense_time_ms"] == pytest.approx(1000)
 
 
-def test_time_rounds_interleaves_and_rotates():
-    """One sample per function per round; round r starts with function r % n."""
+def test_time_rounds_interleaves_rotates_and_reverses():
+    """One sample per function per round; round r starts with function r % n, reversed in every
+    other block of n rounds, so that each function follows each other one."""
     calls = []
 
     def recorder(name):
@@ -85,8 +86,10 @@ def test_time_rounds_interleaves_and_rotates():
         return fn
 
     samples = timing.time_rounds(
-        [recorder("a"), recorder("b"), recorder("c")], rounds=3, warmup=0, min_batch_seconds=0.0
+        [recorder("a"), recorder("b"), recorder("c")], rounds=6, warmup=0, min_batch_seconds=0.0
     )
-    assert len(samples) == 3 and all(len(row) == 3 and min(row) > 0 for row in samples)
-    timed = calls[3:]  # after one sizing call each
-    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert len(samples) == 6 and all(len(row) == 3 and min(row) > 0 for row in samples)
+    timed = "".join(calls[3:])  # after one sizing call each
+    assert timed == "abcbcacabcbaacbbac"
+    followers = {timed[i : i + 2] for i in range(len(timed) - 1)}
+    assert {x + y for x in "abc" for y in "abc" if x != y} <= followers
