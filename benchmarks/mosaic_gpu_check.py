@@ -13,8 +13,8 @@ Records are written to --out after every section, so a run cut short keeps what 
    H=128, bf16, B=1) at --seq-lens (32K, 128K) and --densities (~100 %, 10 %, 5 %) with
    benchmarks/attention.py's structured layouts.
 3. A few mosaic_gpu launch configurations (stages, one or two compute warpgroups, schedule
-   barrier, Q tiles of the persistent launch or one item per CTA; --sweep-configs picks some) at --sweep-seq-lens, printed
-   separately.
+   barrier, Q tiles of the persistent launch or one item per CTA; --sweep-configs picks some)
+   at --sweep-seq-lens, printed separately.
 
 Every timing (2 and 3) runs --rounds rounds per cell, each timing cuDNN and every kernel back
 to back, and reports the median and spread over the rounds of the ratio to cuDNN within a round
