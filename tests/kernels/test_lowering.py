@@ -94,6 +94,33 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
     assert "tpu_custom_call" in text
 
 
+@pytest.fixture
+def lower_mosaic_gpu(monkeypatch):
+    """lower(H, bs, dtype, config) -> the Hopper lowering's text of mosaic_gpu.attention at a
+    small ragged shape. The supported-check looks for a Hopper device; lowering needs none."""
+    monkeypatch.setattr(mosaic_gpu, "check_supported", lambda *args: None)
+
+    def lower(H, bs, dtype, config):
+        g, layout, q, kv = _specs(T=1000, S=1300, N=4, K=2, H=H, bs=bs, M=7, dtype=dtype)
+
+        def run(q, k, v, layout):
+            return mosaic_gpu.attention(
+                q,
+                k,
+                v,
+                layout,
+                sm_scale=0.1,
+                causal=True,
+                geometry=g,
+                with_block_lse=False,
+                config=config,
+            )
+
+        return lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
+
+    return lower
+
+
 @pytest.mark.parametrize(
     ("H", "bs", "dtype", "config"),
     [
@@ -109,27 +136,9 @@ def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
         (128, 128, jnp.bfloat16, mosaic_gpu.MosaicGpuConfig(q_tiles=3)),
     ],
 )
-def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, monkeypatch):
+def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, lower_mosaic_gpu):
     """Pallas-to-Mosaic-GPU lowering (layouts, wgmma shapes, transforms) of the hardware path."""
-    g, layout, q, kv = _specs(T=1000, S=1300, N=4, K=2, H=H, bs=bs, M=7, dtype=dtype)
-    # The supported-check looks for a Hopper device; lowering needs none.
-    monkeypatch.setattr(mosaic_gpu, "check_supported", lambda *args: None)
-
-    def run(q, k, v, layout):
-        return mosaic_gpu.attention(
-            q,
-            k,
-            v,
-            layout,
-            sm_scale=0.1,
-            causal=True,
-            geometry=g,
-            with_block_lse=False,
-            config=config,
-        )
-
-    text = lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
-    assert "mosaic_gpu" in text
+    assert "mosaic_gpu" in lower_mosaic_gpu(H, bs, dtype, config)
 
 
 @pytest.mark.parametrize(
@@ -139,26 +148,10 @@ def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, monkeypatch):
         mosaic_gpu.MosaicGpuConfig(num_stages=4, q_tiles=1),
     ],
 )
-def test_mosaic_gpu_smem_bytes_is_what_the_lowering_allocates(config, monkeypatch):
+def test_mosaic_gpu_smem_bytes_is_what_the_lowering_allocates(config, lower_mosaic_gpu):
     """Over the limit, Pallas Mosaic GPU's lowering names the shared memory the kernel needs:
     smem_bytes (the supported-check's and default_config's budget) must be that number."""
-    g, layout, q, kv = _specs(T=1000, S=1300, N=4, K=2, H=128, bs=128, M=7, dtype=jnp.bfloat16)
-    monkeypatch.setattr(mosaic_gpu, "check_supported", lambda *args: None)
-
-    def run(q, k, v, layout):
-        return mosaic_gpu.attention(
-            q,
-            k,
-            v,
-            layout,
-            sm_scale=0.1,
-            causal=True,
-            geometry=g,
-            with_block_lse=False,
-            config=config,
-        )
-
     with pytest.raises(ValueError, match=r"smem_bytes=(\d+)") as error:
-        lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
+        lower_mosaic_gpu(128, 128, jnp.bfloat16, config)
     needed = int(re.search(r"smem_bytes=(\d+)", str(error.value)).group(1))
     assert needed == mosaic_gpu_config.smem_bytes(128, 128, config)
