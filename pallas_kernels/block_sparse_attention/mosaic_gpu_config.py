@@ -1,5 +1,6 @@
 """Launch configuration of the Mosaic GPU kernel (mosaic_gpu.py): its options, the default
-launch for a shape, the shared memory a launch needs and what the kernel can run."""
+launch for a shape, the shared memory and barriers a launch allocates and what the kernel can
+run."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class MosaicGpuConfig:
       named phases (stagger, setup, blocks, normalize, store; issue, drain) and
       each launch writes them as a Chrome trace into this directory. For diagnosis: the dump
       is slow, and every launch writes a file (benchmarks/mosaic_gpu_timeline.py reads them).
-    q_tiles: Q/O tiles (and LSE rows) per CTA, 1 to 3. With one, each CTA runs one work item.
+    q_tiles: Q/O tiles per CTA, 1 to 3. With one, each CTA runs one work item.
       With more the launch is persistent: each CTA runs the item its index names, then
       claims the next unclaimed item of the launch order from a counter in global memory,
       and items follow each other without a drain (mosaic_gpu.py). Item t + 1's Q loads at
