@@ -372,6 +372,7 @@ def _kernel(
         return turn + 1, next_item, item_after, first_step + count
 
     def has_work(carry):
+        """Both warpgroups' item loops run while their current item (carry[1]) is a real one."""
         return carry[1] < num_items
 
     @pl.when(wg < num_compute_wgs)
@@ -390,7 +391,7 @@ def _kernel(
         turns, *_ = lax.while_loop(
             has_work, compute_item, (jnp.int32(0), item, jnp.int32(0), count, last, s)
         )
-        # The memory warpgroup published one item past the first one without work.
+        # The memory warpgroup also published the item after the first past-the-end one.
         read_item(turns + 1)
         if uses_schedule:
             pl.when(wg == 0)(sync_schedule)
