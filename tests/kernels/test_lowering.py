@@ -54,69 +54,44 @@ def lower_for(fn, platform, device_kind, *args):
     ("H", "dtype"), [(64, jnp.bfloat16), (128, jnp.float16), (128, jnp.float32)]
 )
 def test_triton_lowers_for_cuda(with_maps, H, dtype):
-    g, layout, q, kv = _specs(T=1000, S=1300, N=4, K=2, H=H, bs=128, M=7, dtype=dtype)
+    text = lower_attention(triton, "cuda", HOPPER, H=H, dtype=dtype, with_block_lse=with_maps)
+    assert "__gpu$xla.gpu.triton" in text
+
+
+HOPPER = "NVIDIA H100 80GB HBM3"
+
+
+def lower_attention(
+    backend, platform, device_kind, *, S=1300, H=128, bs=128, dtype=jnp.bfloat16, **options
+):
+    """The lowering's text of `backend.attention` (causal) at a small shape: T = 1000 queries,
+    S keys, N = 4, K = 2, 7 listed blocks per row; `options` go to the backend (with_block_lse
+    defaults to False)."""
+    g, layout, q, kv = _specs(T=1000, S=S, N=4, K=2, H=H, bs=bs, M=7, dtype=dtype)
+    options = {"with_block_lse": False} | options
 
     def run(q, k, v, layout):
-        return triton.attention(
-            q,
-            k,
-            v,
-            layout,
-            sm_scale=0.1,
-            causal=True,
-            geometry=g,
-            with_block_lse=with_maps,
-        )
+        return backend.attention(q, k, v, layout, sm_scale=0.1, causal=True, geometry=g, **options)
 
-    text = lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
-    assert "__gpu$xla.gpu.triton" in text
+    return lower_for(run, platform, device_kind, q, kv, kv, layout)
 
 
 @pytest.mark.parametrize("with_maps", [False, True])
 def test_mosaic_tpu_lowers_for_tpu(with_maps, monkeypatch):
-    g, layout, q, kv = _specs(T=1000, S=1000, N=4, K=2, H=128, bs=128, M=7, dtype=jnp.bfloat16)
     # The supported-check refuses to run without a TPU; lowering needs none.
     monkeypatch.setattr(mosaic_tpu, "check_supported", lambda *args: None)
-
-    def run(q, k, v, layout):
-        return mosaic_tpu.attention(
-            q,
-            k,
-            v,
-            layout,
-            sm_scale=0.1,
-            causal=True,
-            geometry=g,
-            with_block_lse=with_maps,
-        )
-
-    text = lower_for(run, "tpu", "TPU v5p", q, kv, kv, layout)
+    text = lower_attention(mosaic_tpu, "tpu", "TPU v5p", S=1000, with_block_lse=with_maps)
     assert "tpu_custom_call" in text
 
 
 @pytest.fixture
 def lower_mosaic_gpu(monkeypatch):
-    """lower(H, bs, dtype, config) -> the Hopper lowering's text of mosaic_gpu.attention at a
-    small ragged shape. The supported-check looks for a Hopper device; lowering needs none."""
+    """lower(H, bs, dtype, config) -> lower_attention's text for mosaic_gpu on Hopper. The
+    supported-check looks for a Hopper device; lowering needs none."""
     monkeypatch.setattr(mosaic_gpu, "check_supported", lambda *args: None)
 
     def lower(H, bs, dtype, config):
-        g, layout, q, kv = _specs(T=1000, S=1300, N=4, K=2, H=H, bs=bs, M=7, dtype=dtype)
-
-        def run(q, k, v, layout):
-            return mosaic_gpu.attention(
-                q,
-                k,
-                v,
-                layout,
-                sm_scale=0.1,
-                causal=True,
-                geometry=g,
-                with_block_lse=False,
-                config=config,
-            )
-
-        return lower_for(run, "cuda", "NVIDIA H100 80GB HBM3", q, kv, kv, layout)
+        return lower_attention(mosaic_gpu, "cuda", HOPPER, H=H, bs=bs, dtype=dtype, config=config)
 
     return lower
 
