@@ -31,6 +31,15 @@ class PrefillAttention(Protocol):
         """
         ...
 
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Raises a ValueError if this attention was made for another model shape.
+
+        Args:
+          num_layers: L, the decoder's layer count.
+          num_heads: N, query heads per layer.
+        """
+        ...
+
     def __call__(
         self,
         q: jax.Array,
@@ -76,6 +85,10 @@ class DenseAttention:
         """Dense attention carries nothing between layers."""
         del batch, num_queries
         return ()
+
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Dense attention fits every model."""
+        del num_layers, num_heads
 
     def __call__(
         self,

@@ -153,6 +153,7 @@ class Transformer(nnx.Module):
           logits float32[B, P, V], the cache (k, v [L, B, T, K, H]), stats {name: [L, ...]}.
         """
         config = self.config
+        attention.check_model(config.num_layers, config.num_heads)
         batch, length = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         cos, sin = self._rope_tables(positions)

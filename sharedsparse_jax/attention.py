@@ -49,6 +49,11 @@ class SharePrefillAttention:
         num_blocks = -(-num_queries // self.config.block_size)
         return SharingState.initial(batch, self.num_shared, num_blocks)
 
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Raises a ValueError if the sharing table was made for another layer or head count."""
+        if self.table is not None:
+            self.table.check_model(num_layers, num_heads)
+
     def __call__(
         self,
         q: jax.Array,
@@ -63,23 +68,14 @@ class SharePrefillAttention:
 
         Args:
           q: [B, T, N, H] after RoPE; k, v: [B, T, K, H] (prefill: keys are the same positions).
-          state: the sharing state from earlier layers.
-          layer: this layer's index.
-          lengths: int32[B] real prompt lengths (the rest of T is end padding).
+          state: the sharing state from earlier layers (init_state(B, T) before layer 0).
+          layer: this layer's index, in [0, L) of the sharing table.
+          lengths: int32[B] real prompt lengths in [1, T] (the rest of T is end padding).
 
         Returns:
           out [B, T, N, H], the new state, and this layer's stats (planner.layer_stats).
         """
-        if k.shape[1] != q.shape[1]:
-            raise ValueError(
-                f"SharePrefill plans prefill over the prompt itself: q has {q.shape[1]} positions"
-                f" but k has {k.shape[1]}"
-            )
-        if self.table is not None and self.table.num_heads != q.shape[2]:
-            raise ValueError(
-                f"sharing table has {self.table.num_heads} query heads per layer, q has"
-                f" {q.shape[2]}"
-            )
+        self._check_inputs(q, k, v, state)
         bs = self.config.block_size
         plan, state = planner.plan_layer(
             q,
@@ -100,6 +96,7 @@ class SharePrefillAttention:
                 v,
                 layout,
                 plan.category == planner.PIVOT,
+                lengths=lengths,
                 max_selected=min(batch * num_heads, batch * self.num_shared),
                 implementation=self.implementation,
                 interpret=self.interpret,
@@ -118,3 +115,31 @@ class SharePrefillAttention:
                 q, k, v, layout, implementation=self.implementation, interpret=self.interpret
             )
         return out, state, planner.layer_stats(plan, lengths, bs)
+
+    def _check_inputs(self, q, k, v, state: SharingState) -> None:
+        """Raises a ValueError naming what does not fit: shapes, table or state."""
+        if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+            raise ValueError(
+                f"expected q [B, T, N, H] and k, v [B, T, K, H], got shapes {q.shape},"
+                f" {k.shape}, {v.shape}"
+            )
+        batch, num_queries, num_heads, _ = q.shape
+        if k.shape[1] != num_queries:
+            raise ValueError(
+                f"SharePrefill plans prefill over the prompt itself: q has {num_queries}"
+                f" positions but k has {k.shape[1]}"
+            )
+        if self.table is not None and self.table.num_heads != num_heads:
+            raise ValueError(
+                f"sharing table has {self.table.num_heads} query heads per layer, q has {num_heads}"
+            )
+        want = jax.eval_shape(lambda: self.init_state(batch, num_queries))
+        got_shapes = [x.shape for x in jax.tree.leaves(state)]
+        want_shapes = [x.shape for x in jax.tree.leaves(want)]
+        if not isinstance(state, SharingState) or got_shapes != want_shapes:
+            raise ValueError(
+                "the sharing state does not fit this call: expected"
+                f" init_state(batch={batch}, num_queries={num_queries}) with"
+                f" {self.num_shared} shared clusters (pattern {want.pattern.shape}), got"
+                f" {type(state).__name__} with shapes {got_shapes}"
+            )

@@ -21,7 +21,7 @@ class SharePrefillConfig:
         (the reference's pattern_threshold).
       tau_sim: square-root Jensen-Shannon bound for sharing (vertical and slash separately).
       tau_fb: a cluster whose pivot is already covered to >= tau_fb by its own vertical-slash
-        pattern does not share.
+        pattern does not share; 1 disables this test (unless reference_quirks).
       tau_qa: a head is query-aware when the pooled estimate is within tau_qa of the true
         last-block distribution.
       min_budget: floor on vertical and slash counts, in tokens.
@@ -50,16 +50,31 @@ class SharePrefillConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        for name in (
+            "block_size",
+            "min_budget",
+            "dense_below",
+            "streaming_sink",
+            "streaming_window",
+        ):
+            _check_int(name, getattr(self, name))
+        if self.max_budget is not None:
+            _check_int("max_budget", self.max_budget)
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(
+                f"block_size must be a power of two >= 16 (what the Pallas kernels tile), got"
+                f" {self.block_size}"
+            )
         for name in ("gamma", "tau_fb"):
             value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
+            if not 0.0 < value <= 1.0:  # False for NaN too
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         for name in ("tau_sim", "tau_qa"):
             value = getattr(self, name)
-            if value < 0.0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            if not value >= 0.0:  # False for NaN too
+                raise ValueError(f"{name} must be a number >= 0, got {value}")
+        if not isinstance(self.reference_quirks, bool):
+            raise ValueError(f"reference_quirks must be a bool, got {self.reference_quirks!r}")
         if self.min_budget < 1:
             raise ValueError(f"min_budget must be >= 1 token, got {self.min_budget}")
         if self.max_budget is not None and self.max_budget < self.min_budget:
@@ -75,6 +90,15 @@ class SharePrefillConfig:
                 f" {self.streaming_sink} and {self.streaming_window}"
             )
 
+    def below_fallback_coverage(self, vs_ratio):
+        """Whether a pivot whose own vertical-slash pattern covers vs_ratio of its map may share.
+
+        vs_ratio < tau_fb; tau_fb = 1 lets every pivot share (a ratio of exactly 1 included),
+        except with reference_quirks, where the reference's strict comparison stays.
+        """
+        disabled = self.tau_fb >= 1.0 and not self.reference_quirks
+        return vs_ratio < (math.inf if disabled else self.tau_fb)
+
     @property
     def min_blocks(self) -> int:
         """b_min: the budget floor in blocks."""
@@ -84,3 +108,8 @@ class SharePrefillConfig:
     def max_blocks(self) -> int | None:
         """b_max before clipping to the prompt's block count (None: no cap)."""
         return None if self.max_budget is None else math.ceil(self.max_budget / self.block_size)
+
+
+def _check_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer number of tokens, got {value!r}")

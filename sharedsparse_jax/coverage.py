@@ -114,9 +114,17 @@ def mass_target(gamma: float, scale: jax.Array | float = 1.0, *, quirks: bool):
 
 
 def top_k_mask(x: jax.Array, k: jax.Array) -> jax.Array:
-    """bool[..., n]: the k[...] largest entries of x along the last axis (ties all kept; k
-    above n keeps all)."""
+    """bool[..., n]: exactly min(k[...], n) of the largest entries of x along the last axis.
+
+    Entries tied at the cut are taken by index, lowest first, so a run of equal values (for
+    example probabilities that underflowed to zero) fills the count and no more. NaN entries
+    are never taken.
+    """
     descending = -jnp.sort(-x, axis=-1)
     index = jnp.clip(k - 1, 0, x.shape[-1] - 1)
     kth = jnp.take_along_axis(descending, index[..., None], axis=-1)
-    return (x >= kth) & (k[..., None] > 0)
+    above = x > kth
+    tied = x == kth
+    room = k[..., None] - jnp.sum(above, axis=-1, keepdims=True)
+    take_tied = tied & (jnp.cumsum(tied, axis=-1) <= room)
+    return (above | take_tied) & (k[..., None] > 0)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sharedsparse_jax import estimate, patterns
 from sharedsparse_jax.config import SharePrefillConfig
@@ -59,13 +60,22 @@ def plan_layer(
       `absorb_pivot_maps` once the layer's attention has run).
     """
     batch, num_queries, num_heads, _ = q.shape
+    lengths = jnp.asarray(lengths)
+    check_lengths(lengths, batch, num_queries)
+    if table is not None and not isinstance(layer, jax.core.Tracer):
+        if not 0 <= int(layer) < table.num_layers:
+            raise ValueError(
+                f"layer {int(layer)} is outside the sharing table's {table.num_layers} layers"
+            )
     bs = config.block_size
     tb = -(-num_queries // bs)
     nb = estimate.num_blocks(lengths, bs)
     causal = patterns.causal_blocks(tb)
     full = jnp.broadcast_to(causal, (batch, num_heads, tb, tb))
 
-    if config.method == "dense":
+    # Every prompt padded to fewer than dense_below tokens is shorter than that: plan dense
+    # without estimating (which also needs one full block of queries).
+    if config.method == "dense" or num_queries < config.dense_below:
         plan = LayerPlan(full, jnp.full((batch, num_heads), DENSE, jnp.int32))
     elif config.method == "streaming":
         mask = patterns.streaming_mask(
@@ -87,6 +97,25 @@ def plan_layer(
     mask = jnp.where(rows_are_real, mask, diagonal_only)  # padding rows: cheapest valid row
     category = jnp.where(is_short, DENSE, plan.category)
     return LayerPlan(mask, category), state
+
+
+def check_lengths(lengths: jax.Array, batch: int, num_queries: int) -> None:
+    """Raises a ValueError unless lengths is int[B] with 1 <= lengths <= T where it is concrete.
+
+    Traced lengths (under jit) are checked for shape and dtype only.
+    """
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(
+            f"lengths must be int[B] = int[{batch}], got {lengths.dtype}{list(lengths.shape)}"
+        )
+    if isinstance(lengths, jax.core.Tracer):
+        return
+    values = np.asarray(lengths)
+    if (values < 1).any() or (values > num_queries).any():
+        raise ValueError(
+            f"lengths must be in [1, T={num_queries}] (real tokens of each end-padded prompt),"
+            f" got {values.tolist()}"
+        )
 
 
 def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
@@ -138,7 +167,7 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
             eligible
             & of_own_cluster(state.has_pivot)
             & similar
-            & (of_own_cluster(state.vs_ratio) < config.tau_fb)
+            & config.below_fallback_coverage(of_own_cluster(state.vs_ratio))
         )
         state = _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash)
 
@@ -226,6 +255,9 @@ def absorb_pivot_maps(
             block_maps,
             precision=jax.lax.Precision.HIGHEST,
         )
+        # Rows of the end padding take no part in a pattern or its vertical-slash coverage.
+        row_is_real = jnp.arange(pivot_map.shape[-2])[None, :] < nb[:, None]  # [B, Tb]
+        pivot_map = jnp.where(row_is_real[:, None, :, None], pivot_map, 0.0)
         pattern = patterns.row_coverage_pattern(
             pivot_map, nb[:, None], config.gamma, quirks=config.reference_quirks
         )

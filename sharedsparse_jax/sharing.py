@@ -140,7 +140,12 @@ class SharingTable:
                         f" {cluster_id!r})"
                     )
                 cluster_of[layer, head] = index
-        shared = [str(s) for s in data.get("shared_clusters", [])]
+        shared = data.get("shared_clusters", [])
+        if not isinstance(shared, (list, tuple)) or not all(
+            isinstance(s, (str, int)) and not isinstance(s, bool) for s in shared
+        ):
+            raise ValueError(f"'shared_clusters' must be a list of cluster ids, got {shared!r}")
+        shared = [str(s) for s in shared]
         if len(set(shared)) != len(shared):
             raise ValueError(f"duplicate ids in shared_clusters: {shared}")
         unknown = sorted(set(shared) - set(cluster_ids))

@@ -65,6 +65,11 @@ class ComparedAttention:
             self.reference.init_state(batch, num_queries),
         )
 
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Both attentions must fit the model."""
+        self.candidate.check_model(num_layers, num_heads)
+        self.reference.check_model(num_layers, num_heads)
+
     def __call__(
         self,
         q: jax.Array,

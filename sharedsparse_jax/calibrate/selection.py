@@ -255,7 +255,7 @@ def simulate_sharing(
                 continue
             pivot = eligible[0]
             pivots_c.append(pivot)
-            is_disabled = bool(ev.vs_ratio[pivot] >= planner.tau_fb)
+            is_disabled = not bool(planner.below_fallback_coverage(ev.vs_ratio[pivot]))
             disabled_c.append(is_disabled)
             num_blocks = sample.block_maps.shape[-1]
             fallback_blocks = sum(int(ev.fallback[m].sum()) for m in eligible)

@@ -20,6 +20,9 @@ PLANNER = SharePrefillConfig(block_size=64, min_budget=64, dense_below=64)
 class RecordingAttention:
     """Dense attention that also returns q and k as stats (for the oracle)."""
 
+    def check_model(self, num_layers, num_heads):
+        pass
+
     def init_state(self, batch, num_queries):
         return ()
 

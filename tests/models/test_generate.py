@@ -89,6 +89,9 @@ def test_bucket_length():
 class RecordingAttention:
     """Dense attention that threads a layer counter through the carry and reports stats."""
 
+    def check_model(self, num_layers, num_heads):
+        pass
+
     def init_state(self, batch, num_queries):
         return {
             "calls": jnp.zeros((), jnp.int32),
@@ -140,6 +143,9 @@ class ScaledAttention:
 
     scale: jax.Array
     name: str = dataclasses.field(default="scaled", metadata={"static": True})
+
+    def check_model(self, num_layers, num_heads):
+        pass
 
     def init_state(self, batch, num_queries):
         return ()

@@ -8,7 +8,8 @@ documented fixes, each marked `# fix:` below:
   - slash profile pooled by exact block offset (not binned from token 0);
   - Jensen-Shannon terms with 0 * log 0 = 0 (no NaN decides);
   - a pivot row that never reaches gamma keeps every block (not only its largest);
-  - gamma = 1 keeps every entry (a float running sum may stop a rounding error short).
+  - gamma = 1 keeps every entry (a float running sum may stop a rounding error short);
+  - tau_fb = 1 lets every pivot share (a vs_ratio of exactly 1 included).
 Independent of the package: it imports nothing from it.
 """
 
@@ -142,6 +143,11 @@ class ReferencePlanner:
             )
         return out
 
+    def fallback_bound(self):
+        if self.tau_fb >= 1.0 and not self.quirks:  # fix: tau_fb = 1 disables the test
+            return np.inf
+        return self.tau_fb
+
     def target(self, scale):
         if self.gamma >= 1.0 and not self.quirks:  # fix: gamma = 1 keeps everything
             return np.inf
@@ -214,7 +220,7 @@ class ReferencePlanner:
                 if (
                     d_v < self.tau_sim
                     and d_s < self.tau_sim
-                    and self.vs_ratio[cluster] < self.tau_fb
+                    and self.vs_ratio[cluster] < self.fallback_bound()
                 ):
                     blocks[h] = set(self.pattern[cluster])
                     category[h] = SHARED
@@ -245,7 +251,9 @@ class ReferencePlanner:
                 running += flat[i]
                 if running > self.target(nb):
                     break
-                blocks[h].add(divmod(i, nb))
+                r, c = divmod(i, nb)
+                if c <= r:  # a zero above the diagonal (kept when gamma = 1) is never attended
+                    blocks[h].add((r, c))
         return blocks, category
 
     def coverage(self, cluster, nb):

@@ -77,3 +77,21 @@ def test_top_k_mask_per_row_counts():
     got = coverage.top_k_mask(x, jnp.asarray([2, 5]))
     np.testing.assert_array_equal(got, [[True, False, True], [True, True, True]])
     np.testing.assert_array_equal(coverage.top_k_mask(x, jnp.asarray([0, 1]))[0], False)
+
+
+def test_top_k_mask_breaks_ties_by_index():
+    """A run of equal values fills the count, lowest index first, and no more."""
+    x = jnp.asarray([[0.9, 0.0, 0.0, 0.0, 0.0, 0.0], [0.2, 0.5, 0.2, 0.2, 0.0, 0.2]])
+    got = coverage.top_k_mask(x, jnp.asarray([3, 3]))
+    np.testing.assert_array_equal(
+        got, [[True, True, True, False, False, False], [True, True, True, False, False, False]]
+    )
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4, size=(50, 17)).astype(np.float32)  # many ties
+    counts = rng.integers(0, 20, size=50)
+    got = np.asarray(coverage.top_k_mask(jnp.asarray(values), jnp.asarray(counts)))
+    for row, k, kept in zip(values, counts, got, strict=True):
+        order = sorted(range(len(row)), key=lambda i: (-row[i], i))
+        want = np.zeros(len(row), bool)
+        want[order[:k]] = True
+        np.testing.assert_array_equal(kept, want)

@@ -272,3 +272,36 @@ def test_attention_refuses_mismatched_inputs():
             layer=0,
             lengths=jnp.asarray([64]),
         )
+
+
+def test_underflowed_profiles_keep_the_budget():
+    """A sink so strong that every other probability underflows to 0 leaves budget-many blocks.
+
+    The tied zeros of the profiles fill the budget floor (lowest block index first) and no more:
+    b_min columns (the sink and 1-3) and b_min diagonals (0, the sink's offset nb - 1, then 1
+    and 2), not the whole causal mask.
+    """
+    rng = np.random.default_rng(9)
+    length, head_dim, b_min = 20 * BLOCK, 32, 4
+    direction = np.zeros(head_dim)
+    direction[0] = 1.0
+    q = 0.1 * rng.standard_normal((1, length, 2, head_dim)) + 40.0 * direction
+    k = 0.1 * rng.standard_normal((1, length, 1, head_dim))
+    k[0, 0, 0] += 40.0 * direction  # logit gap of 1600 / sqrt(32): exp underflows to 0
+    config = _config(method="vertical_slash", min_budget=b_min * BLOCK)
+    plan, _ = planner.plan_layer(
+        jnp.asarray(q, jnp.float32),
+        jnp.asarray(k, jnp.float32),
+        SharingState.initial(1, 0, 20),
+        layer=0,
+        lengths=jnp.asarray([length], jnp.int32),
+        config=config,
+        table=None,
+    )
+    mask = np.asarray(plan.block_mask)[0]
+    nb = 20
+    offsets = np.arange(nb)[:, None] - np.arange(nb)[None, :]
+    on_slash = (offsets < b_min - 1) | (offsets == nb - 1)
+    want = ((np.arange(nb)[None, :] < b_min) | on_slash) & (offsets >= 0)
+    for head in mask:
+        np.testing.assert_array_equal(head, want)
