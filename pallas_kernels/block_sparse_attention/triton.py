@@ -134,7 +134,12 @@ def _kernel(
         row_sum = jnp.sum(p, axis=1)
         alpha = jnp.exp2(m - m_new)
         if block_lse_ref is not None:
-            block_lse_ref[pl.ds(j, 1), :] = ((m_new + jnp.log2(row_sum)) * common.LN_2)[None, :]
+            # row_sum is 0 only by underflow (every row sees a key of each listed block): the
+            # mask value then, not log(0); a NaN passes through.
+            block_lse = jnp.where(
+                row_sum == 0, common.MASK_VALUE, (m_new + jnp.log2(row_sum)) * common.LN_2
+            )
+            block_lse_ref[pl.ds(j, 1), :] = block_lse[None, :]
         acc = acc * alpha[:, None] + jnp.dot(
             p.astype(v.dtype), v, preferred_element_type=jnp.float32, precision=precision
         )
@@ -147,10 +152,12 @@ def _kernel(
     )
     carry = jax.lax.fori_loop(0, num_unmasked, functools.partial(body, masked=False), carry)
     m, l, acc = jax.lax.fori_loop(num_unmasked, count, functools.partial(body, masked=True), carry)
-    has_keys = l > 0
-    safe_l = jnp.where(has_keys, l, 1.0)
+    # l is 0 only in a row that sees no key (acc is 0 there too); a NaN among a row's visible
+    # scores makes l NaN, and the NaN must reach out and LSE.
+    is_empty = l == 0
+    safe_l = jnp.where(is_empty, 1.0, l)
     o_ref[...] = (acc / safe_l[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE)
+    lse_ref[...] = jnp.where(is_empty, common.MASK_VALUE, (m + jnp.log2(safe_l)) * common.LN_2)
 
 
 def attention(
