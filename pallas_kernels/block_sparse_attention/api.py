@@ -66,7 +66,7 @@ def block_sparse_attention(
       k: [B, S, K, H], N a multiple of K (GQA: query head h uses kv head h // (N // K)).
       v: [B, S, K, H].
       layout: block lists, [B, N, Tb, M] (see layout.BlockGeometry for how blocks align).
-      sm_scale: logit scale, default 1 / sqrt(H).
+      sm_scale: logit scale, finite and positive; default 1 / sqrt(H).
       causal: mask keys after each query inside the listed blocks.
       return_lse: also return the natural-log LSE.
       implementation: a name in IMPLEMENTATIONS, a sequence tried in order (falling through on
@@ -216,7 +216,12 @@ def _attention_with_block_map(
 
 
 def _scale(q: jax.Array, sm_scale: float | None) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
+    if sm_scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    scale = float(sm_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"sm_scale must be finite and positive, got {sm_scale!r}")
+    return scale
 
 
 def _validate(q, k, v, layout: BlockLayout, causal: bool) -> BlockGeometry:

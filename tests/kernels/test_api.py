@@ -104,6 +104,17 @@ def test_sm_scale_is_applied(rng):
     np.testing.assert_allclose(as_np(out), want, atol=2e-5)
 
 
+@pytest.mark.parametrize("sm_scale", [0.0, -0.125, float("nan"), float("inf"), -float("inf")])
+def test_sm_scale_must_be_finite_and_positive(rng, sm_scale):
+    q, k, v = _inputs(rng)
+    with pytest.raises(ValueError, match=f"sm_scale must be finite and positive, got {sm_scale}"):
+        block_sparse_attention(q, k, v, _layout(), sm_scale=sm_scale, implementation="xla")
+    with pytest.raises(ValueError, match="sm_scale must be finite and positive"):
+        block_sparse_attention_with_block_map(
+            q, k, v, _layout(), jnp.ones((1, 4), bool), sm_scale=sm_scale
+        )
+
+
 def _default_kernel(monkeypatch, *, capability="9.0", dtype=jnp.bfloat16, H=128, bs=128):
     """Which kernel `implementation=None` traces on a (pretended) GPU of this capability.
 
