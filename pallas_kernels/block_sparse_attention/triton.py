@@ -54,7 +54,7 @@ def default_config(head_dim: int, block_size: int, dtype=jnp.bfloat16) -> Triton
 RECORDING_MAX_STAGES = 2
 
 
-def check_supported(q: jax.Array, block_size: int, config: TritonConfig) -> None:
+def check_supported(q: jax.Array, block_size: int, interpret: bool) -> None:
     """Raises NotImplementedError with the reason when this backend cannot run the call."""
     head_dim = q.shape[-1]
     if head_dim not in SUPPORTED_HEAD_DIMS:
@@ -65,10 +65,8 @@ def check_supported(q: jax.Array, block_size: int, config: TritonConfig) -> None
         raise NotImplementedError(
             f"triton backend needs a power-of-two block size >= 16, got {block_size}"
         )
-    if block_size % config.block_q:
-        raise NotImplementedError(
-            f"block_q={config.block_q} must divide the layout block size {block_size}"
-        )
+    if not interpret and jax.default_backend() != "gpu":
+        raise NotImplementedError("triton backend needs a GPU (or interpret=True)")
 
 
 def _kernel(
@@ -175,12 +173,17 @@ def attention(
 ) -> common.BackendResult:
     """See common.BackendResult for what is returned."""
     bs = geometry.block_size
+    # First: default_config builds no launch for a block size this backend cannot tile.
+    check_supported(q, bs, interpret)
     config = config or default_config(q.shape[-1], bs, q.dtype)
+    if bs % config.block_q:
+        raise NotImplementedError(
+            f"block_q={config.block_q} must divide the layout block size {bs}"
+        )
     if with_block_lse:
         config = dataclasses.replace(
             config, num_stages=min(config.num_stages, RECORDING_MAX_STAGES)
         )
-    check_supported(q, bs, config)
     batch, _, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
     group = num_heads // num_kv_heads

@@ -71,6 +71,37 @@ def test_unsupported_head_dim_explicit_raises_and_sequence_falls_through(rng):
     np.testing.assert_allclose(as_np(out), want, atol=2e-5)
 
 
+@pytest.mark.parametrize("block_size", [8, 48])
+def test_untileable_block_size_explicit_triton_raises_and_sequence_falls_through(rng, block_size):
+    """Triton tiles power-of-two blocks of 16 rows or more; others fall through to xla, for the
+    attention and for the block-map launch alike."""
+    T = 100
+    q, k, v = _inputs(rng, T=T, S=T)
+    layout = _layout(T=T, S=T, block_size=block_size)
+    with pytest.raises(ValueError, match="triton: .*power-of-two block size >= 16"):
+        block_sparse_attention(q, k, v, layout, implementation="triton", interpret=True)
+    out = block_sparse_attention(q, k, v, layout, implementation=("triton", "xla"), interpret=True)
+    num_blocks = -(-T // block_size)
+    mask = np.ones((1, 4, num_blocks, num_blocks), bool)
+    want_out, _, probs = numpy_oracle.attention(as_np(q), as_np(k), as_np(v), mask, block_size)
+    np.testing.assert_allclose(as_np(out), want_out, atol=2e-5)
+    out, _, block_map = block_sparse_attention_with_block_map(
+        q, k, v, layout, jnp.ones((1, 4), bool), implementation=("triton", "xla"), interpret=True
+    )
+    np.testing.assert_allclose(as_np(out), want_out, atol=2e-5)
+    want_map = numpy_oracle.block_map(probs, T, block_size)
+    np.testing.assert_allclose(np.asarray(block_map), want_map, atol=1e-6)
+
+
+def test_triton_without_gpu_falls_through(rng):
+    q, k, v = _inputs(rng)
+    with pytest.raises(ValueError, match="triton: triton backend needs a GPU"):
+        block_sparse_attention(q, k, v, _layout(), implementation="triton")
+    out = block_sparse_attention(q, k, v, _layout(), implementation=("triton", "xla"))
+    want = block_sparse_attention(q, k, v, _layout(), implementation="xla")
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(want))
+
+
 def test_mosaic_tpu_without_tpu_falls_through(rng):
     q, k, v = _inputs(rng)
     out = block_sparse_attention(q, k, v, _layout(), implementation=("mosaic_tpu", "xla"))
