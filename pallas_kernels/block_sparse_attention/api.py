@@ -66,7 +66,7 @@ def block_sparse_attention(
       k: [B, S, K, H], N a multiple of K (GQA: query head h uses kv head h // (N // K)).
       v: [B, S, K, H].
       layout: block lists, [B, N, Tb, M] (see layout.BlockGeometry for how blocks align).
-      sm_scale: logit scale, default 1 / sqrt(H).
+      sm_scale: logit scale, finite and positive; default 1 / sqrt(H).
       causal: mask keys after each query inside the listed blocks.
       return_lse: also return the natural-log LSE.
       implementation: a name in IMPLEMENTATIONS, a sequence tried in order (falling through on
@@ -99,6 +99,7 @@ def block_sparse_attention_with_block_map(
     layout: BlockLayout,
     selected: jax.Array,
     *,
+    lengths: jax.Array | None = None,
     max_selected: int | None = None,
     sm_scale: float | None = None,
     causal: bool = True,
@@ -114,20 +115,36 @@ def block_sparse_attention_with_block_map(
     Args:
       q, k, v, layout, sm_scale, causal, implementation, interpret: as block_sparse_attention.
       selected: bool[B, N], which (batch, head) maps to compute; traced values are fine.
+      lengths: int32[B] or None: real tokens per batch element, the rest of the S key positions
+        being end padding. Query rows at positions >= lengths[b] are padding and take no part in
+        the maps: each map row averages the real rows of its query block only, and query blocks
+        without a real row get all-zero rows. Output and LSE do not depend on it. None: every
+        position is real. Traced values are fine; concrete ones must lie in [0, S].
       max_selected: static capacity P, at least the number of selected heads (default B * N).
         Under jit, heads selected beyond P get no map (their output is still exact); with
         concrete `selected` a count above P raises.
 
     Returns:
       out [B, T, N, H], lse float32[B, N, T], block_map float32[B, N, Tb, Sb] (zero for
-      unselected heads and for blocks the layout does not list).
+      unselected heads, for blocks the layout does not list and for query blocks without a real
+      row).
     """
     geometry = _validate(q, k, v, layout, causal)
     batch, _, num_heads, _ = q.shape
+    num_keys = k.shape[1]
     if selected.shape != (batch, num_heads):
         raise ValueError(
             f"selected must be bool[B, N] = {(batch, num_heads)}, got {selected.shape}"
         )
+    lengths = jnp.full((batch,), num_keys, jnp.int32) if lengths is None else jnp.asarray(lengths)
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(
+            f"lengths must be int[B={batch}], got {lengths.dtype}{list(lengths.shape)}"
+        )
+    if not isinstance(lengths, jax.core.Tracer):
+        bad = (lengths < 0) | (lengths > num_keys)
+        if bool(jnp.any(bad)):
+            raise ValueError(f"lengths must be in [0, S={num_keys}], got {lengths.tolist()}")
     capacity = batch * num_heads if max_selected is None else max_selected
     if not 1 <= capacity <= batch * num_heads:
         raise ValueError(
@@ -141,6 +158,7 @@ def block_sparse_attention_with_block_map(
         v,
         layout,
         selected.astype(bool),
+        lengths.astype(jnp.int32),
         geometry=geometry,
         capacity=capacity,
         sm_scale=_scale(q, sm_scale),
@@ -155,7 +173,19 @@ def block_sparse_attention_with_block_map(
     static_argnames=("geometry", "capacity", "sm_scale", "causal", "implementation", "interpret"),
 )
 def _attention_with_block_map(
-    q, k, v, layout, selected, *, geometry, capacity, sm_scale, causal, implementation, interpret
+    q,
+    k,
+    v,
+    layout,
+    selected,
+    lengths,
+    *,
+    geometry,
+    capacity,
+    sm_scale,
+    causal,
+    implementation,
+    interpret,
 ):
     batch, _, num_heads, _ = q.shape
     group = num_heads // k.shape[2]
@@ -203,7 +233,10 @@ def _attention_with_block_map(
         implementation=implementation,
         interpret=interpret,
     )
-    maps = block_map.block_map_from_block_lse(sel.block_lse, sel.lse, sel_layout, geometry)
+    # Each selected (b, h) is a batch row of its own: it takes its batch element's length.
+    maps = block_map.block_map_from_block_lse(
+        sel.block_lse, sel.lse, sel_layout, geometry, lengths[b_sel]
+    )
     b_put = jnp.where(is_real, b_sel, batch)  # out of range: dropped
     out = main.out.at[b_put, :, h_sel].set(sel.out[:, :, 0], mode="drop")
     lse = main.lse.at[b_put, h_sel].set(sel.lse[:, 0], mode="drop")
@@ -216,7 +249,12 @@ def _attention_with_block_map(
 
 
 def _scale(q: jax.Array, sm_scale: float | None) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else float(sm_scale)
+    if sm_scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    scale = float(sm_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"sm_scale must be finite and positive, got {sm_scale!r}")
+    return scale
 
 
 def _validate(q, k, v, layout: BlockLayout, causal: bool) -> BlockGeometry:

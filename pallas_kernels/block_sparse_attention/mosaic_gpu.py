@@ -301,14 +301,16 @@ def _kernel(
             with jax.named_scope("normalize"):
                 # An empty row never waited for its Q: it must land before being overwritten.
                 pl.when(count == 0)(lambda: plgpu.barrier_wait(q_barrier(turn)))
-                has_keys = l > 0
-                safe_l = jnp.where(has_keys, l, 1.0)
+                # l is 0 only in a row that sees no key (acc is 0 there too); a NaN among a
+                # row's visible scores makes l NaN, and the NaN must reach out and LSE.
+                is_empty = l == 0
+                safe_l = jnp.where(is_empty, 1.0, l)
                 inv_l = 1.0 / safe_l  # one division per row, then products
                 out_tile = q_smem.at[q_buffer(turn), wg]
                 lse_row = lse_smem.at[lax.rem(turn, lse_smem.shape[0]), wg]
                 out_tile[...] = (acc * lax.broadcast_in_dim(inv_l, acc.shape, [0])).astype(dtype)
                 lse_row[...] = jnp.where(
-                    has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE
+                    is_empty, common.MASK_VALUE, (m + jnp.log2(safe_l)) * common.LN_2
                 )
                 plgpu.commit_smem()
             with jax.named_scope("store"):

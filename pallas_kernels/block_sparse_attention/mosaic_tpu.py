@@ -114,8 +114,9 @@ def _kernel(
             preferred_element_type=jnp.float32,
         )
         if block_lse_ref is not None:
-            column = m_next + jnp.log(row_sum)  # [bs, 128], lanes equal
-            block_lse_ref[pl.ds(j, 1), :] = column.T[:1, :]
+            # row_sum is 0 only by underflow: the mask value then, not log(0); a NaN passes.
+            column = jnp.where(row_sum == 0, common.MASK_VALUE, m_next + jnp.log(row_sum))
+            block_lse_ref[pl.ds(j, 1), :] = column.T[:1, :]  # column: [bs, 128], lanes equal
 
     @pl.when((j < count) & crosses)
     def _masked():
@@ -127,11 +128,13 @@ def _kernel(
 
     @pl.when(j == max_blocks - 1)
     def _finish():
+        # l is 0 only in a row that sees no key (acc is 0 there too); a NaN among a row's
+        # visible scores makes l NaN, and the NaN must reach out and LSE.
         l = l_ref[...]
-        has_keys = l > 0
-        safe_l = jnp.where(has_keys, l, 1.0)
+        is_empty = l == 0
+        safe_l = jnp.where(is_empty, 1.0, l)
         o_ref[...] = (acc_ref[...] / safe_l[:, :1]).astype(o_ref.dtype)
-        lse_ref[...] = jnp.where(has_keys, m_ref[...] + jnp.log(safe_l), common.MASK_VALUE)
+        lse_ref[...] = jnp.where(is_empty, common.MASK_VALUE, m_ref[...] + jnp.log(safe_l))
 
 
 def attention(

@@ -53,15 +53,18 @@ def attention(
     """Dense masked attention over the layout's blocks, in float32.
 
     Returns out in q's dtype, natural-log lse float32[B, N, T] and, when asked, the per-block
-    row log-sum-exp float32[B, N, Tb, M, bs] (see common.BackendResult).
+    row log-sum-exp float32[B, N, Tb, M, bs] (see common.BackendResult). A row that sees no key
+    gets 0 out and an LSE of MASK_VALUE; a NaN among a row's visible scores gives NaN out and LSE.
     """
     del interpret
     batch, num_queries, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
     mask = token_mask(layout, geometry, causal=causal)
     s = jnp.where(mask, scores(q, k, sm_scale), common.MASK_VALUE)
-    lse = jax.nn.logsumexp(s, axis=-1)
-    p = jnp.exp(s - lse[..., None])
+    # An empty row's scores are all MASK_VALUE: its softmax would spread over every key.
+    has_keys = mask.any(-1)  # [B, N, T]
+    lse = jnp.where(has_keys, jax.nn.logsumexp(s, axis=-1), common.MASK_VALUE)
+    p = jnp.where(has_keys[..., None], jnp.exp(s - lse[..., None]), 0.0)
     p = p.reshape(batch, num_kv_heads, num_heads // num_kv_heads, num_queries, -1)
     out = jnp.einsum(
         "bkgts,bskh->btkgh", p, v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST

@@ -54,7 +54,7 @@ def default_config(head_dim: int, block_size: int, dtype=jnp.bfloat16) -> Triton
 RECORDING_MAX_STAGES = 2
 
 
-def check_supported(q: jax.Array, block_size: int, config: TritonConfig) -> None:
+def check_supported(q: jax.Array, block_size: int, interpret: bool) -> None:
     """Raises NotImplementedError with the reason when this backend cannot run the call."""
     head_dim = q.shape[-1]
     if head_dim not in SUPPORTED_HEAD_DIMS:
@@ -65,10 +65,8 @@ def check_supported(q: jax.Array, block_size: int, config: TritonConfig) -> None
         raise NotImplementedError(
             f"triton backend needs a power-of-two block size >= 16, got {block_size}"
         )
-    if block_size % config.block_q:
-        raise NotImplementedError(
-            f"block_q={config.block_q} must divide the layout block size {block_size}"
-        )
+    if not interpret and jax.default_backend() != "gpu":
+        raise NotImplementedError("triton backend needs a GPU (or interpret=True)")
 
 
 def _kernel(
@@ -134,7 +132,12 @@ def _kernel(
         row_sum = jnp.sum(p, axis=1)
         alpha = jnp.exp2(m - m_new)
         if block_lse_ref is not None:
-            block_lse_ref[pl.ds(j, 1), :] = ((m_new + jnp.log2(row_sum)) * common.LN_2)[None, :]
+            # row_sum is 0 only by underflow (every row sees a key of each listed block): the
+            # mask value then, not log(0); a NaN passes through.
+            block_lse = jnp.where(
+                row_sum == 0, common.MASK_VALUE, (m_new + jnp.log2(row_sum)) * common.LN_2
+            )
+            block_lse_ref[pl.ds(j, 1), :] = block_lse[None, :]
         acc = acc * alpha[:, None] + jnp.dot(
             p.astype(v.dtype), v, preferred_element_type=jnp.float32, precision=precision
         )
@@ -147,10 +150,12 @@ def _kernel(
     )
     carry = jax.lax.fori_loop(0, num_unmasked, functools.partial(body, masked=False), carry)
     m, l, acc = jax.lax.fori_loop(num_unmasked, count, functools.partial(body, masked=True), carry)
-    has_keys = l > 0
-    safe_l = jnp.where(has_keys, l, 1.0)
+    # l is 0 only in a row that sees no key (acc is 0 there too); a NaN among a row's visible
+    # scores makes l NaN, and the NaN must reach out and LSE.
+    is_empty = l == 0
+    safe_l = jnp.where(is_empty, 1.0, l)
     o_ref[...] = (acc / safe_l[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(has_keys, (m + jnp.log2(safe_l)) * common.LN_2, common.MASK_VALUE)
+    lse_ref[...] = jnp.where(is_empty, common.MASK_VALUE, (m + jnp.log2(safe_l)) * common.LN_2)
 
 
 def attention(
@@ -168,12 +173,17 @@ def attention(
 ) -> common.BackendResult:
     """See common.BackendResult for what is returned."""
     bs = geometry.block_size
+    # First: default_config builds no launch for a block size this backend cannot tile.
+    check_supported(q, bs, interpret)
     config = config or default_config(q.shape[-1], bs, q.dtype)
+    if bs % config.block_q:
+        raise NotImplementedError(
+            f"block_q={config.block_q} must divide the layout block size {bs}"
+        )
     if with_block_lse:
         config = dataclasses.replace(
             config, num_stages=min(config.num_stages, RECORDING_MAX_STAGES)
         )
-    check_supported(q, bs, config)
     batch, _, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[2]
     group = num_heads // num_kv_heads

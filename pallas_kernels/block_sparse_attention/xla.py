@@ -80,7 +80,8 @@ def attention(
         )
         acc = acc * alpha[..., None] + pv
         if block_lse is not None:
-            this = jnp.where(row_sum > 0, m_new + jnp.log(row_sum), common.MASK_VALUE)
+            # A NaN score makes row_sum NaN, which must be recorded, not masked.
+            this = jnp.where(row_sum == 0, common.MASK_VALUE, m_new + jnp.log(row_sum))
             block_lse = block_lse.at[:, :, :, j].set(this)
         return m_new, l, acc, block_lse
 
@@ -96,9 +97,12 @@ def attention(
     num_steps = jnp.minimum(jnp.max(layout.kv_block_count), max_blocks)
     m, l, acc, block_lse = jax.lax.fori_loop(0, num_steps, step, init)
 
-    has_keys = l > 0
-    out = jnp.where(has_keys[..., None], acc / jnp.where(has_keys, l, 1.0)[..., None], 0.0)
-    lse = jnp.where(has_keys, m + jnp.log(jnp.where(has_keys, l, 1.0)), common.MASK_VALUE)
+    # l is 0 only in a row that sees no key (0 out, MASK_VALUE LSE); a NaN among a row's visible
+    # scores makes l NaN, and the NaN must reach out and LSE.
+    is_empty = l == 0
+    safe_l = jnp.where(is_empty, 1.0, l)
+    out = jnp.where(is_empty[..., None], 0.0, acc / safe_l[..., None])
+    lse = jnp.where(is_empty, common.MASK_VALUE, m + jnp.log(safe_l))
     out = out.transpose(0, 2, 3, 1, 4).reshape(batch, geometry.padded_queries, num_heads, head_dim)
     lse = lse.reshape(batch, num_heads, geometry.padded_queries)
     return common.BackendResult(

@@ -39,7 +39,7 @@ class TritonConfig:
             raise ValueError(f"tiles_per_program must be >= 1, got {self.tiles_per_program}")
 
 
-def check_supported(q: jax.Array) -> None:
+def check_supported(q: jax.Array, interpret: bool) -> None:
     """Raises NotImplementedError with the reason when this backend cannot run the call."""
     num_queries, head_dim = q.shape[1], q.shape[3]
     if q.dtype not in SUPPORTED_DTYPES:
@@ -49,6 +49,8 @@ def check_supported(q: jax.Array) -> None:
             raise NotImplementedError(
                 f"triton profiles need a power-of-two {name} >= 16, got {size}"
             )
+    if not interpret and jax.default_backend() != "gpu":
+        raise NotImplementedError("triton profiles need a GPU (or interpret=True)")
 
 
 def _scores_kernel(start_ref, q_ref, k_ref, scores_ref, tile_lse_ref, *, num_keys, precision):
@@ -117,7 +119,7 @@ def profiles(
     config: TritonConfig | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """See api.query_block_profiles."""
-    check_supported(q)
+    check_supported(q, interpret)
     config = config or TritonConfig()
     batch, num_queries, num_heads, head_dim = q.shape
     num_keys, num_kv_heads = k.shape[1], k.shape[2]

@@ -27,7 +27,8 @@ def profiles(
     visible = (keys[None, None, :] <= q_pos[:, :, None])[:, None]  # [B, 1, Q, S]
     scores = jnp.where(visible, scores.astype(stats_dtype), -jnp.inf)
     lse = jax.nn.logsumexp(scores, axis=-1, keepdims=True)  # [B, N, Q, 1]
-    column = jnp.exp(scores - lse).mean(axis=2)
+    # A key a query does not see has probability 0, also when a NaN made the query's LSE NaN.
+    column = jnp.where(visible, jnp.exp(scores - lse), 0.0).mean(axis=2)
     return column, _diagonal_profile(scores, lse, query_start)
 
 
@@ -46,7 +47,9 @@ def _diagonal_profile(scores: jax.Array, lse: jax.Array, query_start: jax.Array)
     flat = padded.reshape(batch, num_heads, num_queries * width)
     flat = jnp.pad(flat, ((0, 0), (0, 0), (0, num_queries)), constant_values=-jnp.inf)
     skewed = flat.reshape(batch, num_heads, num_queries, width + 1)  # [.., i, u] = padded[i, u + i]
-    by_column = jnp.exp(skewed - lse).sum(axis=2) / num_queries  # [B, N, width + 1]
+    # Cells a query does not see are -inf: probability 0, also where its LSE is NaN.
+    probs = jnp.where(skewed == -jnp.inf, 0.0, jnp.exp(skewed - lse))
+    by_column = probs.sum(axis=2) / num_queries  # [B, N, width + 1]
     # d = start + Q - u for d = 0 .. S - 1: u runs down from start + Q.
     by_column = jnp.pad(by_column, ((0, 0), (0, 0), (num_keys, 0)))
     first = query_start + num_queries + 1  # padded index of u = start + Q - (S - 1)

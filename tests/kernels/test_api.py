@@ -71,6 +71,37 @@ def test_unsupported_head_dim_explicit_raises_and_sequence_falls_through(rng):
     np.testing.assert_allclose(as_np(out), want, atol=2e-5)
 
 
+@pytest.mark.parametrize("block_size", [8, 48])
+def test_untileable_block_size_explicit_triton_raises_and_sequence_falls_through(rng, block_size):
+    """Triton tiles power-of-two blocks of 16 rows or more; others fall through to xla, for the
+    attention and for the block-map launch alike."""
+    T = 100
+    q, k, v = _inputs(rng, T=T, S=T)
+    layout = _layout(T=T, S=T, block_size=block_size)
+    with pytest.raises(ValueError, match="triton: .*power-of-two block size >= 16"):
+        block_sparse_attention(q, k, v, layout, implementation="triton", interpret=True)
+    out = block_sparse_attention(q, k, v, layout, implementation=("triton", "xla"), interpret=True)
+    num_blocks = -(-T // block_size)
+    mask = np.ones((1, 4, num_blocks, num_blocks), bool)
+    want_out, _, probs = numpy_oracle.attention(as_np(q), as_np(k), as_np(v), mask, block_size)
+    np.testing.assert_allclose(as_np(out), want_out, atol=2e-5)
+    out, _, block_map = block_sparse_attention_with_block_map(
+        q, k, v, layout, jnp.ones((1, 4), bool), implementation=("triton", "xla"), interpret=True
+    )
+    np.testing.assert_allclose(as_np(out), want_out, atol=2e-5)
+    want_map = numpy_oracle.block_map(probs, T, block_size)
+    np.testing.assert_allclose(np.asarray(block_map), want_map, atol=1e-6)
+
+
+def test_triton_without_gpu_falls_through(rng):
+    q, k, v = _inputs(rng)
+    with pytest.raises(ValueError, match="triton: triton backend needs a GPU"):
+        block_sparse_attention(q, k, v, _layout(), implementation="triton")
+    out = block_sparse_attention(q, k, v, _layout(), implementation=("triton", "xla"))
+    want = block_sparse_attention(q, k, v, _layout(), implementation="xla")
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(want))
+
+
 def test_mosaic_tpu_without_tpu_falls_through(rng):
     q, k, v = _inputs(rng)
     out = block_sparse_attention(q, k, v, _layout(), implementation=("mosaic_tpu", "xla"))
@@ -102,6 +133,17 @@ def test_sm_scale_is_applied(rng):
         as_np(q), as_np(k), as_np(v), np.ones((1, 4, 2, 2), bool), 64, scale=0.3
     )
     np.testing.assert_allclose(as_np(out), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("sm_scale", [0.0, -0.125, float("nan"), float("inf"), -float("inf")])
+def test_sm_scale_must_be_finite_and_positive(rng, sm_scale):
+    q, k, v = _inputs(rng)
+    with pytest.raises(ValueError, match=f"sm_scale must be finite and positive, got {sm_scale}"):
+        block_sparse_attention(q, k, v, _layout(), sm_scale=sm_scale, implementation="xla")
+    with pytest.raises(ValueError, match="sm_scale must be finite and positive"):
+        block_sparse_attention_with_block_map(
+            q, k, v, _layout(), jnp.ones((1, 4), bool), sm_scale=sm_scale
+        )
 
 
 def _default_kernel(monkeypatch, *, capability="9.0", dtype=jnp.bfloat16, H=128, bs=128):

@@ -89,6 +89,34 @@ def test_bfloat16_triton_equals_xla(rng):
         np.testing.assert_allclose(g.sum(-1), 1.0, rtol=1e-4)
 
 
+@pytest.mark.parametrize("implementation", ["xla", "triton"])
+def test_nan_query_reaches_only_what_it_sees(implementation, rng):
+    """A NaN query makes the column profile NaN on the keys it sees and the diagonal profile NaN
+    on the offsets it sees; the keys and offsets it does not see keep the other queries' mean."""
+    q, k = _inputs(rng, 1, 16, 100, 2, 1, 32, "float32")
+    start = 84
+    q = q.at[0, 3, 1, 0].set(jnp.nan)  # position 87: sees keys 0 .. 87, offsets 0 .. 87
+    column, diagonal = query_block_profiles(
+        q, k, jnp.asarray([start], jnp.int32), implementation=implementation, interpret=True
+    )
+    want_column, want_diagonal = numpy_profiles(np.asarray(q, np.float64), np.asarray(k), [start])
+    assert np.isnan(want_column[0, 1, :88]).all() and not np.isnan(want_column[0, 1, 88:]).any()
+    assert not np.isnan(want_column[0, 0]).any()
+    np.testing.assert_allclose(column, want_column, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(diagonal, want_diagonal, rtol=1e-5, atol=1e-7)
+
+
+def test_triton_without_gpu_falls_through_to_xla(rng):
+    q, k = _inputs(rng, 1, 16, 100, 2, 1, 32, "float32")
+    start = jnp.asarray([84], jnp.int32)
+    with pytest.raises(ValueError, match="triton profiles need a GPU"):
+        query_block_profiles(q, k, start, implementation="triton")
+    got = query_block_profiles(q, k, start, implementation=("triton", "xla"))
+    want = query_block_profiles(q, k, start, implementation="xla")
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_float64_falls_through_to_xla(rng):
     with jax.enable_x64(True):
         q, k = _inputs(rng, 1, 16, 64, 2, 1, 16, jnp.float64)
@@ -126,7 +154,9 @@ def test_unknown_implementation_is_refused():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-def test_triton_profiles_lower_for_cuda(dtype):
+def test_triton_profiles_lower_for_cuda(dtype, monkeypatch):
+    # The supported-check refuses to run without a GPU; lowering needs none.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     q = jax.ShapeDtypeStruct((1, 128, 32, 128), dtype)
     k = jax.ShapeDtypeStruct((1, 4000, 8, 128), dtype)
     start = jax.ShapeDtypeStruct((1,), jnp.int32)
