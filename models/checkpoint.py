@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from models.config import ModelConfig
+from models.config import ModelConfig, read_config_json
 from models.llama import Transformer, parameter_shapes
 from models.tokenizer import Tokenizer
 
@@ -81,7 +81,7 @@ def save_checkpoint(
 
 def read_config(directory: str | Path) -> ModelConfig:
     """The model config of a checkpoint directory."""
-    return ModelConfig.from_hf(json.loads((Path(directory) / "config.json").read_text()))
+    return read_config_json(Path(directory) / "config.json")
 
 
 def load_params(
