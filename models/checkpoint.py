@@ -5,14 +5,21 @@ Layout:
   tokenizer.json         tokenizer (with tokenizer_config.json: special tokens, chat template)
   params/                orbax checkpoint of the parameter tree (`models.llama.parameter_shapes`)
   conversion.json        source, dtype, converter version
+
+A checkpoint is written into a hidden staging directory beside it (`.<name>.<random>`, holding an
+`.owner` file with the writing process's host and pid) and renamed when complete. Staging
+directories left by killed processes are removed by the next `save_checkpoint` beside them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +29,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from models.config import ModelConfig
+from models.config import ModelConfig, read_config_json
 from models.llama import Transformer, parameter_shapes
 from models.tokenizer import Tokenizer
+
+# A staging directory without an owner record is taken as abandoned after this long; one whose
+# owner cannot be checked (another host), after STALE_STAGING_MAX_AGE_S.
+UNOWNED_STAGING_MAX_AGE_S = 3600.0
+STALE_STAGING_MAX_AGE_S = 7 * 24 * 3600.0
+_OWNER_FILE = ".owner"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +75,11 @@ def save_checkpoint(
         raise FileExistsError(f"{directory} already exists")
     _check_tree(config, params)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(directory)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        (staging / _OWNER_FILE).write_text(json.dumps(owner) + "\n")
         (staging / "config.json").write_text(json.dumps(config.to_hf(), indent=2) + "\n")
         (staging / "conversion.json").write_text(json.dumps(conversion, indent=2) + "\n")
         if tokenizer is not None:
@@ -72,6 +88,7 @@ def save_checkpoint(
         checkpointer.save(staging / "params", params)
         checkpointer.wait_until_finished()
         checkpointer.close()
+        (staging / _OWNER_FILE).unlink()
         staging.rename(directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -79,9 +96,102 @@ def save_checkpoint(
     return directory
 
 
+def remove_stale_staging(directory: str | Path) -> list[Path]:
+    """Deletes the staging directories of `directory` that no running process will finish.
+
+    A staging directory is stale when the process recorded in its owner file is gone (same host),
+    when it has no owner file and is older than UNOWNED_STAGING_MAX_AGE_S, or when it is older
+    than STALE_STAGING_MAX_AGE_S.
+
+    Args:
+      directory: the checkpoint directory whose `.<name>.*` siblings are examined.
+
+    Returns:
+      The directories removed.
+    """
+    directory = Path(directory).absolute()
+    if not directory.parent.is_dir():
+        return []
+    removed = []
+    for staging in directory.parent.glob(f".{directory.name}.*"):
+        if staging.is_dir() and _is_stale(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
+def _is_stale(staging: Path) -> bool:
+    try:
+        age = time.time() - staging.stat().st_mtime
+    except FileNotFoundError:
+        return False  # renamed or removed meanwhile
+    if age > STALE_STAGING_MAX_AGE_S:
+        return True
+    try:
+        owner = json.loads((staging / _OWNER_FILE).read_text())
+        host, pid = owner["host"], int(owner["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return age > UNOWNED_STAGING_MAX_AGE_S
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why `directory` is not a complete checkpoint directory, or None when it is one.
+
+    Checks the files, that config.json parses, that params/ holds orbax metadata and that the
+    stored parameter tree has the names and shapes the config implies (no array data is read).
+
+    Args:
+      directory: the checkpoint directory.
+
+    Returns:
+      One line saying what is wrong, or None.
+    """
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    for name in ("config.json", "conversion.json"):
+        if not (directory / name).is_file():
+            return f"{directory} has no {name}"
+    params = directory / "params"
+    if not params.is_dir():
+        return f"{directory} has no params/"
+    if not any(params.iterdir()):
+        return f"{params} is empty"
+    if not (params / "_METADATA").is_file():
+        return f"{params} has no orbax metadata (_METADATA)"
+    try:
+        config = read_config(directory)
+        json.loads((directory / "conversion.json").read_text())
+        _check_tree(config, _stored_tree(params))
+    except (OSError, ValueError) as error:
+        return f"{directory}: {error}"
+    return None
+
+
+def _stored_tree(params: Path) -> Any:
+    """The stored parameter tree's metadata (names, shapes, dtypes) from orbax."""
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        metadata = checkpointer.metadata(params).item_metadata
+    finally:
+        checkpointer.close()
+    if metadata is None or getattr(metadata, "tree", None) is None:
+        raise ValueError(f"{params} holds no readable orbax checkpoint metadata")
+    return metadata.tree
+
+
 def read_config(directory: str | Path) -> ModelConfig:
     """The model config of a checkpoint directory."""
-    return ModelConfig.from_hf(json.loads((Path(directory) / "config.json").read_text()))
+    return read_config_json(Path(directory) / "config.json")
 
 
 def load_params(
@@ -103,9 +213,9 @@ def load_params(
       The nested parameter tree of jax arrays.
     """
     path = Path(directory).absolute() / "params"
-    checkpointer = ocp.StandardCheckpointer()
-    stored = checkpointer.metadata(path).item_metadata.tree
+    stored = _stored_tree(path)
     _check_tree(config, stored)
+    checkpointer = ocp.StandardCheckpointer()
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0]) if sharding is None else sharding
     abstract = jax.tree.map(
         lambda meta: jax.ShapeDtypeStruct(
@@ -155,6 +265,9 @@ def load_checkpoint(
     directory = Path(directory)
     if not (directory / "params").is_dir():
         raise FileNotFoundError(f"{directory} is not a checkpoint directory (no params/)")
+    problem = checkpoint_problem(directory)
+    if problem is not None:
+        raise ValueError(f"{directory} is not a complete checkpoint: {problem}")
     config = read_config(directory)
     params = load_params(directory, config, dtype=dtype, sharding=sharding)
     tokenizer = (

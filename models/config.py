@@ -2,14 +2,18 @@
 
 Llama 2 / 3 / 3.1, Mistral (no sliding window), Qwen2 / Qwen2.5 and SmolLM2 are one decoder
 family. A key that would change the computation and is not handled here is refused by name
-instead of being silently ignored.
+instead of being silently ignored. A key that is absent takes the value transformers' config
+class of the family gives it (`LlamaConfig`, `MistralConfig`, `Qwen2Config` of transformers
+5.24), except the shape keys, which must be present.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -92,8 +96,54 @@ _ROPE_KEYS = {
 _ROPE_REQUIRED = {
     "default": frozenset(),
     "linear": frozenset({"factor"}),
-    "llama3": _ROPE_KEYS["llama3"],
+    "llama3": frozenset({"factor", "low_freq_factor", "high_freq_factor"}),
     "yarn": frozenset({"factor"}),
+}
+# Shape keys: transformers has defaults for them (a 7B model's), but a checkpoint whose config
+# lacks one is broken, so they are required.
+_REQUIRED_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+)
+# What transformers 5.24's config classes use for a key that config.json leaves out, for every
+# key that changes what the model computes (or when generation stops). A None
+# num_key_value_heads means one kv head per query head; a None head_dim, hidden_size // heads.
+_COMMON_DEFAULTS = {
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "head_dim": None,
+    "pad_token_id": None,
+}
+_FAMILY_DEFAULTS = {
+    "llama": {
+        "max_position_embeddings": 2048,
+        "num_key_value_heads": None,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "attention_bias": False,
+        "mlp_bias": False,
+    },
+    "mistral": {
+        "max_position_embeddings": 4096 * 32,
+        "num_key_value_heads": 8,
+        "sliding_window": 4096,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
+    "qwen2": {
+        "max_position_embeddings": 32768,
+        "num_key_value_heads": 32,
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "max_window_layers": 28,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    },
 }
 
 
@@ -189,8 +239,12 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        if not self.rms_norm_eps > 0:
-            raise ValueError(f"rms_norm_eps={self.rms_norm_eps} must be positive")
+        if (
+            not isinstance(self.rms_norm_eps, (int, float))
+            or isinstance(self.rms_norm_eps, bool)
+            or not self.rms_norm_eps > 0
+        ):
+            raise ValueError(f"rms_norm_eps={self.rms_norm_eps!r} must be a positive number")
         if self.model_type == "qwen2" and (not self.qkv_bias or self.o_bias or self.mlp_bias):
             raise ValueError(
                 f"qwen2 has q/k/v bias only; got qkv_bias={self.qkv_bias}, o_bias={self.o_bias}, "
@@ -210,67 +264,88 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any]) -> ModelConfig:
+    def from_hf(cls, hf: Mapping[str, Any], *, source: str = "config.json") -> ModelConfig:
         """Parses a Hugging Face `config.json` dict, refusing keys it does not understand.
+
+        Absent keys take the family's transformers defaults (`_FAMILY_DEFAULTS`); absent shape
+        keys are refused.
 
         Args:
           hf: the decoded `config.json`.
+          source: what the dict was read from (a path), named in error messages.
 
         Returns:
           The validated config.
         """
+        if not isinstance(hf, Mapping):
+            raise ValueError(f"{source} holds a {type(hf).__name__}, not a JSON object")
         model_type = hf.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ValueError(
-                f"config.json model_type={model_type!r} is not supported; expected one of "
+                f"{source}: model_type={model_type!r} is not supported; expected one of "
                 f"{MODEL_TYPES}"
             )
         unknown = set(hf) - _IGNORED_KEYS - _COMMON_KEYS - _FAMILY_KEYS[model_type]
         if unknown:
             raise ValueError(
-                f"config.json keys {sorted(unknown)} are not understood for model_type "
+                f"{source}: keys {sorted(unknown)} are not understood for model_type "
                 f"{model_type!r}; refusing rather than guessing what they change"
             )
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported (only 'silu')")
+        missing = [key for key in _REQUIRED_KEYS if key not in hf]
+        if missing:
+            raise ValueError(f"{source} lacks the required key(s) {missing}")
+        given = dict(hf)
+        hf = _COMMON_DEFAULTS | _FAMILY_DEFAULTS[model_type] | given
+        if hf["hidden_act"] not in ("silu", "swish"):
+            raise ValueError(
+                f"{source}: hidden_act={hf['hidden_act']!r} is not supported (only 'silu', "
+                "also spelled 'swish')"
+            )
         if hf.get("partial_rotary_factor", 1.0) != 1.0:
             raise ValueError(
-                f"partial_rotary_factor={hf['partial_rotary_factor']} is not supported (only 1.0)"
+                f"{source}: partial_rotary_factor={hf['partial_rotary_factor']} is not supported "
+                "(only 1.0)"
             )
         if hf.get("rope_interleaved", False):
             raise ValueError(
-                "rope_interleaved=true is not supported (HF half-rotation layout only)"
+                f"{source}: rope_interleaved=true is not supported (HF half-rotation layout only)"
             )
         if hf.get("use_mrope", False):
-            raise ValueError("use_mrope=true (multimodal rope) is not supported")
-        max_positions = int(hf.get("max_position_embeddings", 4096))
-        _refuse_sliding_window(hf, model_type, max_positions)
-
-        num_heads = hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
-        eos = hf.get("eos_token_id")
-        eos_ids = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
-        attention_bias = bool(hf.get("attention_bias", False))
-        return cls(
-            model_type=model_type,
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=num_heads,
-            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-            head_dim=head_dim,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=max_positions,
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            qkv_bias=model_type == "qwen2" or attention_bias,
-            o_bias=attention_bias,
-            mlp_bias=bool(hf.get("mlp_bias", False)),
-            rope=_rope_from_hf(hf, max_positions),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=eos_ids,
-            pad_token_id=hf.get("pad_token_id"),
-        )
+            raise ValueError(f"{source}: use_mrope=true (multimodal rope) is not supported")
+        max_positions = hf["max_position_embeddings"]
+        try:
+            _refuse_sliding_window(hf, model_type, max_positions, source, given)
+            num_heads = hf["num_attention_heads"]
+            head_dim = hf["head_dim"] or hf["hidden_size"] // num_heads
+            eos = hf["eos_token_id"]
+            eos_ids = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
+            attention_bias = bool(hf.get("attention_bias", False))
+            return cls(
+                model_type=model_type,
+                vocab_size=hf["vocab_size"],
+                hidden_size=hf["hidden_size"],
+                intermediate_size=hf["intermediate_size"],
+                num_layers=hf["num_hidden_layers"],
+                num_heads=num_heads,
+                num_kv_heads=hf["num_key_value_heads"] or num_heads,
+                head_dim=head_dim,
+                rms_norm_eps=hf["rms_norm_eps"],
+                max_position_embeddings=max_positions,
+                tie_word_embeddings=bool(hf["tie_word_embeddings"]),
+                qkv_bias=model_type == "qwen2" or attention_bias,
+                o_bias=attention_bias,
+                mlp_bias=bool(hf.get("mlp_bias", False)),
+                rope=_rope_from_hf(given, max_positions),
+                bos_token_id=hf["bos_token_id"],
+                eos_token_ids=eos_ids,
+                pad_token_id=hf["pad_token_id"],
+            )
+        except (TypeError, ZeroDivisionError) as error:
+            raise ValueError(f"{source}: {error}") from error
+        except ValueError as error:
+            if str(error).startswith(source):
+                raise
+            raise ValueError(f"{source}: {error}") from error
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face `config.json` dict describing this model (old-style rope keys)."""
@@ -308,14 +383,47 @@ class ModelConfig:
         return hf
 
 
-def _refuse_sliding_window(hf: Mapping[str, Any], model_type: str, max_positions: int) -> None:
-    """Raises if the config enables a sliding window that would actually mask keys."""
+def read_config_json(path: str | Path) -> ModelConfig:
+    """Reads and validates a `config.json` file; errors name the file.
+
+    Args:
+      path: the config.json file.
+
+    Returns:
+      The validated config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        hf = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    return ModelConfig.from_hf(hf, source=str(path))
+
+
+def _refuse_sliding_window(
+    hf: Mapping[str, Any],
+    model_type: str,
+    max_positions: int,
+    source: str,
+    given: Mapping[str, Any],
+) -> None:
+    """Raises if the config (defaults filled in) has a sliding window that would mask keys."""
     if model_type == "mistral":
-        window = hf.get("sliding_window")
+        window = hf["sliding_window"]
         # A window at least as long as the context never masks anything.
         if window is not None and window < max_positions:
+            if "sliding_window" not in given:
+                raise ValueError(
+                    f"{source} has no sliding_window key, so transformers' MistralConfig applies "
+                    f"its default window of {window} tokens, which masks keys within "
+                    f"max_position_embeddings={max_positions}: sliding-window attention is not "
+                    'supported (write "sliding_window": null if the model attends to its whole '
+                    "context)"
+                )
             raise ValueError(
-                f"sliding_window={window} < max_position_embeddings={max_positions}: "
+                f"{source}: sliding_window={window} < max_position_embeddings={max_positions}: "
                 "sliding-window attention is not supported"
             )
     if model_type == "qwen2":
@@ -323,15 +431,21 @@ def _refuse_sliding_window(hf: Mapping[str, Any], model_type: str, max_positions
         sliding = [i for i, kind in enumerate(layer_types) if kind != "full_attention"]
         if sliding:
             raise ValueError(
-                f"layer_types marks layers {sliding} as {layer_types[sliding[0]]!r}; only "
-                "full attention is supported"
+                f"{source}: layer_types marks layers {sliding} as {layer_types[sliding[0]]!r}; "
+                "only full attention is supported"
             )
-        if hf.get("use_sliding_window", False) and hf.get("max_window_layers", 0) < hf.get(
-            "num_hidden_layers", 0
+        # Qwen2Config: with use_sliding_window, layers from max_window_layers on slide.
+        num_layers, first_sliding = hf["num_hidden_layers"], hf["max_window_layers"]
+        if (
+            not layer_types
+            and hf["use_sliding_window"]
+            and hf["sliding_window"] is not None
+            and first_sliding < num_layers
         ):
             raise ValueError(
-                f"use_sliding_window=true with max_window_layers={hf.get('max_window_layers')} "
-                "enables sliding-window attention, which is not supported"
+                f"{source}: use_sliding_window=true with max_window_layers={first_sliding} "
+                f"< num_hidden_layers={num_layers} enables sliding-window attention, which is "
+                "not supported"
             )
 
 
@@ -341,14 +455,11 @@ def _rope_from_hf(hf: Mapping[str, Any], max_positions: int) -> RopeConfig:
     params = dict(hf.get("rope_parameters") or {})
     scaling = dict(hf.get("rope_scaling") or {})
     if params and scaling and params != scaling:
-        raise ValueError(
-            f"config.json has both rope_parameters={params} and rope_scaling={scaling}; "
-            "they disagree"
-        )
+        raise ValueError(f"rope_parameters={params} and rope_scaling={scaling} disagree")
     params = params or scaling
     theta = params.pop("rope_theta", None)
     if theta is None:
-        theta = hf.get("rope_theta", 10000.0)
+        theta = hf.get("rope_theta", _COMMON_DEFAULTS["rope_theta"])
     elif "rope_theta" in hf and hf["rope_theta"] != theta:
         raise ValueError(f"rope_theta={hf['rope_theta']} disagrees with rope_parameters ({theta})")
     kind = params.pop("rope_type", None)
@@ -371,7 +482,8 @@ def _rope_from_hf(hf: Mapping[str, Any], max_positions: int) -> RopeConfig:
     missing = _ROPE_REQUIRED[kind] - set(params)
     if missing:
         raise ValueError(f"rope type {kind!r} needs keys {sorted(missing)}")
-    if kind == "yarn":
+    if kind in ("llama3", "yarn"):
+        # transformers' standardize_rope_params: the pretraining context defaults to the model's.
         params.setdefault("original_max_position_embeddings", max_positions)
     if "truncate" in params and params["truncate"] is None:
         del params["truncate"]

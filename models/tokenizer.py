@@ -194,11 +194,12 @@ class Tokenizer:
         )
 
     @classmethod
-    def from_gguf(cls, reader: Any) -> Tokenizer:
+    def from_gguf(cls, reader: Any, *, source: str = "GGUF file") -> Tokenizer:
         """Builds the tokenizer a GGUF file describes (byte-level BPE only).
 
         Args:
           reader: an open `gguf.GGUFReader`.
+          source: the file's name, for error messages.
 
         Returns:
           The tokenizer, with special tokens and chat template from the metadata.
@@ -210,7 +211,12 @@ class Tokenizer:
 
         kind = get("tokenizer.ggml.model")
         if kind != "gpt2":
-            raise ValueError(f"GGUF tokenizer.ggml.model={kind!r} is not supported (only 'gpt2')")
+            raise ValueError(
+                f"{source}: GGUF tokenizer.ggml.model={kind!r} is not supported (only 'gpt2')"
+            )
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+            if key not in fields:
+                raise ValueError(f"{source}: GGUF metadata lacks {key}")
         tokens = get("tokenizer.ggml.tokens")
         token_types = get("tokenizer.ggml.token_type") or [1] * len(tokens)
         merges = [tuple(merge.split(" ", 1)) for merge in get("tokenizer.ggml.merges")]

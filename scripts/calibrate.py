@@ -14,6 +14,9 @@ Steps (docs/calibration.md):
    adjusted Rand index between clusterings on disjoint texts, on another length, and with
    another autoencoder seed.
 5. Write the table (reference schema + metadata), a JSON report and figures; print a summary.
+
+Every option is checked before the model is loaded; a bad one ends the run with one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation import texts  # noqa: E402
 from evaluation.windows import Window, plan_windows, tokenize_documents  # noqa: E402
 from models import load_builtin, load_checkpoint  # noqa: E402
+from models.checkpoint import checkpoint_problem  # noqa: E402
 from models.collect import BlockMapCollector, CollectedMaps, collect_block_maps  # noqa: E402
 from models.fetch import BUILTIN_MODELS, cache_dir  # noqa: E402
+from pallas_kernels.block_sparse_attention import IMPLEMENTATIONS  # noqa: E402
 from sharedsparse_jax.calibrate import (  # noqa: E402
     DEFAULT_THRESHOLDS,
     EMBEDDINGS,
@@ -82,7 +87,17 @@ class Sample:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Parses and checks the command line; a bad option exits with one line on stderr."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = argument_problem(args, SharePrefillConfig())
+    if problem is not None:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", default="smollm2-135m-instruct", choices=sorted(BUILTIN_MODELS))
     which.add_argument("--checkpoint", type=Path, help="a converted checkpoint directory")
@@ -143,7 +158,50 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--work-dir", type=Path, default=None, help="map cache (default: <cache>/calibration)"
     )
     parser.add_argument("--implementation", default=None, help="kernel implementation")
-    return parser.parse_args(argv)
+    return parser
+
+
+def argument_problem(args, planner: SharePrefillConfig) -> str | None:
+    """What is wrong with the options, checked without loading anything (None: nothing)."""
+    if args.checkpoint is not None:
+        if not args.checkpoint.is_dir():
+            return f"--checkpoint {args.checkpoint}: no such directory"
+        problem = checkpoint_problem(args.checkpoint)
+        if problem is not None:
+            return f"--checkpoint {args.checkpoint}: not a converted checkpoint: {problem}"
+        if not (args.checkpoint / "tokenizer.json").is_file():
+            return f"--checkpoint {args.checkpoint}: no tokenizer.json, so no text can be encoded"
+    for option, value, least in (
+        ("--length", args.length, 1),
+        ("--second-length", args.second_length, 0),
+        ("--samples", args.samples, 1),
+        ("--heldout", args.heldout, 1),
+        ("--map-block-size", args.map_block_size, 1),
+    ):
+        if value < least:
+            return f"{option} must be >= {least}, got {value}"
+    problem = lengths_problem(args, planner)
+    if problem is not None:
+        return problem
+    try:
+        CalibrationConfig(
+            grid=args.grid,
+            cluster=cluster_config(args, args.embedding),
+            selection=selection_config(args, planner),
+        )
+    except ValueError as error:
+        return f"invalid calibration settings: {error}"
+    for option, path in (("--table", args.table), ("--report", args.report)):
+        if path is not None and path.is_dir():
+            return f"{option} {path} is a directory; give the path of a file to write"
+    for option, path in (("--figures", args.figures), ("--work-dir", args.work_dir)):
+        if path is not None and path.exists() and not path.is_dir():
+            return f"{option} {path} is a file; give a directory"
+    if args.implementation is not None and args.implementation not in IMPLEMENTATIONS:
+        return (
+            f"--implementation {args.implementation}: unknown; known: {', '.join(IMPLEMENTATIONS)}"
+        )
+    return None
 
 
 def load_model(args):
@@ -152,23 +210,34 @@ def load_model(args):
     return load_builtin(args.model), args.name or args.model
 
 
-def check_lengths(args, planner: SharePrefillConfig) -> None:
+def lengths_problem(args, planner: SharePrefillConfig) -> str | None:
+    """What is wrong with the window lengths and the map block size (None: nothing)."""
     lengths = [args.length] + ([args.second_length] if args.second_length else [])
     for length in lengths:
         if length % planner.block_size or length % args.map_block_size:
-            raise SystemExit(
+            return (
                 f"length {length} must be a multiple of the planner's block size"
                 f" ({planner.block_size}) and of --map-block-size ({args.map_block_size})"
             )
     if planner.block_size % args.map_block_size:
-        raise SystemExit(f"--map-block-size must divide {planner.block_size}")
+        return f"--map-block-size must divide {planner.block_size}"
     if args.length < planner.dense_below:
-        raise SystemExit(f"--length must be >= {planner.dense_below} (shorter prompts run dense)")
+        return f"--length must be >= {planner.dense_below} (shorter prompts run dense)"
     if args.second_length >= args.length:
-        raise SystemExit(
+        return (
             f"--second-length ({args.second_length}) must be below --length ({args.length}):"
             " its maps are the windows' prefixes"
         )
+    return None
+
+
+def selection_config(args, planner: SharePrefillConfig) -> SelectionConfig:
+    return SelectionConfig(
+        planner=planner,
+        min_coverage=args.min_coverage,
+        min_coverage_gain=args.min_coverage_gain,
+        min_saving=args.min_saving,
+    )
 
 
 def choose_samples(tokenizer, args) -> tuple[list[Sample], list[Sample]]:
@@ -319,7 +388,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.time()
     planner = SharePrefillConfig()
-    check_lengths(args, planner)
     loaded, model_name = load_model(args)
     config = loaded.config
     print(
@@ -373,12 +441,7 @@ def main(argv=None) -> int:
             embeddings[embedding] = embed_inputs(args, embedding, inputs, bar)
 
     chosen = cluster_config(args, args.embedding)
-    selection = SelectionConfig(
-        planner=planner,
-        min_coverage=args.min_coverage,
-        min_coverage_gain=args.min_coverage_gain,
-        min_saving=args.min_saving,
-    )
+    selection = selection_config(args, planner)
     clustering = cluster_embedded(embeddings[args.embedding]["all"], chosen.threshold, args.linkage)
     metadata = {
         "model": model_name,

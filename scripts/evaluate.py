@@ -15,6 +15,9 @@ figures. Examples:
     python scripts/evaluate.py --smoke
     # only rebuild summary, tables and plots from what is on disk
     python scripts/evaluate.py --report-only
+
+Every option is checked before anything is loaded or logged: a bad one ends the run with one
+line on stderr, and `runs.jsonl` in the results directory records only valid runs.
 """
 
 from __future__ import annotations
@@ -53,33 +56,37 @@ DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
 
 
 def parse_length(text: str) -> int:
-    """`1024`, `1K`, `1k`, `32K` -> tokens (K = 1024)."""
+    """`1024`, `1K`, `1k`, `32K` -> tokens (K = 1024), at least 1."""
     match = re.fullmatch(r"(\d+)([kK]?)", text.strip())
-    if not match:
+    if not match or int(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"not a length: {text!r} (e.g. 4096 or 4K)")
     return int(match.group(1)) * (1024 if match.group(2) else 1)
 
 
 def parse_duration(text: str) -> float:
-    """`5400`, `90m`, `1.5h`, `30s` -> seconds."""
-    match = re.fullmatch(r"([\d.]+)([smh]?)", text.strip())
-    if not match:
+    """`5400`, `90m`, `1.5h`, `30s` -> seconds (more than 0)."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([smh]?)", text.strip())
+    if not match or float(match.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90m)")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 def parse_samples(values: list[str]) -> dict[str, int]:
-    """`50` or `passkey=50 vt=20` -> {task: n, "default": n}."""
+    """`50` or `passkey=50 vt=20` -> {task: n, "default": n}; ValueError on other spellings."""
     samples: dict[str, int] = {}
     for value in values:
         task, _, count = value.rpartition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--samples {value!r}: write N or TASK=N with N >= 1")
         samples[task or "default"] = int(count)
     return samples
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=Path(__file__).name,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", default=[SMOLLM2, QWEN])
     parser.add_argument(
@@ -113,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kl-positions", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, help="cap on each task's generation budget")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU/TPU, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="auto: bfloat16 on GPU/TPU, float32 on CPU",
+    )
     parser.add_argument("--table", default="builtin", help="builtin, none, or a table JSON path")
     parser.add_argument(
         "--device-budget",
@@ -153,36 +165,96 @@ def lengths_per_model(args, fixed, per_model_arg, defaults) -> dict[str, tuple[i
     return {m: tuple(chosen) if chosen else defaults.get(m, (1024,)) for m in args.models}
 
 
+def build_options(args: argparse.Namespace):
+    """The run's EvalOptions; ValueError naming the option when one is wrong."""
+    from evaluation.harness.model_runs import TINY_MODEL
+    from evaluation.harness.options import EvalOptions
+    from models.fetch import BUILTIN_MODELS
+    from sharedsparse_jax.config import METHODS
+
+    known_models = [*BUILTIN_MODELS, TINY_MODEL]
+    for name in args.models:
+        if name not in known_models:
+            raise ValueError(f"--models {name}: unknown model; known: {', '.join(known_models)}")
+    from evaluation.tasks import TASKS
+
+    for task in args.tasks:
+        if task != TEXT and task not in TASKS:
+            known = ", ".join([TEXT, *sorted(TASKS)])
+            raise ValueError(f"--tasks {task}: unknown task; known: {known}")
+    for option, value in (
+        ("--windows", args.windows),
+        ("--kl-positions", args.kl_positions),
+        ("--max-new-tokens", 1 if args.max_new_tokens is None else args.max_new_tokens),
+    ):
+        if value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
+    for method in args.methods:
+        if method not in METHODS:
+            raise ValueError(f"--methods {method}: unknown method; known: {', '.join(METHODS)}")
+    variants = []
+    for spec in args.variants:
+        try:
+            variants.append(parse_variant(spec))
+        except ValueError as error:
+            raise ValueError(f"--variants: {error}") from error
+    samples = parse_samples(args.samples)
+    for task in samples:
+        if task != "default" and task not in args.tasks:
+            raise ValueError(f"--samples {task}=...: {task!r} is not among --tasks")
+    if args.table not in ("builtin", "none") and not Path(args.table).is_file():
+        raise ValueError(f"--table {args.table}: no such file (or builtin, none)")
+    return EvalOptions(
+        models=args.models,
+        tasks=args.tasks,
+        text_lengths=lengths_per_model(args, args.lengths, args.text_lengths, DEFAULT_TEXT_LENGTHS),
+        retrieval_lengths=lengths_per_model(
+            args, args.lengths, args.retrieval_lengths, DEFAULT_RETRIEVAL_LENGTHS
+        ),
+        methods=args.methods,
+        variants=variants,
+        windows=args.windows,
+        samples=samples,
+        kl_positions=args.kl_positions,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        dtype=args.dtype,
+        table=args.table,
+        device_budget_s=args.device_budget,
+    )
+
+
+def paths_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the output paths (None: nothing)."""
+    if args.results_dir.exists() and not args.results_dir.is_dir():
+        return f"--results-dir {args.results_dir} is a file; give a directory"
+    if args.report_only and not args.results_dir.is_dir():
+        return f"--report-only: {args.results_dir} holds no results"
+    if not args.no_report:
+        if args.report.is_dir():
+            return f"--report {args.report} is a directory; give the path of a file to write"
+        if args.figures.exists() and not args.figures.is_dir():
+            return f"--figures {args.figures} is a file; give a directory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.smoke:
         apply_smoke(args)
+    try:
+        options = None if args.report_only else build_options(args)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    problem = paths_problem(args)
+    if problem is not None:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
     store = ResultStore(args.results_dir)
-    if not args.report_only:
+    if options is not None:
         from evaluation.harness.environment import environment
-        from evaluation.harness.options import EvalOptions
         from evaluation.harness.run import run_evaluation
 
-        options = EvalOptions(
-            models=args.models,
-            tasks=args.tasks,
-            text_lengths=lengths_per_model(
-                args, args.lengths, args.text_lengths, DEFAULT_TEXT_LENGTHS
-            ),
-            retrieval_lengths=lengths_per_model(
-                args, args.lengths, args.retrieval_lengths, DEFAULT_RETRIEVAL_LENGTHS
-            ),
-            methods=args.methods,
-            variants=[parse_variant(v) for v in args.variants],
-            windows=args.windows,
-            samples=parse_samples(args.samples),
-            kl_positions=args.kl_positions,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-            dtype=args.dtype,
-            table=args.table,
-            device_budget_s=args.device_budget,
-        )
         env = environment()
         print(
             f"results: {args.results_dir}\nrunning on {env['device_kind']} ({env['cpu']}, "

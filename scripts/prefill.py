@@ -14,7 +14,8 @@ kind the planner chose. Bring your own prompt, checkpoint and sharing table:
 
 `--checkpoint` takes a built-in name, a converted checkpoint directory, an HF safetensors
 directory or a GGUF file (the last two are converted into the cache once). docs/usage.md
-describes every option.
+describes every option. Every option is checked before anything is loaded; a bad one ends the
+run with one line on stderr.
 """
 
 from __future__ import annotations
@@ -43,14 +44,17 @@ from models import (  # noqa: E402
     LoadedCheckpoint,
     SamplingConfig,
     cache_dir,
-    convert_checkpoint,
     decode,
     load_builtin,
     load_checkpoint,
     prefill,
 )
+from models.checkpoint import checkpoint_problem  # noqa: E402
+from models.config import ModelConfig, read_config_json  # noqa: E402
 from models.convert import CONVERTER_VERSION  # noqa: E402
-from models.fetch import DEFAULT_MODEL, cache_lock  # noqa: E402
+from models.convert.gguf import hf_config_from_gguf, open_gguf  # noqa: E402
+from models.fetch import DEFAULT_MODEL, cached_conversion  # noqa: E402
+from pallas_kernels.block_sparse_attention import IMPLEMENTATIONS  # noqa: E402
 from sharedsparse_jax import tables  # noqa: E402
 from sharedsparse_jax.attention import SharePrefillAttention  # noqa: E402
 from sharedsparse_jax.config import METHODS, SharePrefillConfig  # noqa: E402
@@ -75,8 +79,20 @@ class Question:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses and checks the command line; a bad option exits with one line on stderr."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = argument_problem(args)
+    if problem is not None:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        prog=Path(__file__).name,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     source = parser.add_argument_group("model and prompt")
     source.add_argument(
@@ -183,7 +199,101 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "first call only, from which compile time is subtracted)",
     )
     run.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    return parser.parse_args(argv)
+    return parser
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, checked without loading anything (None: nothing).
+
+    Reads the prompt file into `args.prompt_text` and builds the planner config into
+    `args.planner`.
+    """
+    problem = _checkpoint_problem(args.checkpoint)
+    if problem is not None:
+        return problem
+    args.prompt_text = None
+    if args.prompt_file is not None:
+        if not args.prompt_file.is_file():
+            return f"--prompt-file {args.prompt_file}: no such file"
+        try:
+            args.prompt_text = args.prompt_file.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            return f"--prompt-file {args.prompt_file}: cannot be read as text ({error})"
+        if not args.prompt_text.strip():
+            return f"--prompt-file {args.prompt_file} is empty"
+    else:
+        for option, given in (("--answer", args.answer), ("--raw-prompt", args.raw_prompt)):
+            if given:
+                return f"{option} applies to --prompt-file (the built-in question has its own)"
+    if args.context_tokens < 1:
+        return f"--context-tokens must be >= 1, got {args.context_tokens}"
+    if not 0.0 <= args.needle_depth <= 1.0:
+        return f"--needle-depth must be in [0, 1], got {args.needle_depth}"
+    if args.max_new_tokens < 1:
+        return f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"
+    if args.repeats < 0:
+        return f"--repeats must be >= 0, got {args.repeats}"
+    if args.json is not None:
+        if args.json.is_dir():
+            return f"--json {args.json} is a directory; give the path of a file to write"
+        existing = next((p for p in args.json.absolute().parents if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            return f"--json {args.json}: {existing} is a file, not a directory"
+    if args.table is not None and args.table.lower() not in ("none", "builtin"):
+        if "shareprefill" not in args.method:
+            return "--table is a sharing table for --method shareprefill, which is not run"
+        table = Path(args.table)
+        if not table.is_file():
+            return f"--table {args.table}: no such file (or pass none)"
+        try:
+            json.loads(table.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"--table {args.table} is not a JSON file ({error})"
+    if args.implementation is not None:
+        unknown = [n for n in args.implementation.split(",") if n not in IMPLEMENTATIONS]
+        if unknown:
+            return f"--implementation: unknown {unknown}; known: {', '.join(IMPLEMENTATIONS)}"
+    try:
+        args.planner = planner_config(args)
+    except ValueError as error:
+        return f"invalid planner settings: {error}"
+    return None
+
+
+def _checkpoint_problem(source: str) -> str | None:
+    """What is wrong with a --checkpoint value, without loading it (None: nothing)."""
+    if source in BUILTIN_MODELS:
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return (
+            f"--checkpoint {source}: not a built-in model ({', '.join(BUILTIN_MODELS)}) and no"
+            " such file or directory"
+        )
+    try:
+        if path.is_dir():
+            if (path / "params").is_dir():
+                problem = checkpoint_problem(path)
+                if problem is not None:
+                    return f"--checkpoint {source}: {problem}"
+            elif not (path / "config.json").is_file():
+                return f"--checkpoint {source}: neither params/ nor config.json in it"
+            else:
+                read_config_json(path / "config.json")
+            if not (path / "tokenizer.json").is_file():
+                return (
+                    f"--checkpoint {source}: no tokenizer.json in it, so no prompt can be encoded"
+                )
+            return None
+        # The GGUF's metadata (not its tensors) is read here, so that a damaged file is named now.
+        ModelConfig.from_hf(
+            hf_config_from_gguf(open_gguf(path), source=str(path)), source="its GGUF metadata"
+        )
+    except (OSError, ValueError) as error:
+        # Errors about the file name it already; the option is named for the rest.
+        named = str(error).startswith(str(path))
+        return f"--checkpoint: {error}" if named else f"--checkpoint {source}: {error}"
+    return None
 
 
 def resolve_checkpoint(source: str, dtype: jnp.dtype) -> tuple[LoadedCheckpoint, str]:
@@ -212,10 +322,12 @@ def resolve_checkpoint(source: str, dtype: jnp.dtype) -> tuple[LoadedCheckpoint,
         raise SystemExit(f"--checkpoint {source}: neither params/ nor config.json in it")
     converted = cache_dir() / "checkpoints" / f"{path.stem}-{_source_digest(path)}"
     converted = converted.with_name(f"{converted.name}-float32-v{CONVERTER_VERSION}")
-    with cache_lock(f"convert-{converted.name}"):
-        if not (converted / "params").is_dir():
-            print(f"converting {path} into {converted} (once)", flush=True)
-            convert_checkpoint(path, converted, dtype="float32")
+    if checkpoint_problem(converted) is not None:
+        print(f"converting {path} into {converted} (once)", flush=True)
+    try:
+        cached_conversion(path, converted, dtype="float32")
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--checkpoint {source}: cannot be converted: {error}") from error
     return load_checkpoint(converted, dtype=dtype), path.stem
 
 
@@ -250,7 +362,7 @@ def build_question(args: argparse.Namespace, loaded: LoadedCheckpoint) -> Questi
             " with 'The pass key is'"
         )
         return Question(description, tokenizer.encode(sample.prompt), sample.answers[0])
-    text = args.prompt_file.read_text()
+    text = args.prompt_text
     if args.raw_prompt or tokenizer.chat_template is None:
         ids = tokenizer.encode(text)
         how = "as it is" if args.raw_prompt else "as it is (the tokenizer has no chat template)"
@@ -279,23 +391,20 @@ def resolve_table(
 
 
 def planner_config(args: argparse.Namespace) -> SharePrefillConfig:
-    """The planner knobs as a config (its method is set per run); bad values exit with why."""
-    try:
-        return SharePrefillConfig(
-            block_size=args.block_size,
-            gamma=args.gamma,
-            tau_sim=args.tau_sim,
-            tau_fb=args.tau_fb,
-            tau_qa=args.tau_qa,
-            min_budget=args.min_budget,
-            max_budget=args.max_budget,
-            dense_below=args.dense_below,
-            streaming_sink=args.streaming_sink,
-            streaming_window=args.streaming_window,
-            reference_quirks=args.reference_quirks,
-        )
-    except ValueError as error:
-        raise SystemExit(f"invalid planner settings: {error}") from error
+    """The planner knobs as a config (its method is set per run); bad values raise ValueError."""
+    return SharePrefillConfig(
+        block_size=args.block_size,
+        gamma=args.gamma,
+        tau_sim=args.tau_sim,
+        tau_fb=args.tau_fb,
+        tau_qa=args.tau_qa,
+        min_budget=args.min_budget,
+        max_budget=args.max_budget,
+        dense_below=args.dense_below,
+        streaming_sink=args.streaming_sink,
+        streaming_window=args.streaming_window,
+        reference_quirks=args.reference_quirks,
+    )
 
 
 def make_attention(
@@ -386,7 +495,7 @@ def print_report(records: list[dict], question: Question) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    planner = planner_config(args)
+    planner = args.planner
     on_cpu = jax.default_backend() == "cpu"
     dtype_name = args.dtype or ("float32" if on_cpu else "bfloat16")
     loaded, model_name = resolve_checkpoint(args.checkpoint, jnp.dtype(dtype_name))
@@ -398,7 +507,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f" {args.max_new_tokens} exceeds the model's context of"
             f" {config.max_position_embeddings} tokens"
         )
-    table, table_line = resolve_table(args.table, model_name, config.num_layers, config.num_heads)
+    try:
+        table, table_line = resolve_table(
+            args.table, model_name, config.num_layers, config.num_heads
+        )
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--table {args.table}: {error}") from error
     eos = loaded.tokenizer.eos_token_id
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens, stop_tokens=() if eos is None else (eos,)

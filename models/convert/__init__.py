@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gguf import GGUFReader
-
 from models.checkpoint import save_checkpoint
 from models.convert.common import CONVERTER_VERSION
-from models.convert.gguf import convert_gguf
+from models.convert.gguf import convert_gguf, open_gguf
 from models.convert.safetensors_hf import convert_safetensors
 from models.tokenizer import Tokenizer
 
@@ -30,11 +28,8 @@ def convert_checkpoint(
     """
     source = Path(source)
     if source.is_file():
-        with source.open("rb") as handle:
-            if handle.read(4) != b"GGUF":
-                raise ValueError(f"{source} is a file but not a GGUF file")
         config, params, _ = convert_gguf(source, dtype=dtype)
-        tokenizer = Tokenizer.from_gguf(GGUFReader(str(source)))
+        tokenizer = Tokenizer.from_gguf(open_gguf(source), source=str(source))
         source_format = "gguf"
     elif source.is_dir():
         config, params = convert_safetensors(source, dtype=dtype)

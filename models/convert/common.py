@@ -82,6 +82,12 @@ class ParameterFiller:
         self._filled[target][slot] = True
         self._sources.add(source)
 
+    def mark_used(self, source: str) -> None:
+        """Records a source tensor that fills no target (its content went into the config)."""
+        if source in self._sources:
+            raise ValueError(f"source tensor {source!r} is used twice")
+        self._sources.add(source)
+
     def finish(self) -> dict[str, Any]:
         """Checks that every target was filled and returns the nested parameter tree."""
         missing = []

@@ -11,7 +11,7 @@ import numpy as np
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from models.config import ModelConfig
+from models.config import ModelConfig, read_config_json
 from models.convert.common import ParameterFiller, fill_from_hf_layout
 
 _LAYER_TENSOR = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -44,10 +44,7 @@ _DERIVED_BUFFERS = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_
 
 def read_hf_config(directory: str | Path) -> ModelConfig:
     """Reads and validates `config.json` of an HF checkpoint directory."""
-    path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return ModelConfig.from_hf(json.loads(path.read_text()))
+    return read_config_json(Path(directory) / "config.json")
 
 
 def safetensors_files(directory: str | Path) -> list[Path]:

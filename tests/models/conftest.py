@@ -82,6 +82,58 @@ TINY_MODELS: list[dict[str, Any]] = [
             "sliding_window": None,
         },
     },
+    # Configs that leave keys out: transformers fills in its family defaults.
+    {
+        "name": "llama_defaults",  # no kv heads, context, eps, theta, llama3 original context
+        "family": "llama",
+        "config": {
+            key: _BASE[key]
+            for key in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+            )
+        }
+        | {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+            }
+        },
+    },
+    {
+        "name": "qwen2_yarn_defaults",  # YaRN with neither context key
+        "family": "qwen2",
+        "config": {k: v for k, v in _BASE.items() if k != "max_position_embeddings"}
+        | {"rope_scaling": {"type": "yarn", "factor": 4.0}},
+        "length": 150,
+    },
+    {
+        "name": "mistral_default_window",  # no sliding_window (4096 >= 512: masks nothing), 8 kv
+        "family": "mistral",
+        "config": {k: v for k, v in _BASE.items() if k != "num_key_value_heads"}
+        | {"num_attention_heads": 16, "head_dim": 16},
+    },
+    {
+        "name": "llama3_rope",  # Llama 3.1 rope, no biases (for rope_freqs GGUFs); swish = silu
+        "family": "llama",
+        "config": _BASE
+        | {
+            "hidden_act": "swish",
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        },
+    },
 ]
 
 
@@ -110,6 +162,12 @@ def tiny_hf_dir() -> Path:
         return hf_env.oracle_results("tiny_models", _request())
     except hf_env.OracleUnavailable as error:
         pytest.skip(str(error))
+
+
+def given_config(name: str) -> dict[str, Any]:
+    """The config dict a TINY_MODELS entry hands transformers (keys left out stay out)."""
+    spec = next(spec for spec in TINY_MODELS if spec["name"] == name)
+    return spec["config"] | {"model_type": spec["family"]}
 
 
 def load_reference(model_dir: Path) -> dict[str, np.ndarray]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from models.config import ModelConfig, RopeConfig
+from models.config import ModelConfig, RopeConfig, read_config_json
 from models.rope import inverse_frequencies
 from tests.models.conftest import TINY_MODELS
 
@@ -209,3 +211,69 @@ def test_llama3_frequencies_by_regime():
     middle = ~short & ~long
     assert middle.any() and np.all(scaled[middle] < base[middle])
     assert np.all(scaled[middle] > base[middle] / 8)
+
+
+def test_yarn_without_context_keys_takes_the_family_context():
+    hf = QWEN2_5_7B | {"rope_scaling": {"type": "yarn", "factor": 4.0}}
+    del hf["max_position_embeddings"]
+    config = ModelConfig.from_hf(hf)
+    # Qwen2Config: max_position_embeddings=32768, which YaRN takes as its original context.
+    assert config.max_position_embeddings == 32768
+    assert config.rope.original_max_position_embeddings == 32768
+
+
+@pytest.mark.parametrize(
+    "family,context,kv_heads,bos,eos",
+    [("llama", 2048, 4, 1, (2,)), ("mistral", 131072, 8, 1, (2,)), ("qwen2", 32768, 32, None, ())],
+)
+def test_absent_keys_take_transformers_defaults(family, context, kv_heads, bos, eos):
+    hf = {
+        "model_type": family,
+        "vocab_size": 256,
+        "hidden_size": 512,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 32 if family == "qwen2" else 4 if family == "llama" else 8,
+    }
+    if family == "mistral":
+        hf["sliding_window"] = None
+    config = ModelConfig.from_hf(hf)
+    assert config.max_position_embeddings == context
+    assert config.num_kv_heads == kv_heads
+    assert config.rms_norm_eps == 1e-6 and config.rope == RopeConfig(theta=10000.0)
+    assert not config.tie_word_embeddings
+    assert (config.bos_token_id, config.eos_token_ids) == (bos, eos)
+
+
+def test_mistral_without_sliding_window_key_gets_the_default_window():
+    hf = dict(MISTRAL_7B_V03)
+    del hf["sliding_window"]
+    # MistralConfig's default window of 4096 masks keys in a 32768-token context.
+    with pytest.raises(ValueError, match="no sliding_window key.*default window of 4096"):
+        ModelConfig.from_hf(hf)
+    # ... and masks nothing when the context is no longer than the window.
+    assert ModelConfig.from_hf(hf | {"max_position_embeddings": 4096}).max_position_embeddings
+
+
+def test_swish_is_silu():
+    assert ModelConfig.from_hf(LLAMA_3_1_8B | {"hidden_act": "swish"}) == ModelConfig.from_hf(
+        LLAMA_3_1_8B
+    )
+
+
+@pytest.mark.parametrize("key", ["num_hidden_layers", "vocab_size", "num_attention_heads"])
+def test_missing_shape_keys_name_the_file(tmp_path, key):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({k: v for k, v in LLAMA_3_1_8B.items() if k != key}))
+    with pytest.raises(ValueError, match=rf"{path} lacks the required key\(s\) \['{key}'\]"):
+        read_config_json(path)
+
+
+def test_broken_config_files_name_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"model_type": "llama",')
+    with pytest.raises(ValueError, match=rf"{path} is not valid JSON"):
+        read_config_json(path)
+    path.write_text(json.dumps(LLAMA_3_1_8B | {"rms_norm_eps": None}))
+    with pytest.raises(ValueError, match=rf"{path}: rms_norm_eps=None must be a positive number"):
+        read_config_json(path)

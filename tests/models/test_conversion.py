@@ -5,15 +5,17 @@ from the oracle's tiny HF checkpoints."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFWriter
+from gguf import GGUFReader, GGUFWriter
 from safetensors.numpy import load_file, save_file
 
 from models import checkpoint, generate
+from models.config import read_config_json
 from models.convert import convert_checkpoint, convert_gguf, convert_safetensors
 from models.convert.gguf import unpermute_rope_rows
 from tests.models.conftest import load_reference
@@ -138,20 +140,30 @@ _GGUF_NAMES = {
 }
 
 
-def write_tiny_gguf(hf_dir: Path, path: Path, *, extra_metadata=None, extra_tensors=None) -> Path:
-    """Writes an F32 GGUF the way llama.cpp's converter lays out a llama / qwen2 model."""
+def write_tiny_gguf(
+    hf_dir: Path, path: Path, *, extra_metadata=None, extra_tensors=None, omit=()
+) -> Path:
+    """Writes an F32 GGUF the way llama.cpp's converter lays out a llama / qwen2 model.
+
+    `omit` names metadata keys (after "<arch>.") to leave out.
+    """
     config = json.loads((hf_dir / "config.json").read_text())
     arch = config["model_type"]
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     writer = GGUFWriter(str(path), arch)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    metadata = {
+        "block_count": (writer.add_block_count, config["num_hidden_layers"]),
+        "context_length": (writer.add_context_length, config["max_position_embeddings"]),
+        "embedding_length": (writer.add_embedding_length, config["hidden_size"]),
+        "feed_forward_length": (writer.add_feed_forward_length, config["intermediate_size"]),
+        "attention.head_count": (writer.add_head_count, heads),
+        "attention.head_count_kv": (writer.add_head_count_kv, kv_heads),
+        "attention.layer_norm_rms_epsilon": (writer.add_layer_norm_rms_eps, config["rms_norm_eps"]),
+        "rope.freq_base": (writer.add_rope_freq_base, config["rope_parameters"]["rope_theta"]),
+    }
+    for key, (add, value) in metadata.items():
+        if key not in omit:
+            add(value)
     writer.add_token_list([f"t{i}" for i in range(config["vocab_size"])])
     for key, value in (extra_metadata or {}).items():
         writer.add_uint32(key, value)
@@ -179,6 +191,27 @@ def write_tiny_gguf(hf_dir: Path, path: Path, *, extra_metadata=None, extra_tens
     return path
 
 
+def llama_cpp_rope_freqs(hf_config: dict, **overrides) -> np.ndarray:
+    """`rope_freqs.weight` as llama.cpp's converter (LlamaModel.generate_extra_tensors) computes
+    it from an HF config with llama3 rope scaling: the divisor of each rotation frequency."""
+    rope = hf_config["rope_parameters"] | overrides
+    dim = hf_config["head_dim"]
+    freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old_context = rope["original_max_position_embeddings"]
+    factors = []
+    for freq in freqs.tolist():
+        wavelength = 2 * math.pi / freq
+        if wavelength < old_context / high:
+            factors.append(1.0)
+        elif wavelength > old_context / low:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelength - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, np.float32)
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
 def test_gguf_conversion_matches_transformers(tiny_hf_dir, tmp_path, name):
     path = write_tiny_gguf(tiny_hf_dir / name, tmp_path / f"{name}.gguf")
@@ -198,14 +231,78 @@ def test_gguf_refusals_name_the_cause(tiny_hf_dir, tmp_path):
     with pytest.raises(ValueError, match=r"\['llama.attention.sliding_window'\]"):
         convert_gguf(path)
     path = write_tiny_gguf(
-        source, tmp_path / "freqs.gguf", extra_tensors={"rope_freqs.weight": np.ones(8, np.float32)}
-    )
-    with pytest.raises(ValueError, match="rope_freqs.weight"):
-        convert_gguf(path)
-    path = write_tiny_gguf(
         source,
         tmp_path / "extra.gguf",
         extra_tensors={"blk.0.attn_q_norm.weight": np.ones(16, np.float32)},
     )
     with pytest.raises(ValueError, match="'blk.0.attn_q_norm.weight' is not a known"):
+        convert_gguf(path)
+
+
+def test_gguf_rope_freqs_become_llama3_scaling(tiny_hf_dir, tmp_path):
+    source = tiny_hf_dir / "llama3_rope"
+    hf_config = json.loads((source / "config.json").read_text())
+    factors = llama_cpp_rope_freqs(hf_config)
+    assert factors.min() == 1 and factors.max() == 8 and ((factors > 1) & (factors < 8)).any()
+    path = write_tiny_gguf(
+        source, tmp_path / "llama3.gguf", extra_tensors={"rope_freqs.weight": factors}
+    )
+    config, params, _ = convert_gguf(path)
+    assert config.rope == read_config_json(source / "config.json").rope
+    model = checkpoint.model_from_params(config, params)
+    reference = load_reference(source)
+    logits = generate.prefill(model, reference["input_ids"], logit_positions="all").logits
+    np.testing.assert_allclose(np.asarray(logits), reference["logits"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"high_freq_factor": 2.0}, r"'rope_freqs.weight' is not llama3 rope scaling"),
+        ({"original_max_position_embeddings": 2048}, "original context 8192: entry"),
+    ],
+)
+def test_gguf_rope_freqs_that_are_not_llama3_scaling_are_refused(
+    tiny_hf_dir, tmp_path, overrides, message
+):
+    source = tiny_hf_dir / "llama3_rope"
+    factors = llama_cpp_rope_freqs(json.loads((source / "config.json").read_text()), **overrides)
+    path = write_tiny_gguf(
+        source, tmp_path / "x.gguf", extra_tensors={"rope_freqs.weight": factors}
+    )
+    with pytest.raises(ValueError, match=message):
+        convert_gguf(path)
+    path = write_tiny_gguf(
+        source, tmp_path / "short.gguf", extra_tensors={"rope_freqs.weight": factors[:-1]}
+    )
+    with pytest.raises(ValueError, match="'rope_freqs.weight' has 7 entries; head_dim=16 needs 8"):
+        convert_gguf(path)
+
+
+def test_truncated_gguf_names_the_file_and_the_part(tiny_hf_dir, tmp_path):
+    whole = write_tiny_gguf(tiny_hf_dir / "llama", tmp_path / "whole.gguf")
+    data = whole.read_bytes()
+    reader = GGUFReader(str(whole))
+    cuts = {
+        "metadata": 60,
+        "tensor table": reader.tensors[0].field.offset + 12,
+        "tensor data": len(data) - 100,
+    }
+    for part, cut in cuts.items():
+        path = tmp_path / f"cut-{cut}.gguf"
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=rf"{path} is truncated or corrupt: its GGUF {part}"):
+            convert_gguf(path)
+    path = tmp_path / "empty.gguf"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"{path} is not a GGUF file"):
+        convert_checkpoint(path, tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(
+    "key", ["block_count", "context_length", "attention.layer_norm_rms_epsilon"]
+)
+def test_gguf_missing_metadata_is_named(tiny_hf_dir, tmp_path, key):
+    path = write_tiny_gguf(tiny_hf_dir / "llama", tmp_path / "x.gguf", omit=(key,))
+    with pytest.raises(ValueError, match=rf"{path}: GGUF metadata lacks llama\.{key}"):
         convert_gguf(path)

@@ -1,5 +1,9 @@
 """Tiny random HF checkpoints (built by transformers in the oracle environment) converted and
-compared logit by logit, greedy continuation by greedy continuation, in float32."""
+compared logit by logit, greedy continuation by greedy continuation, in float32.
+
+The logits tests parse the config dict exactly as it was handed to transformers, keys left out
+included, so that our defaults meet transformers' computation; the saved config.json (which
+transformers writes with its defaults filled in) must parse to the same config."""
 
 from __future__ import annotations
 
@@ -8,15 +12,23 @@ import numpy as np
 import pytest
 
 from models import checkpoint, generate
+from models.config import ModelConfig, read_config_json
 from models.convert import convert_checkpoint, convert_safetensors
-from tests.models.conftest import TINY_MODELS, load_reference
+from tests.models.conftest import TINY_MODELS, given_config, load_reference
 
 NAMES = [spec["name"] for spec in TINY_MODELS]
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_saved_config_parses_like_the_given_one(tiny_hf_dir, name):
+    saved = read_config_json(tiny_hf_dir / name / "config.json")
+    assert ModelConfig.from_hf(given_config(name)) == saved
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_logits_match_transformers(tiny_hf_dir, name):
-    config, params = convert_safetensors(tiny_hf_dir / name)
+    config = ModelConfig.from_hf(given_config(name))
+    config, params = convert_safetensors(tiny_hf_dir / name, config)
     model = checkpoint.model_from_params(config, params)
     reference = load_reference(tiny_hf_dir / name)
     result = generate.prefill(model, reference["input_ids"], logit_positions="all")

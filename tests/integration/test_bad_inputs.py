@@ -1,0 +1,213 @@
+"""Every bad input the CLIs (scripts/prefill.py, calibrate.py, evaluate.py) check, with the one
+line each prints: checked before anything is loaded (or, for evaluate.py, logged), exit code 2,
+no traceback. docs/usage.md lists the same inputs and messages."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFWriter
+
+import evaluation.harness.run
+from tests.integration import helpers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    return {name: _load_script(name) for name in ("prefill", "calibrate", "evaluate")}
+
+
+def _write_gguf(path: Path, *, omit: tuple[str, ...] = ()) -> Path:
+    """A small llama GGUF (metadata, tokenizer, one tensor): enough to reach the config checks."""
+    writer = GGUFWriter(str(path), "llama")
+    metadata = {
+        "block_count": (writer.add_block_count, 2),
+        "context_length": (writer.add_context_length, 256),
+        "embedding_length": (writer.add_embedding_length, 32),
+        "feed_forward_length": (writer.add_feed_forward_length, 64),
+        "attention.head_count": (writer.add_head_count, 4),
+        "attention.layer_norm_rms_epsilon": (writer.add_layer_norm_rms_eps, 1e-5),
+    }
+    for key, (add, value) in metadata.items():
+        if key not in omit:
+            add(value)
+    writer.add_token_list([f"t{i}" for i in range(16)])
+    rng = np.random.default_rng(0)
+    writer.add_tensor("token_embd.weight", rng.standard_normal((16, 32)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _hf_dir(path: Path, **changes) -> Path:
+    """An HF checkpoint directory whose config.json is the tiny model's, changed."""
+    path.mkdir()
+    config = helpers.tiny_config().to_hf() | changes
+    (path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v != "-"}))
+    helpers.byte_tokenizer().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Files and directories the bad command lines point at, by name."""
+    root = tmp_path_factory.mktemp("inputs")
+    checkpoint = helpers.save_tiny_checkpoint(root / "tiny-llama")
+    incomplete = root / "incomplete"
+    shutil.copytree(checkpoint, incomplete)
+    shutil.rmtree(incomplete / "params")
+    (incomplete / "params").mkdir()
+    (root / "prompt.txt").write_text("What is the news?")
+    (root / "empty.txt").write_text("  \n")
+    helpers.write_tiny_table(root / "table.json")
+    (root / "broken.json").write_text('{"clusters": ')
+    (root / "a-directory").mkdir()
+    (root / "a-file").write_text("x")
+    whole = _write_gguf(root / "whole.gguf")
+    (root / "truncated.gguf").write_bytes(whole.read_bytes()[:200])
+    _write_gguf(root / "no-block-count.gguf", omit=("block_count",))
+    _hf_dir(root / "hf-no-layers", num_hidden_layers="-")
+    _hf_dir(root / "hf-mistral-no-window", model_type="mistral", sliding_window="-",
+            max_position_embeddings=32768, attention_bias="-", mlp_bias="-")  # fmt: skip
+    return root
+
+
+# (script, command line with {name} for the fixture's paths, the line it prints)
+PREFILL = "--checkpoint {tiny-llama} --prompt-file {prompt.txt}"
+CALIBRATE = "--checkpoint {tiny-llama}"
+EVALUATE = "--results-dir {results} --models tiny-random --tasks text --no-report"
+CASES = [
+    # scripts/prefill.py
+    ("prefill", "--checkpoint {nowhere}", "--checkpoint {nowhere}: not a built-in model"),
+    ("prefill", "--checkpoint {incomplete}", r"--checkpoint {incomplete}: .*params is empty"),
+    ("prefill", "--checkpoint {a-directory}", "neither params/ nor config.json in it"),
+    ("prefill", "--checkpoint {a-file}", r"--checkpoint: {a-file} is not a GGUF file"),
+    (
+        "prefill",
+        "--checkpoint {truncated.gguf}",
+        r"--checkpoint: {truncated.gguf} is truncated or corrupt: its GGUF metadata",
+    ),
+    ("prefill", "--checkpoint {no-block-count.gguf}", "GGUF metadata lacks llama.block_count"),
+    (
+        "prefill",
+        "--checkpoint {hf-no-layers}",
+        r"config.json lacks the required key\(s\) \['num_hidden_layers'\]",
+    ),
+    ("prefill", "--checkpoint {hf-mistral-no-window}", "no sliding_window key, so"),
+    ("prefill", PREFILL.replace("prompt.txt", "nowhere.txt"), "--prompt-file .*: no such file"),
+    ("prefill", PREFILL.replace("prompt.txt", "empty.txt"), r"--prompt-file .*empty.txt is empty"),
+    ("prefill", "--answer Paris", "--answer applies to --prompt-file"),
+    ("prefill", PREFILL + " --table {nowhere.json}", r"--table .*: no such file"),
+    ("prefill", PREFILL + " --table {broken.json}", r"--table .* is not a JSON file"),
+    ("prefill", PREFILL + " --method dense --table {table.json}", "--table is a sharing table"),
+    ("prefill", PREFILL + " --json {a-directory}", r"--json .* is a directory"),
+    ("prefill", PREFILL + " --json {a-file}/run.json", r"--json .*: .*a-file is a file"),
+    ("prefill", PREFILL + " --repeats -3", "--repeats must be >= 0, got -3"),
+    ("prefill", PREFILL + " --max-new-tokens 0", "--max-new-tokens must be >= 1, got 0"),
+    ("prefill", "--needle-depth 1.5", r"--needle-depth must be in \[0, 1\], got 1.5"),
+    ("prefill", "--context-tokens 0", "--context-tokens must be >= 1, got 0"),
+    ("prefill", PREFILL + " --implementation fast", r"--implementation: unknown \['fast'\]"),
+    ("prefill", PREFILL + " --block-size 0", "invalid planner settings: .*block_size"),
+    ("prefill", PREFILL + " --gamma 1.5", "invalid planner settings: .*gamma"),
+    # scripts/calibrate.py
+    ("calibrate", "--checkpoint {nowhere}", "--checkpoint .*nowhere: no such directory"),
+    ("calibrate", "--checkpoint {incomplete}", "not a converted checkpoint: .*params is empty"),
+    ("calibrate", CALIBRATE + " --map-block-size 0", "--map-block-size must be >= 1, got 0"),
+    ("calibrate", CALIBRATE + " --samples 0", "--samples must be >= 1, got 0"),
+    ("calibrate", CALIBRATE + " --heldout 0", "--heldout must be >= 1, got 0"),
+    ("calibrate", CALIBRATE + " --length 1000", "length 1000 must be a multiple of"),
+    ("calibrate", CALIBRATE + " --second-length 4096", r"--second-length \(4096\) must be below"),
+    ("calibrate", CALIBRATE + " --grid 6", "grid must be a positive multiple of 4, got 6"),
+    ("calibrate", CALIBRATE + " --threshold -1", "distance_threshold must be > 0"),
+    ("calibrate", CALIBRATE + " --linkage nearest", "linkage must be one of"),
+    ("calibrate", CALIBRATE + " --min-coverage 2", r"min_coverage must be in \[0, 1\]"),
+    ("calibrate", CALIBRATE + " --table {a-directory}", r"--table .* is a directory"),
+    ("calibrate", CALIBRATE + " --figures {a-file}", r"--figures .* is a file"),
+    ("calibrate", CALIBRATE + " --implementation fast", "--implementation fast: unknown"),
+    # scripts/evaluate.py (nothing appended to runs.jsonl)
+    ("evaluate", "--results-dir {results} --models smollm3", "--models smollm3: unknown model"),
+    ("evaluate", EVALUATE + " --methods sparse", "--methods sparse: unknown method"),
+    ("evaluate", EVALUATE + " --tasks txt", "--tasks txt: unknown task; known: text, "),
+    ("evaluate", EVALUATE + " --variants bogus", "--variants: unknown variant 'bogus'"),
+    ("evaluate", EVALUATE + " --samples 0", "--samples '0': write N or TASK=N with N >= 1"),
+    ("evaluate", EVALUATE + " --samples vt=5", r"--samples vt=\.\.\.: 'vt' is not among --tasks"),
+    ("evaluate", EVALUATE + " --windows 0", "--windows must be >= 1, got 0"),
+    ("evaluate", EVALUATE + " --table {nowhere.json}", r"--table .*: no such file"),
+    ("evaluate", EVALUATE.replace("{results}", "{a-file}"), r"--results-dir .* is a file"),
+    ("evaluate", "--report-only --results-dir {nowhere}", "--report-only: .* holds no results"),
+]
+
+
+_PLACEHOLDER = re.compile(r"\{([\w.-]+)\}")
+
+
+def _command_line(template: str, root: Path) -> list[str]:
+    """The words of a command line, each {name} replaced by the fixture's path of that name."""
+    return [_PLACEHOLDER.sub(lambda m: str(root / m.group(1)), word) for word in template.split()]
+
+
+def _pattern(message: str, root: Path) -> str:
+    """A message's regular expression, each {name} replaced by that path, escaped."""
+    return _PLACEHOLDER.sub(lambda m: re.escape(str(root / m.group(1))), message)
+
+
+def _case_id(case: tuple[str, str, str]) -> str:
+    script, _, message = case
+    return f"{script}:" + re.sub(r"[^\w-]+", "_", _PLACEHOLDER.sub(r"\1", message))[:40]
+
+
+@pytest.mark.parametrize("script,template,message", CASES, ids=[_case_id(c) for c in CASES])
+def test_bad_input_prints_one_line_and_loads_nothing(
+    scripts, inputs, monkeypatch, capsys, script, template, message
+):
+    module = scripts[script]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a bad command line got as far as loading or running")
+
+    for name in ("load_builtin", "load_checkpoint", "cached_conversion"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(evaluation.harness.run, "run_evaluation", refuse)
+    with pytest.raises(SystemExit) as exited:
+        module.main(_command_line(template, inputs))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"{script}.py: error: ")
+    assert re.search(_pattern(message, inputs), err), err
+    assert not (inputs / "results" / "runs.jsonl").exists()
+
+
+def test_a_valid_evaluate_run_is_logged_once(scripts, tmp_path, monkeypatch):
+    from evaluation.harness.options import RunReport
+
+    calls = []
+    monkeypatch.setattr(
+        evaluation.harness.run, "run_evaluation", lambda *a, **k: calls.append(a) or RunReport()
+    )
+    results = tmp_path / "results"
+    argv = ["--results-dir", str(results), "--models", "tiny-random", "--tasks", "text"]
+    assert scripts["evaluate"].main([*argv, "--no-report"]) == 0
+    assert len(calls) == 1
+    (logged,) = (results / "runs.jsonl").read_text().splitlines()
+    assert json.loads(logged)["argv"][:2] == ["--results-dir", str(results)]
