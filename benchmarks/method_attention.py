@@ -33,9 +33,9 @@ import numpy as np
 
 from benchmarks import synthetic_heads, timing
 from benchmarks.attention_profiles import SHARES, load_profile
-from benchmarks.planner_stats import stats_by_layer
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
+from sharedsparse_jax.stats import stats_by_layer
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "smollm2-135m-instruct.json"
 SEQ_LENS = (8192, 16384, 32768, 65536, 131072)

@@ -30,6 +30,7 @@ from pallas_kernels.query_block_profiles import triton as profiles_triton
 from sharedsparse_jax import estimate, patterns, planner
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
+from sharedsparse_jax.stats import layer_stats
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
 
@@ -130,7 +131,7 @@ def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> di
     t_layout = timing.time_call(build_layout, layer_plan.block_mask)
     t_absorb = timing.time_call(absorb, planned_state, layer_plan, maps)
     total = t_plan + t_layout + t_absorb
-    stats = planner.layer_stats(layer_plan, lengths, config.block_size)
+    stats = layer_stats(layer_plan, lengths, config.block_size)
     return {
         "seq_len": seq_len,
         "dense_attention_ms": t_dense * 1e3,

@@ -50,7 +50,6 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from benchmarks import timing
-from benchmarks.planner_stats import stats_summary
 from models import (
     BUILTIN_MODELS,
     DenseAttention,
@@ -65,6 +64,7 @@ from sharedsparse_jax import tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
 from sharedsparse_jax.sharing import SharingTable
+from sharedsparse_jax.stats import summarize_stats
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COMPILE_EVENTS = (
@@ -318,7 +318,7 @@ def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: i
         "max_ms": 1e3 * float(np.max(samples)),
     }
     if "density" in stats:
-        record |= stats_summary(stats)
+        record |= summarize_stats(stats)
     return record
 
 

@@ -34,7 +34,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.planner_stats import stats_summary  # noqa: E402
 from benchmarks.prefill_latency import compile_clock  # noqa: E402
 from evaluation.tasks.passkey import PasskeyTask, generate_passkey  # noqa: E402
 from evaluation.tasks.sample import PROMPT_FORMATS  # noqa: E402
@@ -59,6 +58,7 @@ from sharedsparse_jax import tables  # noqa: E402
 from sharedsparse_jax.attention import SharePrefillAttention  # noqa: E402
 from sharedsparse_jax.config import METHODS, SharePrefillConfig  # noqa: E402
 from sharedsparse_jax.sharing import SharingTable  # noqa: E402
+from sharedsparse_jax.stats import describe_sharing, summarize_stats  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")
 BUILTIN_CONTEXT_TOKENS = 3500
@@ -458,12 +458,12 @@ def run_method(method, attention, loaded, question, args, sampling) -> dict:
         "correct": None if question.expected is None else question.expected in answer,
     }
     if method != "dense":
-        record |= stats_summary(result.stats)
+        record |= summarize_stats(result.stats)
     return record
 
 
-def print_report(records: list[dict], question: Question) -> None:
-    """The answers, then one line per method."""
+def print_report(records: list[dict], question: Question, thresholds: dict[str, float]) -> None:
+    """The answers, one line per method, then why SharePrefill's heads shared or not."""
     for record in records:
         verdict = {None: "", True: "  [correct]", False: "  [wrong]"}[record["correct"]]
         print(f"\n{record['method']:>14} answer: {record['answer']!r}{verdict}")
@@ -491,6 +491,13 @@ def print_report(records: list[dict], question: Question) -> None:
         f"prefill s: {timed_from} (seconds); compile s: JAX tracing and compiling of the prefill;"
         " head counts: (layer, head) pairs"
     )
+    for r in records:
+        if r["method"] != "shareprefill":
+            continue
+        lines = describe_sharing(r["sharing"], thresholds)
+        print("\nshareprefill: why shared-cluster heads did or did not share, (layer, head) pairs:")
+        for line in lines or ["no head of the table's shared clusters (the table shares none)"]:
+            print(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -537,7 +544,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         attention = make_attention(method, args, planner, table)
         record = run_method(method, attention, loaded, question, args, sampling)
         records.append(record | {"model": model_name, "prompt_tokens": len(question.token_ids)})
-    print_report(records, question)
+    print_report(records, question, {"tau_fb": planner.tau_fb, "tau_sim": planner.tau_sim})
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {

@@ -16,7 +16,7 @@ from pallas_kernels.block_sparse_attention import (
     block_sparse_attention_with_block_map,
     layout_from_mask,
 )
-from sharedsparse_jax import planner
+from sharedsparse_jax import planner, stats
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
 
@@ -73,7 +73,7 @@ class SharePrefillAttention:
           lengths: int32[B] real prompt lengths in [1, T] (the rest of T is end padding).
 
         Returns:
-          out [B, T, N, H], the new state, and this layer's stats (planner.layer_stats).
+          out [B, T, N, H], the new state, and this layer's stats (stats.layer_stats).
         """
         self._check_inputs(q, k, v, state)
         bs = self.config.block_size
@@ -114,7 +114,7 @@ class SharePrefillAttention:
             out = block_sparse_attention(
                 q, k, v, layout, implementation=self.implementation, interpret=self.interpret
             )
-        return out, state, planner.layer_stats(plan, lengths, bs)
+        return out, state, stats.layer_stats(plan, lengths, bs)
 
     def _check_inputs(self, q, k, v, state: SharingState) -> None:
         """Raises a ValueError naming what does not fit: shapes, table or state."""

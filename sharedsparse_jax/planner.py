@@ -24,11 +24,65 @@ CATEGORIES = ("dense", "pivot", "shared", "query_aware", "vertical_slash", "stre
 DENSE, PIVOT, SHARED, QUERY_AWARE, VERTICAL_SLASH, STREAMING = range(len(CATEGORIES))
 
 
+# Why each head of a shared cluster did or did not take its pivot's pattern, in the order
+# stats report them: the head is the pivot or shares; it is dense (short prompt) or
+# query-aware, so not eligible; its cluster's pivot was chosen in this layer (the pattern
+# reaches later layers); the pivot's own vertical-slash pattern covers >= tau_fb of its map;
+# its vertical or slash profile is tau_sim or more from the pivot's. `not_shared` heads are in
+# no shared cluster.
+SHARE_REASONS = (
+    "not_shared",
+    "pivot",
+    "shared",
+    "dense_prompt",
+    "query_aware",
+    "pivot_this_layer",
+    "fallback_covers",
+    "vertical_far",
+    "slash_far",
+)
+(
+    NOT_SHARED,
+    R_PIVOT,
+    R_SHARED,
+    R_DENSE_PROMPT,
+    R_QUERY_AWARE,
+    R_PIVOT_THIS_LAYER,
+    R_FALLBACK_COVERS,
+    R_VERTICAL_FAR,
+    R_SLASH_FAR,
+) = range(len(SHARE_REASONS))
+
+
+class SharingDecisions(NamedTuple):
+    """Per (batch, query head): why it shares or not, and the values the rules compared.
+
+    reason: int32[B, N], an index into SHARE_REASONS.
+    vertical_distance, slash_distance: float32[B, N], square-root Jensen-Shannon distance of
+      the head's profiles to its cluster's pivot's (NaN where no pivot was there to compare).
+    fallback_coverage: float32[B, N], the vs_ratio of the head's cluster's pivot (NaN where
+      none).
+    """
+
+    reason: jax.Array
+    vertical_distance: jax.Array
+    slash_distance: jax.Array
+    fallback_coverage: jax.Array
+
+    @classmethod
+    def none(cls, batch: int, num_heads: int) -> SharingDecisions:
+        """No head is in a shared cluster."""
+        nan = jnp.full((batch, num_heads), jnp.nan, jnp.float32)
+        return cls(jnp.full((batch, num_heads), NOT_SHARED, jnp.int32), nan, nan, nan)
+
+
 class LayerPlan(NamedTuple):
-    """block_mask: bool[B, N, Tb, Tb]; category: int32[B, N] (an index into CATEGORIES)."""
+    """block_mask: bool[B, N, Tb, Tb]; category: int32[B, N] (an index into CATEGORIES);
+    decisions: the sharing decisions of every head."""
 
     block_mask: jax.Array
     category: jax.Array
+    decisions: SharingDecisions
 
 
 def plan_layer(
@@ -75,14 +129,17 @@ def plan_layer(
 
     # Every prompt padded to fewer than dense_below tokens is shorter than that: plan dense
     # without estimating (which also needs one full block of queries).
+    no_sharing = SharingDecisions.none(batch, num_heads)
     if config.method == "dense" or num_queries < config.dense_below:
-        plan = LayerPlan(full, jnp.full((batch, num_heads), DENSE, jnp.int32))
+        plan = LayerPlan(full, jnp.full((batch, num_heads), DENSE, jnp.int32), no_sharing)
     elif config.method == "streaming":
         mask = patterns.streaming_mask(
             tb, -(-config.streaming_sink // bs), -(-config.streaming_window // bs)
         )
         plan = LayerPlan(
-            jnp.broadcast_to(mask, full.shape), jnp.full((batch, num_heads), STREAMING, jnp.int32)
+            jnp.broadcast_to(mask, full.shape),
+            jnp.full((batch, num_heads), STREAMING, jnp.int32),
+            no_sharing,
         )
     else:
         est = estimate.estimate_last_block(
@@ -96,7 +153,7 @@ def plan_layer(
     mask = jnp.where(is_short[..., None, None], full, plan.block_mask)
     mask = jnp.where(rows_are_real, mask, diagonal_only)  # padding rows: cheapest valid row
     category = jnp.where(is_short, DENSE, plan.category)
-    return LayerPlan(mask, category), state
+    return LayerPlan(mask, category, plan.decisions), state
 
 
 def check_lengths(lengths: jax.Array, batch: int, num_queries: int) -> None:
@@ -128,9 +185,11 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
     own_vertical, own_slash = patterns.vertical_slash_selection(
         est.vertical, est.slash, est.num_vertical, est.num_slash, nb_heads
     )
+    decisions = SharingDecisions.none(batch, num_heads)
     if config.method == "vertical_slash":
         mask = patterns.expand_vertical_slash(own_vertical, own_slash)
-        return LayerPlan(mask, jnp.full((batch, num_heads), VERTICAL_SLASH, jnp.int32)), state
+        category = jnp.full((batch, num_heads), VERTICAL_SLASH, jnp.int32)
+        return LayerPlan(mask, category, decisions), state
 
     query_aware = est.query_aware
     is_pivot = is_shared = jnp.zeros((batch, num_heads), bool)
@@ -152,22 +211,30 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
             )
 
         block_is_real = (jnp.arange(tb)[None, :] < nb_heads)[:, None, :]
-        similar = (
-            estimate.sqrt_js_distance(
-                of_own_cluster(state.vertical), est.vertical, block_is_real, quirks=quirks
-            )
-            < config.tau_sim
-        ) & (
-            estimate.sqrt_js_distance(
-                of_own_cluster(state.slash), est.slash, block_is_real, quirks=quirks
-            )
-            < config.tau_sim
+        vertical_distance = estimate.sqrt_js_distance(
+            of_own_cluster(state.vertical), est.vertical, block_is_real, quirks=quirks
         )
-        is_shared = (
-            eligible
-            & of_own_cluster(state.has_pivot)
-            & similar
-            & config.below_fallback_coverage(of_own_cluster(state.vs_ratio))
+        slash_distance = estimate.sqrt_js_distance(
+            of_own_cluster(state.slash), est.slash, block_is_real, quirks=quirks
+        )
+        vertical_near = vertical_distance < config.tau_sim
+        slash_near = slash_distance < config.tau_sim
+        fallback_coverage = of_own_cluster(state.vs_ratio)
+        below_fallback = config.below_fallback_coverage(fallback_coverage)
+        has_pivot = of_own_cluster(state.has_pivot)
+        is_shared = eligible & has_pivot & vertical_near & slash_near & below_fallback
+        decisions = _sharing_decisions(
+            slot,
+            is_pivot=is_pivot,
+            is_shared=is_shared,
+            is_short=is_short,
+            query_aware=query_aware,
+            has_pivot=has_pivot,
+            below_fallback=below_fallback,
+            vertical_near=vertical_near,
+            vertical_distance=vertical_distance,
+            slash_distance=slash_distance,
+            fallback_coverage=fallback_coverage,
         )
         state = _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash)
 
@@ -193,7 +260,57 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
         PIVOT,
         jnp.where(is_shared, SHARED, jnp.where(query_aware, QUERY_AWARE, VERTICAL_SLASH)),
     )
-    return LayerPlan(mask, category.astype(jnp.int32)), state
+    return LayerPlan(mask, category.astype(jnp.int32), decisions), state
+
+
+def _sharing_decisions(
+    slot,
+    *,
+    is_pivot,
+    is_shared,
+    is_short,
+    query_aware,
+    has_pivot,
+    below_fallback,
+    vertical_near,
+    vertical_distance,
+    slash_distance,
+    fallback_coverage,
+) -> SharingDecisions:
+    """Each head's reason, the first rule that decided it (SHARE_REASONS order)."""
+    in_cluster = (slot >= 0)[None, :]
+    is_short = jnp.broadcast_to(is_short, is_pivot.shape)
+    reason = jnp.select(
+        [
+            ~in_cluster,
+            is_pivot,
+            is_shared,
+            is_short,
+            query_aware,
+            ~has_pivot,
+            ~below_fallback,
+            ~vertical_near,
+        ],
+        [
+            NOT_SHARED,
+            R_PIVOT,
+            R_SHARED,
+            R_DENSE_PROMPT,
+            R_QUERY_AWARE,
+            R_PIVOT_THIS_LAYER,
+            R_FALLBACK_COVERS,
+            R_VERTICAL_FAR,
+        ],
+        R_SLASH_FAR,
+    ).astype(jnp.int32)
+    compared = in_cluster & has_pivot
+
+    def measured(x):
+        return jnp.where(compared, x, jnp.nan).astype(jnp.float32)
+
+    return SharingDecisions(
+        reason, measured(vertical_distance), measured(slash_distance), measured(fallback_coverage)
+    )
 
 
 def _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash) -> SharingState:
@@ -271,23 +388,3 @@ def absorb_pivot_maps(
         )
 
     return jax.lax.cond(has_new.any(), absorb, lambda s: s, state)
-
-
-def layer_stats(plan: LayerPlan, lengths: jax.Array, block_size: int) -> dict[str, jax.Array]:
-    """Per batch element: how many heads of each category, and the share of causal blocks kept.
-
-    Returns:
-      {"num_<category>": int32[B] for each category, "density": float32[B]} (density counts
-      the prompt's real query blocks only, averaged over heads).
-    """
-    num_heads, tb = plan.category.shape[1], plan.block_mask.shape[-1]
-    nb = estimate.num_blocks(lengths, block_size)
-    real_rows = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
-    kept = jnp.sum(plan.block_mask & real_rows, axis=(1, 2, 3)).astype(jnp.float32)
-    causal = (nb * (nb + 1) // 2).astype(jnp.float32) * num_heads
-    stats = {
-        f"num_{name}": jnp.sum(plan.category == code, axis=1, dtype=jnp.int32)
-        for code, name in enumerate(CATEGORIES)
-    }
-    stats["density"] = kept / causal
-    return stats

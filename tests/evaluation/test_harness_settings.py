@@ -11,7 +11,7 @@ from evaluation.harness.settings import (
     parse_variant,
     settings_for,
 )
-from sharedsparse_jax import planner
+from sharedsparse_jax import planner, stats
 from sharedsparse_jax.sharing import SharingState
 
 
@@ -79,7 +79,7 @@ def _planned_density(setting: Setting, num_tokens: int, padded: int) -> float:
         config=config,
         table=None,
     )
-    return float(planner.layer_stats(plan, lengths, config.block_size)["density"][0])
+    return float(stats.layer_stats(plan, lengths, config.block_size)["density"][0])
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,12 @@ def test_cli_answers_a_prompt_file(script, tmp_path, capsys):
     total = sum(sparse[f"num_{name}"] for name in ("pivot", "shared", "vertical_slash"))
     assert total == 4 * 6
     assert json.loads(out_json.read_text())["records"][1]["density"] == sparse["density"]
+    # Why each shared-cluster head did or did not share: one line per reason with a count.
+    reasons = {name: entry["count"] for name, entry in sparse["sharing"].items()}
+    assert reasons["pivot"] == 3 and sum(reasons.values()) > 3
+    assert "why shared-cluster heads did or did not share" in printed
+    for name, count in reasons.items():
+        assert (f"  {name:<17} {count:g}" in printed) == (count > 0), name
 
 
 def test_cli_tables(script, tmp_path):

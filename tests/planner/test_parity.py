@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sharedsparse_jax import planner
+from sharedsparse_jax import stats as stats_module
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
 from tests.planner import inputs
@@ -162,7 +163,7 @@ def run_planner(q, k, quirks: bool):
                 )
             state = absorb(state, plan, jnp.asarray(maps), jnp.int32(layer))
             names = [[planner.CATEGORIES[c] for c in row] for row in np.asarray(plan.category)]
-            stats = planner.layer_stats(plan, lengths, BLOCK)
+            stats = stats_module.layer_stats(plan, lengths, BLOCK)
             out.append((np.asarray(plan.block_mask), names, stats))
     return out
 

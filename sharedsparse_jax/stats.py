@@ -1,0 +1,173 @@
+"""What a plan did, as arrays under jit and as plain numbers after the prefill.
+
+`layer_stats` turns one layer's plan into per-batch-element stats (the models stack them to
+[L, B, ...]); `summarize_stats` and `stats_by_layer` reduce a stack to the numbers records and
+reports hold; `sharing_summary` and `describe_sharing` say why shared-cluster heads did or did
+not take their pivot's pattern.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sharedsparse_jax import estimate
+from sharedsparse_jax.planner import CATEGORIES, SHARE_REASONS, LayerPlan
+
+# The measured value each refusal reason was decided on (the stat holding it).
+REASON_VALUES = {
+    "fallback_covers": "fallback_coverage",
+    "vertical_far": "vertical_distance",
+    "slash_far": "slash_distance",
+}
+# The config threshold each of those values was compared with.
+REASON_THRESHOLDS = {
+    "fallback_covers": "tau_fb",
+    "vertical_far": "tau_sim",
+    "slash_far": "tau_sim",
+}
+
+
+def layer_stats(plan: LayerPlan, lengths: jax.Array, block_size: int) -> dict[str, jax.Array]:
+    """Per batch element: head categories, the share of causal blocks kept, sharing decisions.
+
+    Returns:
+      "num_<category>": int32[B] for each category; "density": float32[B] (the prompt's real
+      query blocks only, averaged over heads); "share_reason": int32[B, N] (SHARE_REASONS);
+      "vertical_distance", "slash_distance", "fallback_coverage": float32[B, N] (NaN where
+      not compared).
+    """
+    num_heads, tb = plan.category.shape[1], plan.block_mask.shape[-1]
+    nb = estimate.num_blocks(lengths, block_size)
+    real_rows = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
+    kept = jnp.sum(plan.block_mask & real_rows, axis=(1, 2, 3)).astype(jnp.float32)
+    causal = (nb * (nb + 1) // 2).astype(jnp.float32) * num_heads
+    stats = {
+        f"num_{name}": jnp.sum(plan.category == code, axis=1, dtype=jnp.int32)
+        for code, name in enumerate(CATEGORIES)
+    }
+    stats["density"] = kept / causal
+    decisions = plan.decisions
+    stats["share_reason"] = decisions.reason
+    stats["vertical_distance"] = decisions.vertical_distance
+    stats["slash_distance"] = decisions.slash_distance
+    stats["fallback_coverage"] = decisions.fallback_coverage
+    return stats
+
+
+def layer_means(stats: dict[str, jax.Array]) -> tuple[list[float], dict[str, list[float]]]:
+    """Each layer's block density and (layer, head) count per category, means over the batch.
+
+    Args:
+      stats: the planner's stacked stats, {name: [L, B, ...]}.
+
+    Returns:
+      density: [L]; heads: category -> [L].
+    """
+    stats = jax.device_get(stats)
+    density = np.asarray(stats["density"], np.float64).mean(axis=1)
+    heads = {name: np.asarray(stats[f"num_{name}"], np.float64).mean(axis=1) for name in CATEGORIES}
+    return density.tolist(), {name: counts.tolist() for name, counts in heads.items()}
+
+
+def summarize_stats(stats: dict[str, jax.Array]) -> dict[str, Any]:
+    """Summarises a prefill's stacked planner stats ({name: [L, B, ...]}) for one prompt.
+
+    Returns:
+      density (the share of causal blocks computed, mean over layers and batch),
+      density_per_layer (4 digits), num_<category>: (layer, head) pairs of each category,
+      summed over layers (mean over the batch), and sharing (sharing_summary).
+    """
+    density, heads = layer_means(stats)
+    summary: dict[str, Any] = {
+        "density": float(np.mean(density)),
+        "density_per_layer": [round(x, 4) for x in density],
+    }
+    for name, counts in heads.items():
+        summary[f"num_{name}"] = int(round(sum(counts)))
+    summary["sharing"] = sharing_summary(stats)
+    return summary
+
+
+def stats_by_layer(stats: dict[str, jax.Array]) -> dict[str, Any]:
+    """Density (mean over layers) and head categories (summed over layers), and both per layer.
+
+    Returns:
+      density, heads ({category: count over all layers}), density_per_layer ([L]) and
+      heads_per_layer ({category: [L]}); counts are means over the batch.
+    """
+    density, heads = layer_means(stats)
+    per_layer = {name: [int(round(x)) for x in counts] for name, counts in heads.items()}
+    return {
+        "density": float(np.mean(density)),
+        "heads": {name: sum(counts) for name, counts in per_layer.items()},
+        "density_per_layer": density,
+        "heads_per_layer": per_layer,
+    }
+
+
+def sharing_summary(stats: dict[str, jax.Array]) -> dict[str, Any]:
+    """Why the (layer, head) pairs of shared clusters did or did not share.
+
+    Args:
+      stats: stacked stats with share_reason [L, B, N] and the compared values.
+
+    Returns:
+      {reason: {"count": (layer, head) pairs, mean over the batch, and for the reasons decided
+      on a value, "min"/"median"/"max" of that value over those pairs}} for every reason in
+      SHARE_REASONS except not_shared, plus "shared" also with both distances' ranges.
+    """
+    stats = jax.device_get(stats)
+    reason = np.asarray(stats["share_reason"])
+    batch = reason.shape[1]
+    summary: dict[str, Any] = {}
+    for code, name in enumerate(SHARE_REASONS):
+        if name == "not_shared":
+            continue
+        chosen = reason == code
+        entry: dict[str, Any] = {"count": round(float(chosen.sum()) / batch, 2)}
+        value_names = [REASON_VALUES[name]] if name in REASON_VALUES else []
+        if name == "shared":
+            value_names = ["vertical_distance", "slash_distance", "fallback_coverage"]
+        for value_name in value_names:
+            values = np.asarray(stats[value_name], np.float64)[chosen]
+            values = values[np.isfinite(values)]
+            if values.size:
+                entry[value_name] = {
+                    "min": round(float(values.min()), 4),
+                    "median": round(float(np.median(values)), 4),
+                    "max": round(float(values.max()), 4),
+                }
+        summary[name] = entry
+    return summary
+
+
+def describe_sharing(summary: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
+    """One line per sharing outcome with a nonzero count, for people to read.
+
+    Args:
+      summary: sharing_summary's result.
+      thresholds: the config's {"tau_fb": ..., "tau_sim": ...}.
+
+    Returns:
+      Lines such as "fallback_covers  12 (fallback_coverage 0.961-0.998, median 0.982 >=
+      tau_fb 0.95)".
+    """
+    lines = []
+    for name, entry in summary.items():
+        if not entry["count"]:
+            continue
+        line = f"{name:<17} {entry['count']:g}"
+        value_name = REASON_VALUES.get(name)
+        if value_name and value_name in entry:
+            v = entry[value_name]
+            threshold = REASON_THRESHOLDS[name]
+            line += (
+                f" ({value_name} {v['min']:.3f}-{v['max']:.3f}, median {v['median']:.3f}"
+                f" >= {threshold} {thresholds[threshold]:g})"
+            )
+        lines.append(line)
+    return lines
