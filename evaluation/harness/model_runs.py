@@ -21,6 +21,7 @@ from models.generate import SamplingConfig, decode, prefill
 from models.llama import Transformer
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.sharing import SharingTable
+from sharedsparse_jax.stats import sharing_summary
 from sharedsparse_jax.tables import BUILTIN_TABLES, resolve_table
 
 __all__ = [
@@ -336,7 +337,8 @@ def stats_record(stats: dict[str, np.ndarray], num_layers: int, num_heads: int) 
       num_layers, num_heads: L and N, to fill in a dense run's density and head counts.
 
     Returns:
-      {"density": [L], "heads": {category: [L]}}, plus "attn_rel_error": [L] and
+      {"density": [L], "heads": {category: [L]}}, for SharePrefill "sharing"
+      (stats.sharing_summary) and "share_reason": [L][N], plus "attn_rel_error": [L] and
       "attn_rel_error_head": [L][N] when the run was compared with dense.
     """
     if "density" in stats:
@@ -348,6 +350,11 @@ def stats_record(stats: dict[str, np.ndarray], num_layers: int, num_heads: int) 
                 if key.startswith("num_")
             },
         }
+        if "share_reason" in stats:
+            # Why shared-cluster heads shared or not: counts and compared values, and each
+            # (layer, head)'s reason (an index into planner.SHARE_REASONS).
+            record["sharing"] = sharing_summary({k: v[:, None] for k, v in stats.items()})
+            record["share_reason"] = np.asarray(stats["share_reason"]).tolist()
     else:
         record = {"density": [1.0] * num_layers, "heads": {"dense": [num_heads] * num_layers}}
     if "attn_rel_error" in stats:

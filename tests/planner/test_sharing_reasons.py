@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from evaluation.harness.model_runs import stats_record
 from sharedsparse_jax import planner, stats
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
@@ -120,3 +121,12 @@ def test_every_reason_in_a_planted_case():
     assert any(line.startswith("fallback_covers") and ">= tau_fb 0.86" in line for line in lines)
     assert any(line.startswith("vertical_far") and ">= tau_sim 0.5" in line for line in lines)
     assert not any(line.startswith("slash_far") for line in lines)  # count 0: not listed
+
+    # Evaluation records carry the same summary and each (layer, head)'s reason.
+    per_layer = {
+        name: np.asarray(jnp.stack([stats.layer_stats(p, lengths, BLOCK)[name] for p in plans]))
+        for name in stats.layer_stats(plans[0], lengths, BLOCK)
+    }
+    record = stats_record({k: v[:, 0] for k, v in per_layer.items()}, num_layers=3, num_heads=6)
+    assert record["share_reason"][1][:4] == [planner.R_SHARED] * 2 + [planner.R_FALLBACK_COVERS] * 2
+    assert record["sharing"]["fallback_covers"]["count"] == 2
