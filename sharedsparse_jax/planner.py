@@ -29,7 +29,7 @@ DENSE, PIVOT, SHARED, QUERY_AWARE, VERTICAL_SLASH, STREAMING = range(len(CATEGOR
 # query-aware, so not eligible; its cluster's pivot was chosen in this layer (the pattern
 # reaches later layers); the pivot's own vertical-slash pattern covers >= tau_fb of its map;
 # its vertical or slash profile is tau_sim or more from the pivot's. `not_shared` heads are in
-# no shared cluster.
+# no cluster that shares at the prompt's length.
 SHARE_REASONS = (
     "not_shared",
     "pivot",
@@ -197,7 +197,13 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
     if config.method == "shareprefill" and table is not None and table.num_shared:
         slot = jnp.asarray(table.shared_slot_of)[layer]  # [N], -1: no shared cluster
         member = slot[:, None] == jnp.arange(table.num_shared)[None, :]  # [N, C]
-        eligible = ~query_aware & (slot >= 0)[None, :] & ~is_short
+        # The length band of each prompt decides which clusters share.
+        band = jnp.searchsorted(jnp.asarray(table.band_min_tokens), lengths, side="right") - 1
+        slot_shares = jnp.asarray(table.slot_shared_by_band)[band]  # [B, C]
+        in_shared_cluster = (slot >= 0)[None, :] & jnp.take_along_axis(
+            slot_shares, jnp.broadcast_to(jnp.clip(slot, 0)[None, :], (batch, num_heads)), axis=1
+        )  # [B, N]
+        eligible = ~query_aware & in_shared_cluster & ~is_short
         per_slot = eligible[:, :, None] & member[None]  # [B, N, C]
         # The first eligible member of a cluster without a pivot becomes its pivot.
         earlier = jnp.cumsum(per_slot, axis=1) - per_slot
@@ -224,7 +230,7 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
         has_pivot = of_own_cluster(state.has_pivot)
         is_shared = eligible & has_pivot & vertical_near & slash_near & below_fallback
         decisions = _sharing_decisions(
-            slot,
+            in_shared_cluster,
             is_pivot=is_pivot,
             is_shared=is_shared,
             is_short=is_short,
@@ -264,7 +270,7 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
 
 
 def _sharing_decisions(
-    slot,
+    in_shared_cluster,
     *,
     is_pivot,
     is_shared,
@@ -278,11 +284,10 @@ def _sharing_decisions(
     fallback_coverage,
 ) -> SharingDecisions:
     """Each head's reason, the first rule that decided it (SHARE_REASONS order)."""
-    in_cluster = (slot >= 0)[None, :]
     is_short = jnp.broadcast_to(is_short, is_pivot.shape)
     reason = jnp.select(
         [
-            ~in_cluster,
+            ~in_shared_cluster,
             is_pivot,
             is_shared,
             is_short,
@@ -303,7 +308,7 @@ def _sharing_decisions(
         ],
         R_SLASH_FAR,
     ).astype(jnp.int32)
-    compared = in_cluster & has_pivot
+    compared = in_shared_cluster & has_pivot
 
     def measured(x):
         return jnp.where(compared, x, jnp.nan).astype(jnp.float32)

@@ -1,8 +1,10 @@
 """The sharing table (offline: which heads share) and the sharing state (online: pivot patterns).
 
-The table is host data: `cluster_of[L, N]` (-1: no cluster) and which clusters share. It reads
-and writes the reference JSON schema, `{"clusters": {id: [[layer, head], ...]},
-"shared_clusters": [ids]}`, plus our own `"metadata"`.
+The table is host data: `cluster_of[L, N]` (-1: no cluster) and which clusters share, possibly
+per prompt-length band. It reads and writes the reference JSON schema, `{"clusters": {id:
+[[layer, head], ...]}, "shared_clusters": [ids]}`, plus our own `"metadata"` and, when the
+choice depends on length, `"shared_clusters_by_length": [{"min_tokens": 0, "shared_clusters":
+[ids]}, ...]` (then `"shared_clusters"` lists every cluster shared in some band).
 
 The state is a pytree of arrays with static shapes, one slot per shared cluster, threaded
 through the layer loop as a value (a scan carry), never stored in a module.
@@ -31,14 +33,20 @@ class SharingTable:
       cluster_of: int32[L, N], index into `cluster_ids`, or -1 for a head in no cluster (such a
         head never shares).
       cluster_ids: the clusters' ids as written in the JSON file.
-      is_shared: bool[C], whether each cluster shares.
+      is_shared: bool[C], whether each cluster shares (in at least one length band).
       metadata: free-form provenance (model, calibration texts, thresholds, tool version).
+      band_min_tokens: ascending lower bounds (tokens) of the prompt-length bands, the first 0;
+        a prompt of n real tokens uses the last band whose bound is <= n.
+      shared_by_band: bool[bands, C], which clusters share in each band (None: is_shared in
+        the one band).
     """
 
     cluster_of: np.ndarray
     cluster_ids: tuple[str, ...]
     is_shared: np.ndarray
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    band_min_tokens: tuple[int, ...] = (0,)
+    shared_by_band: np.ndarray | None = None
 
     def __post_init__(self):
         cluster_of = np.asarray(self.cluster_of)
@@ -56,6 +64,25 @@ class SharingTable:
             raise ValueError(f"duplicate cluster ids in {self.cluster_ids}")
         object.__setattr__(self, "cluster_of", cluster_of.astype(np.int32))
         object.__setattr__(self, "is_shared", np.asarray(self.is_shared, bool))
+        bounds = tuple(int(b) for b in self.band_min_tokens)
+        if not bounds or bounds[0] != 0 or any(np.diff(bounds) <= 0):
+            raise ValueError(
+                f"band_min_tokens must start at 0 and increase, got {list(self.band_min_tokens)}"
+            )
+        by_band = (
+            self.is_shared[None]
+            if self.shared_by_band is None
+            else np.asarray(self.shared_by_band, bool)
+        )
+        if by_band.shape != (len(bounds), num_clusters):
+            raise ValueError(
+                f"shared_by_band has shape {by_band.shape}, expected ({len(bounds)},"
+                f" {num_clusters}) for {len(bounds)} bands and {num_clusters} clusters"
+            )
+        if (by_band.any(axis=0) != self.is_shared).any():
+            raise ValueError("is_shared must mark exactly the clusters shared in some band")
+        object.__setattr__(self, "band_min_tokens", bounds)
+        object.__setattr__(self, "shared_by_band", by_band)
 
     @property
     def num_layers(self) -> int:
@@ -76,6 +103,11 @@ class SharingTable:
         slot_of_cluster = np.where(self.is_shared, np.cumsum(self.is_shared) - 1, -1)
         slot = np.where(self.cluster_of >= 0, slot_of_cluster[self.cluster_of], -1)
         return slot.astype(np.int32)
+
+    @property
+    def slot_shared_by_band(self) -> np.ndarray:
+        """bool[bands, C_s]: which sharing-state slots share in each length band."""
+        return self.shared_by_band[:, self.is_shared]
 
     @classmethod
     def empty(cls, num_layers: int, num_heads: int) -> SharingTable:
@@ -140,19 +172,46 @@ class SharingTable:
                         f" {cluster_id!r})"
                     )
                 cluster_of[layer, head] = index
-        shared = data.get("shared_clusters", [])
-        if not isinstance(shared, (list, tuple)) or not all(
-            isinstance(s, (str, int)) and not isinstance(s, bool) for s in shared
+
+        def shared_flags(shared, where):
+            if not isinstance(shared, (list, tuple)) or not all(
+                isinstance(s, (str, int)) and not isinstance(s, bool) for s in shared
+            ):
+                raise ValueError(f"{where} must be a list of cluster ids, got {shared!r}")
+            shared = [str(s) for s in shared]
+            if len(set(shared)) != len(shared):
+                raise ValueError(f"duplicate ids in {where}: {shared}")
+            unknown = sorted(set(shared) - set(cluster_ids))
+            if unknown:
+                raise ValueError(f"{where} names unknown clusters {unknown}")
+            return np.array([c in set(shared) for c in cluster_ids], bool)
+
+        is_shared = shared_flags(data.get("shared_clusters", []), "'shared_clusters'")
+        bands = data.get("shared_clusters_by_length")
+        if bands is None:
+            return cls(cluster_of, cluster_ids, is_shared, metadata)
+        if not isinstance(bands, list) or not all(
+            isinstance(b, Mapping) and set(b) == {"min_tokens", "shared_clusters"} for b in bands
         ):
-            raise ValueError(f"'shared_clusters' must be a list of cluster ids, got {shared!r}")
-        shared = [str(s) for s in shared]
-        if len(set(shared)) != len(shared):
-            raise ValueError(f"duplicate ids in shared_clusters: {shared}")
-        unknown = sorted(set(shared) - set(cluster_ids))
-        if unknown:
-            raise ValueError(f"shared_clusters names unknown clusters {unknown}")
-        is_shared = np.array([c in set(shared) for c in cluster_ids], bool)
-        return cls(cluster_of, cluster_ids, is_shared, metadata)
+            raise ValueError(
+                "'shared_clusters_by_length' must be a list of {\"min_tokens\": n,"
+                f' "shared_clusters": [ids]}} objects, got {bands!r}'
+            )
+        if not all(isinstance(b["min_tokens"], int) for b in bands):
+            raise ValueError(f"band min_tokens must be integers, got {bands!r}")
+        by_band = np.stack(
+            [
+                shared_flags(b["shared_clusters"], f"band {b['min_tokens']}'s shared_clusters")
+                for b in bands
+            ]
+        )
+        if (by_band.any(axis=0) != is_shared).any():
+            raise ValueError(
+                "'shared_clusters' must list exactly the clusters shared in some band of"
+                " 'shared_clusters_by_length'"
+            )
+        bounds = tuple(b["min_tokens"] for b in bands)
+        return cls(cluster_of, cluster_ids, is_shared, metadata, bounds, by_band)
 
     def to_json_dict(self) -> dict[str, Any]:
         clusters = {
@@ -167,13 +226,17 @@ class SharingTable:
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
         }
-        return {
-            "clusters": clusters,
-            "shared_clusters": [
-                c for c, s in zip(self.cluster_ids, self.is_shared, strict=True) if s
-            ],
-            "metadata": metadata,
-        }
+
+        def ids(flags):
+            return [c for c, s in zip(self.cluster_ids, flags, strict=True) if s]
+
+        data = {"clusters": clusters, "shared_clusters": ids(self.is_shared), "metadata": metadata}
+        if len(self.band_min_tokens) > 1:
+            data["shared_clusters_by_length"] = [
+                {"min_tokens": bound, "shared_clusters": ids(flags)}
+                for bound, flags in zip(self.band_min_tokens, self.shared_by_band, strict=True)
+            ]
+        return data
 
     @classmethod
     def load(cls, path: str | Path, *, num_layers: int, num_heads: int) -> SharingTable:

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from evaluation.harness.model_runs import stats_record
 from sharedsparse_jax import planner, stats
@@ -130,3 +131,33 @@ def test_every_reason_in_a_planted_case():
     record = stats_record({k: v[:, 0] for k, v in per_layer.items()}, num_layers=3, num_heads=6)
     assert record["share_reason"][1][:4] == [planner.R_SHARED] * 2 + [planner.R_FALLBACK_COVERS] * 2
     assert record["sharing"]["fallback_covers"]["count"] == 2
+
+
+def test_length_bands_choose_the_shared_clusters():
+    """A table whose clusters share in some length bands: each prompt uses its own band."""
+    data = {
+        "clusters": CLUSTERS,
+        "shared_clusters": ["A", "B"],
+        "shared_clusters_by_length": [
+            {"min_tokens": 0, "shared_clusters": ["B"]},
+            {"min_tokens": 128, "shared_clusters": ["A"]},
+        ],
+    }
+    table = SharingTable.from_json_dict(data, num_layers=3, num_heads=6)
+    assert table.band_min_tokens == (0, 128) and table.num_shared == 2
+    again = SharingTable.from_json_dict(table.to_json_dict(), num_layers=3, num_heads=6)
+    np.testing.assert_array_equal(again.shared_by_band, table.shared_by_band)
+    # The long prompt (256 tokens) shares A only, the short one (100 tokens) B only.
+    plans, _ = _plan_all(_layers(), table, jnp.asarray([LENGTH, 100], jnp.int32))
+    assert _reasons(plans[0], b=0)[:4] == ["pivot", "pivot_this_layer", "not_shared", "not_shared"]
+    assert _reasons(plans[0], b=1)[:4] == ["not_shared", "not_shared", "pivot", "pivot_this_layer"]
+    for bad, message in [
+        ({"shared_clusters": ["A"]}, "exactly the clusters shared in some band"),
+        (
+            {"shared_clusters_by_length": [{"min_tokens": 5, "shared_clusters": ["A", "B"]}]},
+            "must start at 0",
+        ),
+        ({"shared_clusters_by_length": [{"min_tokens": 0}]}, "must be a list of"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SharingTable.from_json_dict(data | bad, num_layers=3, num_heads=6)
