@@ -54,6 +54,7 @@ from sharedsparse_jax.calibrate import (  # noqa: E402
     figures,
     grid_maps,
     head_evidence,
+    length_bands,
     sharing_sample,
     similarity_report,
     stability,
@@ -104,12 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--name", help="model name for the table (default: the built-in's or the directory's)"
     )
-    parser.add_argument("--length", type=int, default=4096, help="calibration tokens per window")
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=[4096],
+        help="calibration tokens per window, one or more lengths (the lengths the model is used"
+        " at): heads are clustered on all of them, shared clusters chosen per length, and the"
+        " table gets one length band per length whose choice differs",
+    )
     parser.add_argument(
         "--second-length",
         type=int,
         default=2048,
-        help="prefix length for the length-stability check (0: skip)",
+        help="prefix length of the shortest --lengths windows for the length-stability check"
+        " (0: skip)",
     )
     parser.add_argument(
         "--samples", type=int, default=4, help="calibration windows per source (Austen, essays)"
@@ -171,8 +181,9 @@ def argument_problem(args, planner: SharePrefillConfig) -> str | None:
             return f"--checkpoint {args.checkpoint}: not a converted checkpoint: {problem}"
         if not (args.checkpoint / "tokenizer.json").is_file():
             return f"--checkpoint {args.checkpoint}: no tokenizer.json, so no text can be encoded"
+    args.lengths = sorted(set(args.lengths))
     for option, value, least in (
-        ("--length", args.length, 1),
+        ("--lengths", min(args.lengths), 1),
         ("--second-length", args.second_length, 0),
         ("--samples", args.samples, 1),
         ("--heldout", args.heldout, 1),
@@ -212,7 +223,8 @@ def load_model(args):
 
 def lengths_problem(args, planner: SharePrefillConfig) -> str | None:
     """What is wrong with the window lengths and the map block size (None: nothing)."""
-    lengths = [args.length] + ([args.second_length] if args.second_length else [])
+    shortest = args.lengths[0]
+    lengths = args.lengths + ([args.second_length] if args.second_length else [])
     for length in lengths:
         if length % planner.block_size or length % args.map_block_size:
             return (
@@ -221,12 +233,12 @@ def lengths_problem(args, planner: SharePrefillConfig) -> str | None:
             )
     if planner.block_size % args.map_block_size:
         return f"--map-block-size must divide {planner.block_size}"
-    if args.length < planner.dense_below:
-        return f"--length must be >= {planner.dense_below} (shorter prompts run dense)"
-    if args.second_length >= args.length:
+    if shortest < planner.dense_below:
+        return f"--lengths must be >= {planner.dense_below} (shorter prompts run dense)"
+    if args.second_length >= shortest:
         return (
-            f"--second-length ({args.second_length}) must be below --length ({args.length}):"
-            " its maps are the windows' prefixes"
+            f"--second-length ({args.second_length}) must be below the shortest --lengths"
+            f" ({shortest}): its maps are the windows' prefixes"
         )
     return None
 
@@ -240,23 +252,32 @@ def selection_config(args, planner: SharePrefillConfig) -> SelectionConfig:
     )
 
 
-def choose_samples(tokenizer, args) -> tuple[list[Sample], list[Sample]]:
-    """Disjoint calibration and held-out windows, `samples` + `heldout` per source."""
+def tokenize_sources(tokenizer) -> dict[str, dict[str, list[int]]]:
+    """Token ids of every calibration document, per source."""
     documents = {
         "austen": texts.load_austen_novels(),
         "essays": {"essays": texts.load_paul_graham_essays()},
     }
-    rng = np.random.default_rng(args.seed)
-    calibration, heldout = [], []
-    for source in SOURCES:
-        tokens = tokenize_documents(
+    return {
+        source: tokenize_documents(
             documents[source], lambda t: tokenizer.encode(t, add_special_tokens=False)
         )
-        windows = plan_windows({name: len(ids) for name, ids in tokens.items()}, args.length)
+        for source in SOURCES
+    }
+
+
+def choose_samples(sources, args, length: int) -> tuple[list[Sample], list[Sample]]:
+    """Disjoint calibration and held-out windows of `length` tokens, per source `samples` +
+    `heldout` of them (the choice seeded by --seed and the length)."""
+    rng = np.random.default_rng([args.seed, length])
+    calibration, heldout = [], []
+    for source in SOURCES:
+        tokens = sources[source]
+        windows = plan_windows({name: len(ids) for name, ids in tokens.items()}, length)
         needed = args.samples + args.heldout
         if len(windows) < needed:
             raise ValueError(
-                f"{source} holds {len(windows)} windows of {args.length} tokens, {needed} needed"
+                f"{source} holds {len(windows)} windows of {length} tokens, {needed} needed"
             )
         chosen = rng.choice(len(windows), needed, replace=False)
         picked = [
@@ -291,7 +312,7 @@ def collect_all(model, samples, length, collector, work_dir, desc) -> list[Colle
             {k: v[0] for k, v in collected.estimates.items()},
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
+        np.savez(
             path,
             block_maps=single.block_maps,
             **{f"est_{k}": v for k, v in single.estimates.items()},
@@ -338,24 +359,27 @@ def print_summary(report: dict) -> None:
     c = report["clustering"]
     print(
         f"\nclusters: {c['clusters']} ({c['embedding']}, threshold {c['threshold']}, sizes"
-        f" {c['size_quantiles']} at 10/50/90 %), shared: {report['sharing']['shared_clusters']}"
-        f" clusters / {report['sharing']['shared_heads']} heads, pivots per prompt:"
-        f" {report['sharing']['shared_clusters']}"
+        f" {c['size_quantiles']} at 10/50/90 %)"
     )
-    print(
-        f"model-wide block saving of the shared clusters: {report['sharing']['model_saving']:+.3%}"
-        f" of the fallback's blocks (at {report['length']} tokens)"
-    )
-    print("\nshared-cluster selection (held-out):")
-    print("  id  size  pivot     coverage  fallback  gain    saving   share  disabled  shared")
-    for row in report["sharing"]["clusters"]:
-        row = {k: float("nan") if v is None else v for k, v in row.items()}
+    for length, sharing in report["sharing_by_length"].items():
         print(
-            f"  {row['id']:>3} {row['size']:>5}  L{row['pivot'][0]:<2}H{row['pivot'][1]:<3}"
-            f"  {row['coverage']:8.3f}  {row['fallback_coverage']:8.3f} {row['coverage_gain']:+.3f}"
-            f"  {row['saving']:+.3f}  {row['share_rate']:5.2f}  {row['disabled_rate']:8.2f}"
-            f"  {'yes' if row['shared'] else ''}"
+            f"\nat {length} tokens: shared {sharing['shared_clusters']} clusters /"
+            f" {sharing['shared_heads']} heads; model-wide block saving of the shared clusters:"
+            f" {sharing['model_saving']:+.3%} of the fallback's blocks"
         )
+        print("shared-cluster selection (held-out):")
+        print("  id  size  pivot     coverage  fallback  gain    saving   share  disabled  shared")
+        for row in sharing["clusters"]:
+            row = {k: float("nan") if v is None else v for k, v in row.items()}
+            print(
+                f"  {row['id']:>3} {row['size']:>5}  L{row['pivot'][0]:<2}H{row['pivot'][1]:<3}"
+                f"  {row['coverage']:8.3f}  {row['fallback_coverage']:8.3f}"
+                f" {row['coverage_gain']:+.3f}  {row['saving']:+.3f}  {row['share_rate']:5.2f}"
+                f"  {row['disabled_rate']:8.2f}  {'yes' if row['shared'] else ''}"
+            )
+    print("\nlength bands of the table (shared cluster ids):")
+    for band in report["bands"]:
+        print(f"  from {band['min_tokens']:>6} tokens: {band['shared_clusters']}")
     o = report["observation_1"]
     print("\nobservation 1 (similarity), quantiles 10/25/50/75/90 %:")
     print(f"  Hellinger distance within clusters:       {fmt(o['hellinger_within'])}")
@@ -392,48 +416,42 @@ def main(argv=None) -> int:
     config = loaded.config
     print(
         f"model {model_name}: {config.num_layers} layers x {config.num_heads} query heads"
-        f" ({config.num_kv_heads} kv heads)"
+        f" ({config.num_kv_heads} kv heads), calibrated at {args.lengths} tokens"
     )
-    calibration, heldout = choose_samples(loaded.tokenizer, args)
+    sources = tokenize_sources(loaded.tokenizer)
     collector = BlockMapCollector(
         block_size=args.map_block_size, estimate_config=planner, implementation=args.implementation
     )
     work_dir = args.work_dir or cache_dir() / "calibration" / model_name
-    cal = collect_all(loaded.model, calibration, args.length, collector, work_dir, "calibration")
-    held = collect_all(loaded.model, heldout, args.length, collector, work_dir, "held-out")
-    short = []
-    if args.second_length:
-        # Causal attention: a prefix's maps are the top-left corner of the whole window's maps
-        # (checked on cached SmolLM2 windows: equal within 5e-7), so no second dense pass.
-        whole = args.second_length // args.map_block_size
-        short = [
-            CollectedMaps(
-                c.block_maps[..., :whole, :whole], whole * args.map_block_size, c.block_size, None
-            )
-            for c in cal
-        ]
+    windows, cal, held = {}, {}, {}
+    for length in args.lengths:
+        windows[length] = choose_samples(sources, args, length)
+        calibration, heldout = windows[length]
+        cal[length] = collect_all(
+            loaded.model, calibration, length, collector, work_dir, f"calibration {length}"
+        )
+        held[length] = collect_all(
+            loaded.model, heldout, length, collector, work_dir, f"held-out {length}"
+        )
     collect_seconds = time.time() - started
     print(f"maps collected in {collect_seconds:.0f} s")
     if args.collect_only:
         return 0
 
-    cal_grid, held_grid = grid_of(cal, args.grid), grid_of(held, args.grid)
-    held_samples = [
-        sharing_sample(c.block_maps, c.length, c.block_size, c.estimates, planner.block_size)
-        for c in held
-    ]
-    evidence = [head_evidence(s, planner) for s in held_samples]
-    is_austen = np.array([s.source == "austen" for s in calibration])
-    inputs = {
-        "all": (cal_grid, args.seed),
-        "seed": (cal_grid, args.seed + 1),
-        "austen": (cal_grid[is_austen], args.seed),
-        "essays": (cal_grid[~is_austen], args.seed),
-        "half_a": (cal_grid[0::2], args.seed),
-        "half_b": (cal_grid[1::2], args.seed),
+    cal_grid = {length: grid_of(cal[length], args.grid) for length in args.lengths}
+    all_grid = np.concatenate([cal_grid[length] for length in args.lengths])
+    held_samples = {
+        length: [
+            sharing_sample(c.block_maps, c.length, c.block_size, c.estimates, planner.block_size)
+            for c in held[length]
+        ]
+        for length in args.lengths
     }
-    if short:
-        inputs["short"] = (grid_of(short, args.grid), args.seed)
+    evidence = {
+        length: [head_evidence(s, planner) for s in samples]
+        for length, samples in held_samples.items()
+    }
+    inputs = clustering_inputs(args, windows, cal, cal_grid, all_grid)
     embeddings_used = EMBEDDINGS if args.sweep else (args.embedding,)
     embeddings = {}
     with tqdm(total=len(inputs) * len(embeddings_used), desc="embedding", unit="input") as bar:
@@ -447,29 +465,49 @@ def main(argv=None) -> int:
         "model": model_name,
         "texts": {
             "sources": "Jane Austen's novels (janeaustenr); Paul Graham's essays (RULER)",
-            "calibration": [s.name for s in calibration],
-            "heldout": [s.name for s in heldout],
+            **{
+                f"calibration_{length}": [s.name for s in windows[length][0]]
+                for length in args.lengths
+            },
+            **{
+                f"heldout_{length}": [s.name for s in windows[length][1]] for length in args.lengths
+            },
         },
-        "length": args.length,
+        "lengths": args.lengths,
         "second_length": args.second_length,
         "map_block_size": args.map_block_size,
         "seed": args.seed,
     }
-    result = calibrate(
-        cal_grid,
-        held_samples,
-        CalibrationConfig(grid=args.grid, cluster=chosen, selection=selection),
-        metadata,
-        clustering=clustering,
-        evidence=evidence,
+    results = {
+        length: calibrate(
+            all_grid,
+            held_samples[length],
+            CalibrationConfig(grid=args.grid, cluster=chosen, selection=selection),
+            metadata,
+            clustering=clustering,
+            evidence=evidence[length],
+        )
+        for length in args.lengths
+    }
+    band_min_tokens, shared_by_band = length_bands(
+        args.lengths, [results[length].sharing.is_shared for length in args.lengths]
     )
-    sharing = result.sharing
-    sizes = sharing.size
+    table = dataclasses.replace(
+        results[args.lengths[0]].table,
+        is_shared=shared_by_band.any(axis=0),
+        band_min_tokens=band_min_tokens,
+        shared_by_band=shared_by_band,
+    )
+    longest = args.lengths[-1]
+    pairs = STABILITY_PAIRS | {
+        f"length_{a}_vs_{b}": (f"len_{a}", f"len_{b}")
+        for a, b in zip(args.lengths[:-1], args.lengths[1:], strict=True)
+    }
     report = {
         "model": model_name,
         "num_layers": config.num_layers,
         "num_heads": config.num_heads,
-        "length": args.length,
+        "lengths": args.lengths,
         "second_length": args.second_length,
         "texts": metadata["texts"],
         "clustering": {
@@ -477,60 +515,42 @@ def main(argv=None) -> int:
             "threshold": chosen.threshold,
             "linkage": args.linkage,
             "clusters": clustering.num_clusters,
-            "size_quantiles": np.percentile(sizes, [10, 50, 90]).tolist(),
+            "size_quantiles": np.percentile(results[longest].sharing.size, [10, 50, 90]).tolist(),
         },
-        "sharing": {
-            "min_coverage": selection.min_coverage,
-            "min_coverage_gain": selection.min_coverage_gain,
-            "min_saving": selection.min_saving,
-            "shared_clusters": int(sharing.is_shared.sum()),
-            "shared_heads": int(sizes[sharing.is_shared].sum()),
-            "model_saving": sharing.model_saving,
-            "clusters": [
-                {
-                    "id": c + 1,
-                    "size": int(sizes[c]),
-                    "pivot": sharing.pivot[c].tolist(),
-                    "coverage": _float(sharing.coverage[c]),
-                    "coverage_p10": _float(sharing.coverage_p10[c]),
-                    "fallback_coverage": _float(sharing.fallback_coverage[c]),
-                    "coverage_gain": _float(sharing.coverage_gain[c]),
-                    "shared_coverage": _float(sharing.shared_coverage[c]),
-                    "share_rate": _float(sharing.share_rate[c]),
-                    "saving": _float(sharing.saving[c]),
-                    "saved_blocks": _float(sharing.saved_blocks[c]),
-                    "disabled_rate": _float(sharing.disabled_rate[c]),
-                    "shared": bool(sharing.is_shared[c]),
-                }
-                for c in range(sharing.num_clusters)
-            ],
+        "sharing_by_length": {
+            str(length): sharing_report(results[length].sharing, selection)
+            for length in args.lengths
         },
+        "bands": [
+            {"min_tokens": bound, "shared_clusters": [int(c) + 1 for c in np.flatnonzero(flags)]}
+            for bound, flags in zip(band_min_tokens, shared_by_band, strict=True)
+        ],
         "observation_1": similarity_report(
-            cal_grid.mean(0),
+            cal_grid[longest].mean(0),
             clustering.labels,
-            np.stack([s.block_maps for s in held_samples]),
-            np.stack([e.pattern for e in evidence]),
+            np.stack([s.block_maps for s in held_samples[longest]]),
+            np.stack([e.pattern for e in evidence[longest]]),
         ),
         "observation_2": stability(
-            embeddings[args.embedding], STABILITY_PAIRS, chosen.threshold, args.linkage
+            embeddings[args.embedding], pairs, chosen.threshold, args.linkage
         ),
     }
     if args.sweep:
         report["sweep"] = sweep(
             embeddings,
-            STABILITY_PAIRS,
+            pairs,
             SWEEP_THRESHOLDS,
-            held_samples,
+            held_samples[longest],
             selection,
             linkage=args.linkage,
-            evidence=evidence,
+            evidence=evidence[longest],
         )
     report["seconds"] = {"collect": collect_seconds, "total": time.time() - started}
     print_summary(report)
 
     if args.table:
         args.table.parent.mkdir(parents=True, exist_ok=True)
-        result.table.save(args.table)
+        table.save(args.table)
         print(f"\nwrote {args.table}")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -538,10 +558,82 @@ def main(argv=None) -> int:
         print(f"wrote {args.report}")
     if args.figures:
         for path in write_figures(
-            args, model_name, report, clustering, sharing, held_grid, cal_grid
+            args,
+            model_name,
+            report,
+            clustering,
+            results[longest].sharing,
+            grid_of(held[longest], args.grid),
+            cal_grid[longest],
         ):
             print(f"wrote {path}")
     return 0
+
+
+def clustering_inputs(args, windows, cal, cal_grid, all_grid) -> dict:
+    """Each clustering input: its [S, L, N, G, G] grid maps and autoencoder seed.
+
+    "all" (every length's calibration windows) makes the table; the others are clustered alone
+    for the stability checks: another seed, each source, each half, the shortest length's
+    prefixes ("short") and each length ("len_<n>") when there are several.
+    """
+    is_austen = np.concatenate(
+        [[s.source == "austen" for s in windows[length][0]] for length in args.lengths]
+    )
+    inputs = {
+        "all": (all_grid, args.seed),
+        "seed": (all_grid, args.seed + 1),
+        "austen": (all_grid[is_austen], args.seed),
+        "essays": (all_grid[~is_austen], args.seed),
+        "half_a": (all_grid[0::2], args.seed),
+        "half_b": (all_grid[1::2], args.seed),
+    }
+    if args.second_length:
+        # Causal attention: a prefix's maps are the top-left corner of the whole window's maps
+        # (checked on cached SmolLM2 windows: equal within 5e-7), so no second dense pass.
+        whole = args.second_length // args.map_block_size
+        short = [
+            CollectedMaps(
+                c.block_maps[..., :whole, :whole], whole * args.map_block_size, c.block_size, None
+            )
+            for c in cal[args.lengths[0]]
+        ]
+        inputs["short"] = (grid_of(short, args.grid), args.seed)
+    if len(args.lengths) > 1:
+        for length in args.lengths:
+            inputs[f"len_{length}"] = (cal_grid[length], args.seed)
+    return inputs
+
+
+def sharing_report(sharing, selection: SelectionConfig) -> dict:
+    """One length's shared-cluster choice, as the report's JSON."""
+    sizes = sharing.size
+    return {
+        "min_coverage": selection.min_coverage,
+        "min_coverage_gain": selection.min_coverage_gain,
+        "min_saving": selection.min_saving,
+        "shared_clusters": int(sharing.is_shared.sum()),
+        "shared_heads": int(sizes[sharing.is_shared].sum()),
+        "model_saving": sharing.model_saving,
+        "clusters": [
+            {
+                "id": c + 1,
+                "size": int(sizes[c]),
+                "pivot": sharing.pivot[c].tolist(),
+                "coverage": _float(sharing.coverage[c]),
+                "coverage_p10": _float(sharing.coverage_p10[c]),
+                "fallback_coverage": _float(sharing.fallback_coverage[c]),
+                "coverage_gain": _float(sharing.coverage_gain[c]),
+                "shared_coverage": _float(sharing.shared_coverage[c]),
+                "share_rate": _float(sharing.share_rate[c]),
+                "saving": _float(sharing.saving[c]),
+                "saved_blocks": _float(sharing.saved_blocks[c]),
+                "disabled_rate": _float(sharing.disabled_rate[c]),
+                "shared": bool(sharing.is_shared[c]),
+            }
+            for c in range(sharing.num_clusters)
+        ],
+    }
 
 
 def write_figures(args, model_name, report, clustering, sharing, held_grid, cal_grid):

@@ -197,6 +197,34 @@ def calibrate(
     return Calibration(clustering, sharing, table)
 
 
+def length_bands(
+    lengths: Sequence[int], is_shared: Sequence[np.ndarray]
+) -> tuple[tuple[int, ...], np.ndarray]:
+    """Length bands of a table from the shared clusters chosen at each calibration length.
+
+    A band reaches from the geometric mean of two neighbouring calibration lengths to the next
+    such mean (the first from 0); neighbouring bands with the same choice are merged.
+
+    Args:
+      lengths: ascending calibration lengths in tokens.
+      is_shared: bool[C] per length.
+
+    Returns:
+      The bands' lower bounds (the first 0) and bool[bands, C].
+    """
+    if len(lengths) != len(is_shared) or not lengths:
+        raise ValueError(f"one choice per length: {len(lengths)} lengths, {len(is_shared)} choices")
+    if any(b <= a for a, b in zip(lengths[:-1], lengths[1:], strict=True)):
+        raise ValueError(f"lengths must increase, got {list(lengths)}")
+    bounds, rows = [0], [np.asarray(is_shared[0], bool)]
+    for a, b, flags in zip(lengths[:-1], lengths[1:], is_shared[1:], strict=True):
+        flags = np.asarray(flags, bool)
+        if (flags != rows[-1]).any():
+            bounds.append(int(round((a * b) ** 0.5)))
+            rows.append(flags)
+    return tuple(bounds), np.stack(rows)
+
+
 def stability(
     embeddings: Mapping[str, np.ndarray],
     pairs: Mapping[str, tuple[str, str]],

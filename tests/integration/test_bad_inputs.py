@@ -4,11 +4,9 @@ no traceback. docs/usage.md lists the same inputs and messages."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +16,11 @@ from gguf import GGUFWriter
 import evaluation.harness.run
 from tests.integration import helpers
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    return {name: _load_script(name) for name in ("prefill", "calibrate", "evaluate")}
+    return {name: helpers.load_script(name) for name in ("prefill", "calibrate", "evaluate")}
 
 
 def _write_gguf(path: Path, *, omit: tuple[str, ...] = ()) -> Path:
@@ -134,7 +123,7 @@ CASES = [
     ("calibrate", CALIBRATE + " --map-block-size 0", "--map-block-size must be >= 1, got 0"),
     ("calibrate", CALIBRATE + " --samples 0", "--samples must be >= 1, got 0"),
     ("calibrate", CALIBRATE + " --heldout 0", "--heldout must be >= 1, got 0"),
-    ("calibrate", CALIBRATE + " --length 1000", "length 1000 must be a multiple of"),
+    ("calibrate", CALIBRATE + " --lengths 1000", "length 1000 must be a multiple of"),
     ("calibrate", CALIBRATE + " --second-length 4096", r"--second-length \(4096\) must be below"),
     ("calibrate", CALIBRATE + " --grid 6", "grid must be a positive multiple of 4, got 6"),
     ("calibrate", CALIBRATE + " --threshold -1", "distance_threshold must be > 0"),

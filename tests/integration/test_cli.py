@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +16,6 @@ from models.fetch import builtin_checkpoint
 from models.tokenizer import Tokenizer
 from tests.integration import helpers
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPT = (
     "Mr. Bennet was so odd a mixture of quick parts, sarcastic humour, reserve, and caprice, "
     "that the experience of three-and-twenty years had been insufficient to make his wife "
@@ -29,11 +26,7 @@ PROMPT = (
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("prefill_script", ROOT / "scripts" / "prefill.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
+    return helpers.load_script("prefill")
 
 
 def test_cli_answers_a_prompt_file(script, tmp_path, capsys):
