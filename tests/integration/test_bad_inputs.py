@@ -17,7 +17,6 @@ import evaluation.harness.run
 from tests.integration import helpers
 
 
-
 @pytest.fixture(scope="module")
 def scripts():
     return {name: helpers.load_script(name) for name in ("prefill", "calibrate", "evaluate")}
