@@ -1,0 +1,47 @@
+"""benchmarks.sharing_ablation: its settings, a CPU dry run on the tiny model, and its figure."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import sharing_ablation
+
+
+def test_settings_cover_the_ablation():
+    labels = {(s.method, s.variant) for s in sharing_ablation.settings()}
+    for method in ("shareprefill", "flexprefill", "vertical_slash"):
+        assert {(method, "full"), (method, "gamma_0.9"), (method, "gamma_0.99")} <= labels
+    assert {("shareprefill", v) for v in ("no_sharing", "no_exclusion")} <= labels
+    tau_sims = {v for m, v in labels if v.startswith("tau_sim")}
+    assert len(tau_sims) + 1 >= 3  # with the default 0.5: at least three values
+    copies = [s for s in sharing_ablation.settings() if s.same_as]
+    order = [(s.method, s.variant) for s in sharing_ablation.settings()]
+    assert all(order.index(s.same_as) < order.index((s.method, s.variant)) for s in copies)
+
+
+def test_dry_run_and_plot(tmp_path):
+    out = tmp_path / "ablation.json"
+    records = sharing_ablation.main(
+        ["--dry-run", "--models", "smollm2", "--variants", "no_sharing", "no_exclusion",
+         "--out", str(out)]
+    )  # fmt: skip
+    got = {(r["method"], r["variant"]) for r in records}
+    assert got == {
+        ("dense", "full"), ("flexprefill", "full"), ("vertical_slash", "full"),
+        ("shareprefill", "full"), ("shareprefill", "no_sharing"), ("shareprefill", "no_exclusion"),
+    }  # fmt: skip
+    by_key = {(r["method"], r["variant"]): r for r in records}
+    dense = by_key[("dense", "full")]
+    assert dense["delta_nll"] == 0 and dense["kl"] == 0 and dense["density"] == 1.0
+    for record in records:
+        for key in ("model", "seq_len", "method", "variant", "density", "delta_nll", "kl"):
+            assert key in record
+        assert record["retrieval_accuracy"] is None and record["prefill_ms"] > 0
+        assert record["num_shared"] >= 0
+    copy = by_key[("shareprefill", "no_sharing")]
+    assert copy["same_as"] == "flexprefill/full"
+    assert copy["nll"] == by_key[("flexprefill", "full")]["nll"]
+    assert json.loads(out.read_text())["records"] == records
+    figure = tmp_path / "ablation.png"
+    sharing_ablation.main(["--plot", str(out), str(figure)])
+    assert figure.stat().st_size > 10_000
