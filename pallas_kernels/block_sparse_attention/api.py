@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels import registry
 from pallas_kernels.block_sparse_attention import (
@@ -141,17 +142,19 @@ def block_sparse_attention_with_block_map(
         raise ValueError(
             f"lengths must be int[B={batch}], got {lengths.dtype}{list(lengths.shape)}"
         )
-    if not isinstance(lengths, jax.core.Tracer):
-        bad = (lengths < 0) | (lengths > num_keys)
-        if bool(jnp.any(bad)):
-            raise ValueError(f"lengths must be in [0, S={num_keys}], got {lengths.tolist()}")
+    if not isinstance(lengths, jax.core.Tracer):  # numpy: jnp ops would be staged under jit
+        values = np.asarray(lengths)
+        if ((values < 0) | (values > num_keys)).any():
+            raise ValueError(f"lengths must be in [0, S={num_keys}], got {values.tolist()}")
     capacity = batch * num_heads if max_selected is None else max_selected
     if not 1 <= capacity <= batch * num_heads:
         raise ValueError(
             f"max_selected must be in [1, B*N={batch * num_heads}], got {max_selected}"
         )
-    if not isinstance(selected, jax.core.Tracer) and int(jnp.sum(selected)) > capacity:
-        raise ValueError(f"{int(jnp.sum(selected))} heads selected but max_selected={capacity}")
+    if not isinstance(selected, jax.core.Tracer):  # numpy, as for lengths
+        num_selected = int(np.asarray(selected).sum())
+        if num_selected > capacity:
+            raise ValueError(f"{num_selected} heads selected but max_selected={capacity}")
     return _attention_with_block_map(
         q,
         k,
