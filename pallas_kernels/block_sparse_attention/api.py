@@ -151,8 +151,10 @@ def block_sparse_attention_with_block_map(
         raise ValueError(
             f"max_selected must be in [1, B*N={batch * num_heads}], got {max_selected}"
         )
-    if not isinstance(selected, jax.core.Tracer) and int(jnp.sum(selected)) > capacity:
-        raise ValueError(f"{int(jnp.sum(selected))} heads selected but max_selected={capacity}")
+    if not isinstance(selected, jax.core.Tracer):  # numpy, as for lengths
+        num_selected = int(np.asarray(selected).sum())
+        if num_selected > capacity:
+            raise ValueError(f"{num_selected} heads selected but max_selected={capacity}")
     return _attention_with_block_map(
         q,
         k,

@@ -153,3 +153,27 @@ def test_bad_lengths_raise(lengths, message, rng):
         block_sparse_attention_with_block_map(
             q, k, v, layout, jnp.ones((2, case.num_heads), bool), lengths=lengths
         )
+
+
+def test_concrete_selection_and_lengths_inside_jit(rng):
+    """Arrays made outside a jitted caller stay concrete in it: they are checked (with NumPy, as
+    jnp comparisons would be staged) and used."""
+    case = Case("closed_over", batch=2, num_queries=128, num_keys=128, block_size=64)
+    q, k, v = make_inputs(rng, case)
+    layout = layout_from_mask(jnp.asarray(random_block_mask(rng, case)), block_size=64)
+    selected = jnp.ones((2, case.num_heads), bool)
+
+    def maps(lengths):
+        return jax.jit(
+            lambda q, k, v: block_sparse_attention_with_block_map(
+                q, k, v, layout, selected, lengths=lengths, implementation="xla"
+            )[2]
+        )(q, k, v)
+
+    lengths = jnp.asarray([100, 128], jnp.int32)
+    eager = block_sparse_attention_with_block_map(
+        q, k, v, layout, selected, lengths=lengths, implementation="xla"
+    )[2]
+    np.testing.assert_allclose(maps(lengths), eager, atol=1e-6)
+    with pytest.raises(ValueError, match=r"lengths must be in \[0, S=128\], got \[100, 129\]"):
+        maps(jnp.asarray([100, 129], jnp.int32))

@@ -29,12 +29,16 @@ MOSAIC_GPU_CASE = dataclasses.replace(
     CASE, num_queries=100, num_keys=150, block_size=64, dtype=jnp.bfloat16
 )
 
+# (implementation, interpret): interpret mode on the CPU, and the compiled GPU kernels under
+# SHAREDSPARSE_TEST_PLATFORM=gpu (marked gpu).
 IMPLEMENTATIONS = [
-    "reference",
-    "xla",
-    "triton",
-    pytest.param("mosaic_tpu", marks=pytest.mark.tpu_interpret),
-    "mosaic_gpu",
+    pytest.param("reference", True, id="reference"),
+    pytest.param("xla", True, id="xla"),
+    pytest.param("triton", True, id="triton"),
+    pytest.param("mosaic_tpu", True, id="mosaic_tpu", marks=pytest.mark.tpu_interpret),
+    pytest.param("mosaic_gpu", True, id="mosaic_gpu"),
+    pytest.param("triton", False, id="triton-gpu", marks=pytest.mark.gpu),
+    pytest.param("mosaic_gpu", False, id="mosaic_gpu-gpu", marks=pytest.mark.gpu),
 ]
 
 
@@ -42,11 +46,11 @@ def _case(implementation):
     return MOSAIC_GPU_CASE if implementation == "mosaic_gpu" else CASE
 
 
-def _attention(implementation, q, k, v, layout):
+def _attention(implementation, interpret, q, k, v, layout):
     """(out, lse) through the public call, jitted so that layouts with empty rows pass."""
     run = jax.jit(
         lambda q, k, v, layout: block_sparse_attention(
-            q, k, v, layout, return_lse=True, implementation=implementation, interpret=True
+            q, k, v, layout, return_lse=True, implementation=implementation, interpret=interpret
         )
     )
     out, lse = run(q, k, v, layout)
@@ -57,8 +61,8 @@ def _with_nan(x, index):
     return x.at[index].set(jnp.nan)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_nan_in_visible_scores_gives_nan_out_and_lse(implementation, rng):
+@pytest.mark.parametrize(("implementation", "interpret"), IMPLEMENTATIONS)
+def test_nan_in_visible_scores_gives_nan_out_and_lse(implementation, interpret, rng):
     case = _case(implementation)
     q, k, v = make_inputs(rng, case)
     mask = random_block_mask(rng, case)
@@ -76,7 +80,7 @@ def test_nan_in_visible_scores_gives_nan_out_and_lse(implementation, rng):
     key_block = nan_key // case.block_size
     mask[0, 2:, geometry.diagonal_blocks() >= key_block, key_block] = True
     layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
-    out, lse = _attention(implementation, q, k, v, layout)
+    out, lse = _attention(implementation, interpret, q, k, v, layout)
     want_out, want_lse, _ = numpy_oracle.attention(
         as_np(q), as_np(k), as_np(v), mask, case.block_size
     )
@@ -93,8 +97,8 @@ def test_nan_in_visible_scores_gives_nan_out_and_lse(implementation, rng):
     np.testing.assert_allclose(lse, want_lse, atol=tol["lse"], rtol=0)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_nan_value_gives_nan_out_and_exact_lse(implementation, rng):
+@pytest.mark.parametrize(("implementation", "interpret"), IMPLEMENTATIONS)
+def test_nan_value_gives_nan_out_and_exact_lse(implementation, interpret, rng):
     """The rows that see a NaN value get NaN out and an exact LSE (it does not read values);
     the heads of the other kv head stay exact. The other rows of the same kv head are not
     judged: a value a row may not see can still meet it with a zero weight (0 * NaN is NaN),
@@ -105,7 +109,7 @@ def test_nan_value_gives_nan_out_and_exact_lse(implementation, rng):
     nan_key = case.num_keys - case.num_queries // 2
     v = _with_nan(v, (0, nan_key, 0))
     layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
-    out, lse = _attention(implementation, q, k, v, layout)
+    out, lse = _attention(implementation, interpret, q, k, v, layout)
     want_out, want_lse, _ = numpy_oracle.attention(
         as_np(q), as_np(k), as_np(v.at[0, nan_key, 0].set(0.0)), mask, case.block_size
     )
@@ -120,8 +124,8 @@ def test_nan_value_gives_nan_out_and_exact_lse(implementation, rng):
     np.testing.assert_allclose(lse, want_lse, atol=tol["lse"], rtol=0)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_rows_without_keys_stay_zero_beside_nan_rows(implementation, rng):
+@pytest.mark.parametrize(("implementation", "interpret"), IMPLEMENTATIONS)
+def test_rows_without_keys_stay_zero_beside_nan_rows(implementation, interpret, rng):
     """Rows whose count is 0 (allowed under jit, as the block-map launch uses them) return 0 and
     MASK_VALUE, even when their query is NaN; a NaN row beside them is NaN."""
     case = _case(implementation)
@@ -139,7 +143,7 @@ def test_rows_without_keys_stay_zero_beside_nan_rows(implementation, rng):
     empty_query = int(np.flatnonzero(rows == 1)[0])
     q = _with_nan(q, (0, empty_query, 0, 0))  # in an empty row
     q = _with_nan(q, (0, empty_query, 1, 0))  # in a row with keys
-    out, lse = _attention(implementation, q, k, v, layout)
+    out, lse = _attention(implementation, interpret, q, k, v, layout)
     want_out, want_lse, _ = numpy_oracle.attention(
         as_np(q), as_np(k), as_np(v), mask & ~empty[..., None], case.block_size
     )
@@ -152,8 +156,8 @@ def test_rows_without_keys_stay_zero_beside_nan_rows(implementation, rng):
     np.testing.assert_allclose(lse, want_lse, atol=tol["lse"], rtol=0)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_nan_reaches_block_maps(implementation, rng):
+@pytest.mark.parametrize(("implementation", "interpret"), IMPLEMENTATIONS)
+def test_nan_reaches_block_maps(implementation, interpret, rng):
     """A NaN query makes its query block's map row NaN on every listed block; the other rows
     stay exact."""
     case = _case(implementation)
@@ -171,7 +175,7 @@ def test_nan_reaches_block_maps(implementation, rng):
         layout,
         jnp.asarray(selected),
         implementation=implementation,
-        interpret=True,
+        interpret=interpret,
     )
     want_out, want_lse, probs = numpy_oracle.attention(
         as_np(q), as_np(k), as_np(v), mask, case.block_size
