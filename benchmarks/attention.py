@@ -29,6 +29,7 @@ from pallas_kernels.block_sparse_attention import (
 )
 from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
 from pallas_kernels.block_sparse_attention import triton as triton_backend
+from sharedsparse_jax.dense import dense_causal_attention
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 128
 DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02)
@@ -115,10 +116,7 @@ def active_flops(layout, geometry: BlockGeometry) -> float:
 ON_GPU = jax.default_backend() == "gpu"  # elsewhere: a dry run (XLA dense, interpreted kernel)
 
 
-@jax.jit
-def dense_cudnn(q, k, v):
-    implementation = "cudnn" if ON_GPU else None
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+dense_cudnn = jax.jit(dense_causal_attention)
 
 
 def sparse_kernel(backend):

@@ -35,6 +35,7 @@ from benchmarks import synthetic_heads, timing
 from benchmarks.attention_profiles import SHARES, load_profile
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
+from sharedsparse_jax.dense import dense_causal_attention
 from sharedsparse_jax.stats import stats_by_layer
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "smollm2-135m-instruct.json"
@@ -76,12 +77,9 @@ def layer_scan(attention):
 @jax.jit
 def dense_scan(q, k, v):
     """cuDNN dense causal attention of every layer (XLA off the GPU)."""
-    implementation = "cudnn" if ON_GPU else None
 
     def body(carry, inputs):
-        q, k, v = inputs
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-        return carry, out
+        return carry, dense_causal_attention(*inputs)
 
     return jax.lax.scan(body, (), (q, k, v))[1]
 

@@ -29,6 +29,7 @@ from pallas_kernels.query_block_profiles import query_block_profiles
 from pallas_kernels.query_block_profiles import triton as profiles_triton
 from sharedsparse_jax import estimate, patterns, planner
 from sharedsparse_jax.config import SharePrefillConfig
+from sharedsparse_jax.dense import dense_causal_attention
 from sharedsparse_jax.sharing import SharingState, SharingTable
 from sharedsparse_jax.stats import layer_stats
 
@@ -73,15 +74,7 @@ def measure(seq_len: int, config: SharePrefillConfig, table: SharingTable) -> di
     tb = -(-seq_len // config.block_size)
     state = SharingState.initial(1, table.num_shared, tb)
 
-    @jax.jit
-    def dense(q, k, v):
-        return jax.nn.dot_product_attention(
-            q,
-            k,
-            v,
-            is_causal=True,
-            implementation="cudnn" if jax.default_backend() == "gpu" else None,
-        )
+    dense = jax.jit(dense_causal_attention)
 
     @functools.partial(jax.jit, static_argnames="implementation")
     def only_estimate(q, k, implementation=None):

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
+from sharedsparse_jax.dense import IMPLEMENTATIONS as DENSE_IMPLEMENTATIONS
+from sharedsparse_jax.dense import dense_causal_attention
+
 PyTree = Any
 
 # Finite mask value (DESIGN.md section 3): never -inf, so fully masked rows stay finite.
@@ -76,9 +79,9 @@ class DenseAttention:
     implementation: str | None = None
 
     def __post_init__(self):
-        if self.implementation not in (None, "xla", "cudnn"):
+        if self.implementation not in DENSE_IMPLEMENTATIONS:
             raise ValueError(
-                f"implementation={self.implementation!r} is not one of None, 'xla', 'cudnn'"
+                f"implementation={self.implementation!r} is not one of {DENSE_IMPLEMENTATIONS}"
             )
 
     def init_state(self, batch: int, num_queries: int) -> PyTree:
@@ -110,12 +113,7 @@ class DenseAttention:
           out [B, T, N, H], the unchanged state, and no stats.
         """
         del layer, lengths
-        implementation = self.implementation
-        if implementation is None:
-            is_half = q.dtype in (jnp.bfloat16, jnp.float16)
-            implementation = "cudnn" if jax.default_backend() == "gpu" and is_half else "xla"
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-        return out, state, {}
+        return dense_causal_attention(q, k, v, implementation=self.implementation), state, {}
 
 
 def decode_attention(

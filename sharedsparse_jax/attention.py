@@ -18,6 +18,7 @@ from pallas_kernels.block_sparse_attention import (
 )
 from sharedsparse_jax import planner, stats
 from sharedsparse_jax.config import SharePrefillConfig
+from sharedsparse_jax.dense import dense_causal_attention
 from sharedsparse_jax.sharing import SharingState, SharingTable
 
 
@@ -87,6 +88,10 @@ class SharePrefillAttention:
             table=self.table,
             interpret=self.interpret,
         )
+        if q.shape[1] < self.config.dense_below:
+            # Every prompt of this bucket is short: the plan is dense, so is the attention.
+            out = dense_causal_attention(q, k, v)
+            return out, state, stats.layer_stats(plan, lengths, bs)
         layout = layout_from_mask(plan.block_mask, block_size=bs)
         if self.num_shared:
             batch, _, num_heads, _ = q.shape
