@@ -170,7 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("tau_qa", float, "query-aware bound"),
         ("min_budget", int, "vertical / slash budget floor, tokens"),
         ("max_budget", int, "vertical / slash budget cap, tokens"),
-        ("dense_below", int, "prompts shorter than this run dense"),
         ("streaming_sink", int, "sink tokens of `streaming`"),
         ("streaming_window", int, "local window tokens of `streaming`"),
     ):
@@ -181,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=getattr(defaults, name),
             help=f"{what} (default: %(default)s)",
         )
+    knobs.add_argument(
+        "--dense-below",
+        type=int,
+        default=None,
+        help="prompts shorter than this run dense (default: the crossover measured on this"
+        " device by benchmarks.crossover and stored in the sharing table, else"
+        f" {defaults.dense_below})",
+    )
     knobs.add_argument(
         "--reference-quirks",
         action="store_true",
@@ -390,6 +397,27 @@ def resolve_table(
     return table, f"{where}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
 
 
+def measured_dense_below(
+    args: argparse.Namespace, planner: SharePrefillConfig, table: SharingTable | None
+) -> tuple[SharePrefillConfig, str]:
+    """The planner with the crossover measured on this device (unless --dense-below is given),
+    and a line saying where its dense_below came from."""
+    device_kind = jax.devices()[0].device_kind
+    if args.dense_below is not None:
+        return planner, f"dense below {planner.dense_below} tokens (--dense-below)"
+    measured = None if table is None else table.measured_dense_below(device_kind)
+    if measured is None:
+        return planner, (
+            f"dense below {planner.dense_below} tokens (the default: no crossover measured on"
+            f" {device_kind})"
+        )
+    planner = dataclasses.replace(planner, dense_below=measured["tokens"])
+    return planner, (
+        f"dense below {planner.dense_below} tokens: the crossover measured on {device_kind}"
+        f" ({measured['date']}, {measured['command']})"
+    )
+
+
 def planner_config(args: argparse.Namespace) -> SharePrefillConfig:
     """The planner knobs as a config (its method is set per run); bad values raise ValueError."""
     return SharePrefillConfig(
@@ -400,7 +428,9 @@ def planner_config(args: argparse.Namespace) -> SharePrefillConfig:
         tau_qa=args.tau_qa,
         min_budget=args.min_budget,
         max_budget=args.max_budget,
-        dense_below=args.dense_below,
+        dense_below=SharePrefillConfig().dense_below
+        if args.dense_below is None
+        else args.dense_below,
         streaming_sink=args.streaming_sink,
         streaming_window=args.streaming_window,
         reference_quirks=args.reference_quirks,
@@ -524,6 +554,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens, stop_tokens=() if eos is None else (eos,)
     )
+    planner, dense_line = measured_dense_below(args, planner, table)
     heads = config.num_layers * config.num_heads
     print(
         f"model: {model_name} ({config.model_type}, {config.num_layers} layers,"
@@ -533,6 +564,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"prompt: {question.description}: {len(question.token_ids)} tokens")
     if "shareprefill" in args.method:
         print(f"sharing table: {table_line}")
+    print(dense_line)
     print(
         f"head counts below are (layer, head) pairs, {config.num_layers} x {config.num_heads} ="
         f" {heads}; density is the share of causal blocks computed, averaged over layers",

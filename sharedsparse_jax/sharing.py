@@ -104,6 +104,15 @@ class SharingTable:
         slot = np.where(self.cluster_of >= 0, slot_of_cluster[self.cluster_of], -1)
         return slot.astype(np.int32)
 
+    def measured_dense_below(self, device_kind: str) -> dict[str, Any] | None:
+        """The prompt length from which planning pays on `device_kind`, as measured by
+        `benchmarks.crossover` and stored in metadata["dense_below"]: {"tokens", "command",
+        "date"}, or None where it was not measured."""
+        entry = dict(self.metadata).get("dense_below", {}).get(device_kind)
+        if entry is not None and not isinstance(entry.get("tokens"), int):
+            raise ValueError(f"sharing table metadata dense_below[{device_kind!r}] lacks tokens")
+        return entry
+
     @property
     def slot_shared_by_band(self) -> np.ndarray:
         """bool[bands, C_s]: which sharing-state slots share in each length band."""
