@@ -32,12 +32,16 @@ class SharePrefillAttention:
         ever shares (SharePrefill then behaves like FlexPrefill).
       implementation: the kernel implementation(s), as for block_sparse_attention.
       interpret: run Pallas kernels in interpret mode (CPU tests).
+      head_axis: the mesh axis the query heads are split over when called inside
+        `jax.shard_map` (each shard holds consecutive heads with their kv heads; the planner's
+        cross-head steps become collectives over it); None: every head is local.
     """
 
     config: SharePrefillConfig = dataclasses.field(default_factory=SharePrefillConfig)
     table: SharingTable | None = None
     implementation: str | Sequence[str] | None = None
     interpret: bool = False
+    head_axis: str | None = None
 
     @property
     def num_shared(self) -> int:
@@ -87,11 +91,12 @@ class SharePrefillAttention:
             config=self.config,
             table=self.table,
             interpret=self.interpret,
+            head_axis=self.head_axis,
         )
         if q.shape[1] < self.config.dense_below:
             # Every prompt of this bucket is short: the plan is dense, so is the attention.
             out = dense_causal_attention(q, k, v)
-            return out, state, stats.layer_stats(plan, lengths, bs)
+            return out, state, stats.layer_stats(plan, lengths, bs, self.head_axis)
         layout = layout_from_mask(plan.block_mask, block_size=bs)
         if self.num_shared:
             batch, _, num_heads, _ = q.shape
@@ -114,12 +119,13 @@ class SharePrefillAttention:
                 lengths=lengths,
                 config=self.config,
                 table=self.table,
+                head_axis=self.head_axis,
             )
         else:
             out = block_sparse_attention(
                 q, k, v, layout, implementation=self.implementation, interpret=self.interpret
             )
-        return out, state, stats.layer_stats(plan, lengths, bs)
+        return out, state, stats.layer_stats(plan, lengths, bs, self.head_axis)
 
     def _check_inputs(self, q, k, v, state: SharingState) -> None:
         """Raises a ValueError naming what does not fit: shapes, table or state."""
@@ -134,9 +140,11 @@ class SharePrefillAttention:
                 f"SharePrefill plans prefill over the prompt itself: q has {num_queries}"
                 f" positions but k has {k.shape[1]}"
             )
-        if self.table is not None and self.table.num_heads != num_heads:
+        shards = 1 if self.head_axis is None else jax.lax.axis_size(self.head_axis)
+        if self.table is not None and self.table.num_heads != num_heads * shards:
             raise ValueError(
-                f"sharing table has {self.table.num_heads} query heads per layer, q has {num_heads}"
+                f"sharing table has {self.table.num_heads} query heads per layer, q has"
+                f" {num_heads * shards}"
             )
         want = jax.eval_shape(lambda: self.init_state(batch, num_queries))
         got_shapes = [x.shape for x in jax.tree.leaves(state)]

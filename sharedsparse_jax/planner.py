@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sharedsparse_jax import estimate, patterns
+from sharedsparse_jax import estimate, heads, patterns
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
 
@@ -96,6 +96,7 @@ def plan_layer(
     table: SharingTable | None,
     profile_implementation: str | Sequence[str] | None = None,
     interpret: bool = False,
+    head_axis: str | None = None,
 ) -> tuple[LayerPlan, SharingState]:
     """Plans one layer for all heads and batch elements.
 
@@ -108,6 +109,8 @@ def plan_layer(
       table: the sharing table (None: no clusters).
       profile_implementation, interpret: how the estimation computes the last block's
         profiles (pallas_kernels.query_block_profiles; None: the best for the backend).
+      head_axis: inside shard_map, the mesh axis the query heads are split over (q holds this
+        shard's consecutive heads); None: q holds every head.
 
     Returns:
       The plan, and the state with this layer's new pivots entered (their patterns arrive with
@@ -145,7 +148,9 @@ def plan_layer(
         est = estimate.estimate_last_block(
             q, k, lengths, config, implementation=profile_implementation, interpret=interpret
         )
-        plan, state = _plan_estimated(q, k, est, state, layer, lengths, nb, config, table)
+        plan, state = _plan_estimated(
+            q, k, est, state, layer, lengths, nb, config, table, head_axis
+        )
 
     is_short = (lengths < config.dense_below)[:, None]
     rows_are_real = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
@@ -175,7 +180,7 @@ def check_lengths(lengths: jax.Array, batch: int, num_queries: int) -> None:
         )
 
 
-def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
+def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table, head_axis):
     """The vertical_slash, flexprefill and shareprefill methods (they all estimate)."""
     batch, num_queries, num_heads, _ = q.shape
     tb = -(-num_queries // config.block_size)
@@ -195,7 +200,7 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
     is_pivot = is_shared = jnp.zeros((batch, num_heads), bool)
     is_short = (lengths < config.dense_below)[:, None]
     if config.method == "shareprefill" and table is not None and table.num_shared:
-        slot = jnp.asarray(table.shared_slot_of)[layer]  # [N], -1: no shared cluster
+        slot = _local_slots(table, layer, num_heads, head_axis)  # [N], -1: no shared cluster
         member = slot[:, None] == jnp.arange(table.num_shared)[None, :]  # [N, C]
         # The length band of each prompt decides which clusters share.
         band = jnp.searchsorted(jnp.asarray(table.band_min_tokens), lengths, side="right") - 1
@@ -207,6 +212,7 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
         per_slot = eligible[:, :, None] & member[None]  # [B, N, C]
         # The first eligible member of a cluster without a pivot becomes its pivot.
         earlier = jnp.cumsum(per_slot, axis=1) - per_slot
+        earlier += heads.count_in_earlier_shards(per_slot.sum(axis=1), head_axis)[:, None, :]
         becomes_pivot = per_slot & (earlier == 0) & ~state.has_pivot[:, None, :]  # [B, N, C]
         is_pivot = becomes_pivot.any(axis=-1)
 
@@ -242,7 +248,7 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table):
             slash_distance=slash_distance,
             fallback_coverage=fallback_coverage,
         )
-        state = _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash)
+        state = _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash, head_axis)
 
     b_min = config.min_blocks
     at_floor = query_aware | is_shared
@@ -318,15 +324,17 @@ def _sharing_decisions(
     )
 
 
-def _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash) -> SharingState:
+def _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash, head_axis) -> SharingState:
     """Records each new pivot's profiles and own vertical-slash selection in its slot."""
-    has_new = becomes_pivot.any(axis=1)  # [B, C]
+    local_new = becomes_pivot.any(axis=1).astype(jnp.int32)  # [B, C]
+    has_new = heads.sum_over_heads(local_new, head_axis) > 0
     weight = becomes_pivot.astype(est.vertical.dtype)
 
     def from_pivot(x):  # [B, N, Tb] -> [B, C, Tb], a sum over heads with one nonzero term
-        return jnp.einsum(
+        local = jnp.einsum(
             "bnc,bnt->bct", weight, x.astype(weight.dtype), precision=jax.lax.Precision.HIGHEST
         )
+        return heads.sum_over_heads(local, head_axis)
 
     def put(old, new):
         return jnp.where(has_new[..., None], new.astype(old.dtype), old)
@@ -350,24 +358,29 @@ def absorb_pivot_maps(
     lengths: jax.Array,
     config: SharePrefillConfig,
     table: SharingTable | None,
+    head_axis: str | None = None,
 ) -> SharingState:
     """Turns this layer's pivots' exact block maps into their clusters' patterns and vs_ratios.
+
+    With heads split over `head_axis`, the shard holding a pivot computes its pattern and
+    vs_ratio and hands them to the others (bit-packed pattern, one float).
 
     Args:
       state: as returned by plan_layer for this layer.
       plan: this layer's plan.
       block_maps: float[B, N, Tb, Tb] block-averaged attention maps, valid for pivot heads.
-      layer, lengths, config, table: as for plan_layer.
+      layer, lengths, config, table, head_axis: as for plan_layer.
 
     Returns:
       The state later layers share from.
     """
     if table is None or not table.num_shared or config.method != "shareprefill":
         return state
-    slot = jnp.asarray(table.shared_slot_of)[layer]
+    slot = _local_slots(table, layer, plan.category.shape[1], head_axis)
     member = slot[:, None] == jnp.arange(table.num_shared)[None, :]  # [N, C]
     new_pivot = (plan.category == PIVOT)[:, :, None] & member[None]  # [B, N, C]
-    has_new = new_pivot.any(axis=1)
+    holds_pivot = new_pivot.any(axis=1)  # [B, C], on this shard
+    has_new = heads.sum_over_heads(holds_pivot.astype(jnp.int32), head_axis) > 0
     nb = estimate.num_blocks(lengths, config.block_size)
 
     def absorb(state):
@@ -386,6 +399,8 @@ def absorb_pivot_maps(
         ratio = patterns.vertical_slash_coverage(
             pivot_map, state.vs_vertical, state.vs_slash, quirks=config.reference_quirks
         )
+        pattern = heads.from_one_shard(pattern & holds_pivot[..., None, None], head_axis)
+        ratio = heads.sum_over_heads(jnp.where(holds_pivot, ratio, 0.0), head_axis)
         return dataclasses.replace(
             state,
             pattern=jnp.where(has_new[..., None, None], pattern, state.pattern),
@@ -393,3 +408,10 @@ def absorb_pivot_maps(
         )
 
     return jax.lax.cond(has_new.any(), absorb, lambda s: s, state)
+
+
+def _local_slots(table: SharingTable, layer, num_heads: int, head_axis: str | None) -> jax.Array:
+    """int32[N]: the sharing-state slot of this shard's query heads in `layer` (-1: none)."""
+    slots = jnp.asarray(table.shared_slot_of)[layer]  # [N] of every head
+    start = heads.head_offset(head_axis, num_heads)
+    return jax.lax.dynamic_slice_in_dim(slots, start, num_heads)

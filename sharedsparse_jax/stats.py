@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sharedsparse_jax import estimate
+from sharedsparse_jax import estimate, heads
 from sharedsparse_jax.planner import CATEGORIES, SHARE_REASONS, LayerPlan
 
 # The measured value each refusal reason was decided on (the stat holding it).
@@ -31,8 +31,13 @@ REASON_THRESHOLDS = {
 }
 
 
-def layer_stats(plan: LayerPlan, lengths: jax.Array, block_size: int) -> dict[str, jax.Array]:
+def layer_stats(
+    plan: LayerPlan, lengths: jax.Array, block_size: int, head_axis: str | None = None
+) -> dict[str, jax.Array]:
     """Per batch element: head categories, the share of causal blocks kept, sharing decisions.
+
+    With `head_axis` (inside shard_map, heads split over that mesh axis) the stats cover every
+    shard's heads, as if they had been planned on one device.
 
     Returns:
       "num_<category>": int32[B] for each category; "density": float32[B] (the prompt's real
@@ -40,17 +45,20 @@ def layer_stats(plan: LayerPlan, lengths: jax.Array, block_size: int) -> dict[st
       "vertical_distance", "slash_distance", "fallback_coverage": float32[B, N] (NaN where
       not compared).
     """
-    num_heads, tb = plan.category.shape[1], plan.block_mask.shape[-1]
+    tb = plan.block_mask.shape[-1]
     nb = estimate.num_blocks(lengths, block_size)
     real_rows = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
-    kept = jnp.sum(plan.block_mask & real_rows, axis=(1, 2, 3)).astype(jnp.float32)
+    kept = jnp.sum(plan.block_mask & real_rows, axis=(1, 2, 3), dtype=jnp.int32)
+    kept = heads.sum_over_heads(kept, head_axis).astype(jnp.float32)
+    decisions = jax.tree.map(lambda x: heads.gather_heads(x, head_axis), plan.decisions)
+    num_heads = decisions.reason.shape[1]
     causal = (nb * (nb + 1) // 2).astype(jnp.float32) * num_heads
+    category = heads.gather_heads(plan.category, head_axis)
     stats = {
-        f"num_{name}": jnp.sum(plan.category == code, axis=1, dtype=jnp.int32)
+        f"num_{name}": jnp.sum(category == code, axis=1, dtype=jnp.int32)
         for code, name in enumerate(CATEGORIES)
     }
     stats["density"] = kept / causal
-    decisions = plan.decisions
     stats["share_reason"] = decisions.reason
     stats["vertical_distance"] = decisions.vertical_distance
     stats["slash_distance"] = decisions.slash_distance
