@@ -291,20 +291,26 @@ def make_attention(method: str, planner: dict[str, Any], table: SharingTable | N
 def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: int) -> dict:
     """One warm-up prefill (compile time measured apart), then `runs` timed ones.
 
+    Args:
+      model: the decoder.
+      tokens: int32[T] one prompt, or [B, T] a batch.
+      attention: the prefill attention.
+      runs: timed calls.
+
     Returns:
       warmup_s, compile_s, median_ms / min_ms / max_ms over the timed runs, and the stats
       summary of the last run when the attention returns planner stats.
     """
     with compile_clock() as compiled:
         start = time.perf_counter()
-        result = prefill(model, tokens[None], attention=attention)
+        result = prefill(model, np.atleast_2d(tokens), attention=attention)
         jax.block_until_ready(result)
         warmup_s = time.perf_counter() - start
     del result
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        result = prefill(model, tokens[None], attention=attention)
+        result = prefill(model, np.atleast_2d(tokens), attention=attention)
         jax.block_until_ready(result)
         samples.append(time.perf_counter() - start)
         stats = result.stats

@@ -31,6 +31,7 @@ from flax import nnx
 
 from models.config import ModelConfig, read_config_json
 from models.llama import Transformer, parameter_shapes
+from models.sharding import param_shardings
 from models.tokenizer import Tokenizer
 
 # A staging directory without an owner record is taken as abandoned after this long; one whose
@@ -199,7 +200,7 @@ def load_params(
     config: ModelConfig,
     *,
     dtype: Any = None,
-    sharding: jax.sharding.Sharding | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
     """Restores the parameter tree onto devices.
 
@@ -207,7 +208,9 @@ def load_params(
       directory: the checkpoint directory.
       config: its config (gives the expected shapes).
       dtype: cast parameters to this dtype (e.g. jnp.bfloat16); None keeps the stored dtype.
-      sharding: where every parameter goes; default: the first device.
+      mesh: a (data, model) mesh: each parameter is restored straight into its shards
+        (`models.sharding.param_shardings`), every host reading only its own; None: the
+        whole tree on the first device.
 
     Returns:
       The nested parameter tree of jax arrays.
@@ -216,12 +219,17 @@ def load_params(
     stored = _stored_tree(path)
     _check_tree(config, stored)
     checkpointer = ocp.StandardCheckpointer()
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0]) if sharding is None else sharding
+    if mesh is None:
+        one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: one_device, stored)
+    else:
+        shardings = param_shardings(config, mesh)
     abstract = jax.tree.map(
-        lambda meta: jax.ShapeDtypeStruct(
+        lambda meta, sharding: jax.ShapeDtypeStruct(
             tuple(meta.shape), meta.dtype if dtype is None else dtype, sharding=sharding
         ),
         stored,
+        shardings,
     )
     params = checkpointer.restore(path, abstract)
     checkpointer.close()
@@ -250,14 +258,14 @@ def load_checkpoint(
     directory: str | Path,
     *,
     dtype: Any = None,
-    sharding: jax.sharding.Sharding | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> LoadedCheckpoint:
     """Loads model, tokenizer and provenance from a checkpoint directory.
 
     Args:
       directory: the checkpoint directory.
       dtype: parameter dtype after loading (None: as stored).
-      sharding: where parameters go (default: the first device).
+      mesh: restore the parameters sharded over this (data, model) mesh (None: one device).
 
     Returns:
       The loaded checkpoint.
@@ -269,7 +277,7 @@ def load_checkpoint(
     if problem is not None:
         raise ValueError(f"{directory} is not a complete checkpoint: {problem}")
     config = read_config(directory)
-    params = load_params(directory, config, dtype=dtype, sharding=sharding)
+    params = load_params(directory, config, dtype=dtype, mesh=mesh)
     tokenizer = (
         Tokenizer.from_directory(directory) if (directory / "tokenizer.json").is_file() else None
     )

@@ -220,7 +220,7 @@ def load_builtin(
     *,
     dtype: Any = None,
     stored_dtype: str = "float32",
-    sharding: Any = None,
+    mesh: Any = None,
 ) -> LoadedCheckpoint:
     """Fetches, converts (both once) and loads a built-in model.
 
@@ -228,10 +228,10 @@ def load_builtin(
       name: a key of `BUILTIN_MODELS`.
       dtype: parameter dtype after loading (e.g. jnp.bfloat16); None keeps `stored_dtype`.
       stored_dtype: dtype of the cached converted checkpoint.
-      sharding: where parameters go (default: the first device).
+      mesh: restore the parameters sharded over this (data, model) mesh (None: one device).
 
     Returns:
       Model, config, tokenizer and provenance.
     """
     directory = builtin_checkpoint(name, dtype=stored_dtype)
-    return load_checkpoint(directory, dtype=dtype, sharding=sharding)
+    return load_checkpoint(directory, dtype=dtype, mesh=mesh)

@@ -66,6 +66,18 @@ def layer_stats(
     return stats
 
 
+def to_host(stats: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+    """Stats as NumPy arrays on this host, gathering batch rows other processes hold."""
+    from jax.experimental import multihost_utils
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return {name: fetch(value) for name, value in stats.items()}
+
+
 def layer_means(stats: dict[str, jax.Array]) -> tuple[list[float], dict[str, list[float]]]:
     """Each layer's block density and (layer, head) count per category, means over the batch.
 
@@ -75,7 +87,7 @@ def layer_means(stats: dict[str, jax.Array]) -> tuple[list[float], dict[str, lis
     Returns:
       density: [L]; heads: category -> [L].
     """
-    stats = jax.device_get(stats)
+    stats = to_host(stats)
     density = np.asarray(stats["density"], np.float64).mean(axis=1)
     heads = {name: np.asarray(stats[f"num_{name}"], np.float64).mean(axis=1) for name in CATEGORIES}
     return density.tolist(), {name: counts.tolist() for name, counts in heads.items()}
@@ -128,7 +140,7 @@ def sharing_summary(stats: dict[str, jax.Array]) -> dict[str, Any]:
       on a value, "min"/"median"/"max" of that value over those pairs}} for every reason in
       SHARE_REASONS except not_shared, plus "shared" also with both distances' ranges.
     """
-    stats = jax.device_get(stats)
+    stats = to_host(stats)
     reason = np.asarray(stats["share_reason"])
     batch = reason.shape[1]
     summary: dict[str, Any] = {}
