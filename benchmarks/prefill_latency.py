@@ -4,6 +4,11 @@
     python -m benchmarks.prefill_latency --models llama8b       # a subset
     python -m benchmarks.prefill_latency --dry-run              # tiny lengths: a CPU smoke run
 
+With `--mesh data=D,model=M` every case runs sharded over D x M devices (of one or several
+processes: `--coordinator`, `--num-processes`, `--process-id`, or `--auto-distributed` on a
+TPU pod): the parameters restored into their shards, attention inside shard_map, a batch of D
+copies of the prompt. `--mesh data=1,model=1` times the sharded code path on one device.
+
 Cases (`--models`, `--lengths`, `--methods` select subsets):
 - smollm2: SmolLM2-135M-Instruct, every method, at 1K, 2K, 4K and 8K tokens;
 - qwen: Qwen2.5-Coder-0.5B-Instruct, every method, at 4K, 8K, 16K and 32K;
@@ -33,9 +38,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -57,9 +64,11 @@ from models import (
     RopeConfig,
     Transformer,
     cache_dir,
+    distributed,
     load_builtin,
     prefill,
 )
+from models.sharding import ShardedAttention, make_mesh, param_shardings, parse_mesh_shape
 from sharedsparse_jax import tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
@@ -275,17 +284,23 @@ def prompt_tokens(token_ids: Sequence[int], length: int) -> np.ndarray:
     return np.tile(ids, -(-length // ids.size))[:length]
 
 
-def make_attention(method: str, planner: dict[str, Any], table: SharingTable | None, args):
-    """DenseAttention for `dense`, else SharePrefillAttention with the given planner knobs."""
+def make_attention(
+    method: str, planner: dict[str, Any], table: SharingTable | None, args, mesh=None
+):
+    """DenseAttention for `dense`, else SharePrefillAttention with the given planner knobs;
+    with a mesh, either one inside shard_map (heads over "model", batch over "data")."""
     if method == "dense":
-        return DenseAttention()
-    implementation = args.implementation.split(",") if args.implementation else None
-    return SharePrefillAttention(
-        SharePrefillConfig(method=method, **planner),
-        table if method == "shareprefill" else None,
-        implementation=implementation,
-        interpret=args.interpret,
-    )
+        attention = DenseAttention()
+    else:
+        implementation = args.implementation.split(",") if args.implementation else None
+        attention = SharePrefillAttention(
+            SharePrefillConfig(method=method, **planner),
+            table if method == "shareprefill" else None,
+            implementation=implementation,
+            interpret=args.interpret,
+            head_axis=None if mesh is None else "model",
+        )
+    return attention if mesh is None else ShardedAttention(attention, mesh)
 
 
 def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: int) -> dict:
@@ -328,30 +343,38 @@ def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: i
     return record
 
 
-def load_case_model(case: ModelCase, dtype: jnp.dtype, *, random_weights: bool, dry_run: bool):
-    """(model, tokenizer or None, sharing table or None, description) for one case."""
+def load_case_model(
+    case: ModelCase, dtype: jnp.dtype, *, random_weights: bool, dry_run: bool, mesh=None
+):
+    """(model, tokenizer or None, sharing table or None, description) for one case; with a
+    mesh, the parameters sharded over it."""
     if case.builtin is not None and not random_weights:
-        loaded = load_builtin(case.builtin, dtype=dtype)
+        loaded = load_builtin(case.builtin, dtype=dtype, mesh=mesh)
         config = loaded.config
         table = tables.resolve_table(
             "builtin", case.builtin, num_layers=config.num_layers, num_heads=config.num_heads
         ).table
         return loaded.model, loaded.tokenizer, table, f"{case.builtin}, {_describe(config)}"
     config = LLAMA_8B_DRY if dry_run and case.builtin is None else case.config
-    return random_model(config, dtype), None, None, f"random weights, {_describe(config)}"
+    model = random_model(config, dtype, mesh)
+    return model, None, None, f"random weights, {_describe(config)}"
 
 
-def random_model(config: ModelConfig, dtype: jnp.dtype) -> Transformer:
-    """A model with random weights, drawn on the device inside one jit (no host copy)."""
-    graphdef, _ = nnx.split(
+def random_model(config: ModelConfig, dtype: jnp.dtype, mesh=None) -> Transformer:
+    """A model with random weights, drawn on the device(s) inside one jit (no host copy); with
+    a mesh, each parameter drawn into its shards."""
+    graphdef, abstract = nnx.split(
         nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
     )
+    shardings = None if mesh is None else param_shardings(config, mesh)
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=shardings)
     def init():
-        return nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))[1]
+        return nnx.to_pure_dict(nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))[1])
 
-    return nnx.merge(graphdef, init())
+    state = abstract
+    nnx.replace_by_pure_dict(state, init())
+    return nnx.merge(graphdef, state)
 
 
 def _describe(config: ModelConfig) -> str:
@@ -410,6 +433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fresh", action="store_true", help="overwrite --out instead of merging into it"
     )
+    distributed.add_arguments(parser)
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -423,6 +447,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.runs < 1:
         raise SystemExit(f"--runs must be >= 1, got {args.runs}")
+    mesh, batch = None, 1
+    if args.mesh is not None:
+        spec = distributed.from_environment(
+            os.environ,
+            auto=args.auto_distributed,
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+        distributed.initialize(spec)
+        shape = parse_mesh_shape(args.mesh)
+        mesh, batch = make_mesh(shape), shape["data"]
     if args.export_text is not None:
         text, source = load_text(args.text_file)
         args.export_text.write_text(text)
@@ -458,10 +494,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lengths = args.lengths or (DRY_RUN_LENGTHS if args.dry_run else case.lengths)
         lengths = [n for n in lengths if n <= case.config.max_position_embeddings]
         methods = [m for m in case.methods if args.methods is None or m in args.methods]
-        base = {"model": case.name, "dtype": str(dtype)}
+        base = {"model": case.name, "dtype": str(dtype), "mesh": args.mesh, "batch": batch}
         try:
             model, tokenizer, table, description = load_case_model(
-                case, dtype, random_weights=args.random_weights, dry_run=args.dry_run
+                case, dtype, random_weights=args.random_weights, dry_run=args.dry_run, mesh=mesh
             )
         except Exception as error:  # noqa: BLE001 (the other models can still run)
             message = f"loading the model: {type(error).__name__}: {str(error)[:400]}"
@@ -489,9 +525,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             progress.set_postfix(seq_len=length, method=method)
             record = base | {"method": method, "seq_len": length}
             record["table"] = "shipped" if method == "shareprefill" and table else None
-            attention = make_attention(method, planner, table, args)
+            attention = make_attention(method, planner, table, args, mesh)
+            prompt = np.tile(prompt_tokens(token_ids, length), (batch, 1))
             try:
-                record |= time_prefill(model, prompt_tokens(token_ids, length), attention, runs)
+                record |= time_prefill(model, prompt, attention, runs)
             except Exception as error:  # noqa: BLE001 (an OOM must not lose the other cases)
                 record["error"] = f"{type(error).__name__}: {str(error)[:400]}"
             records.append(record)

@@ -116,6 +116,16 @@ def test_benchmark_dry_run(tmp_path, capsys):
     assert [r["seq_len"] for r in merged] == [200, 300]
 
 
+def test_benchmark_dry_run_on_a_mesh(tmp_path):
+    """The test session's 4 CPU devices as a 2 x 2 mesh: the sharded path runs and records it."""
+    records = prefill_latency.main(
+        ["--models", "llama8b", "--dry-run", "--runs", "1", "--lengths", "200",
+         "--mesh", "data=2,model=2", "--out", str(tmp_path / "latency.json")]
+    )  # fmt: skip
+    assert [(r["mesh"], r["batch"]) for r in records] == [("data=2,model=2", 2)]
+    assert "error" not in records[0] and records[0]["median_ms"] > 0
+
+
 @pytest.mark.parametrize("case", ["smollm2", pytest.param("qwen", marks=pytest.mark.slow)])
 def test_benchmark_random_weight_shapes_match_the_builtin_models(case):
     builtin = prefill_latency.CASES[case]
