@@ -7,6 +7,7 @@ processes of 4 devices each joined by jax.distributed. Bad meshes are refused in
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -134,3 +135,26 @@ def test_distributed_spec_from_flags_and_environment():
         from_environment(environ, process_id=4)
     with pytest.raises(ValueError, match="must be an integer"):
         from_environment({"SHAREDSPARSE_NUM_PROCESSES": "two"})
+
+
+def test_pod_job_on_simulated_devices(tmp_path):
+    """The pod job on the test session's 4 CPU devices as a 2 x 2 mesh, one process."""
+    from benchmarks import pod
+    from tests.integration import helpers
+
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny", max_position_embeddings=512)
+    out = tmp_path / "pod.json"
+    records = pod.main(
+        ["--model", str(checkpoint), "--mesh", "data=2,model=2", "--lengths", "256",
+         "--block-size", "32", "--runs", "1", "--windows", "2",
+         "--methods", "dense", "shareprefill", "streaming", "--out", str(out)]
+    )  # fmt: skip
+    assert [r["method"] for r in records] == ["dense", "shareprefill", "streaming"]
+    dense = records[0]
+    assert dense["delta_nll"] == 0 and dense["speedup"] == 1 and dense["density"] == 1
+    for record in records:
+        assert record["mesh"] == "data=2,model=2" and record["device_count"] == 4
+        assert record["time_ms"] > 0 and np.isfinite(record["delta_nll"])
+    assert records[1]["density"] < 1  # SharePrefill plans 32-token blocks sparsely
+    saved = json.loads(out.read_text())
+    assert saved["records"] == records
