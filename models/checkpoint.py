@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from models.config import ModelConfig, read_config_json
+from models.config import ModelConfig, extend_context, read_config_json
 from models.llama import Transformer, parameter_shapes
 from models.sharding import param_shardings
 from models.tokenizer import Tokenizer
@@ -259,6 +259,7 @@ def load_checkpoint(
     *,
     dtype: Any = None,
     mesh: jax.sharding.Mesh | None = None,
+    yarn_factor: float | None = None,
 ) -> LoadedCheckpoint:
     """Loads model, tokenizer and provenance from a checkpoint directory.
 
@@ -266,6 +267,8 @@ def load_checkpoint(
       directory: the checkpoint directory.
       dtype: parameter dtype after loading (None: as stored).
       mesh: restore the parameters sharded over this (data, model) mesh (None: one device).
+      yarn_factor: extend the model's context this many times with YaRN
+        (`models.config.extend_context`); None: the context it was trained for.
 
     Returns:
       The loaded checkpoint.
@@ -278,6 +281,8 @@ def load_checkpoint(
         raise ValueError(f"{directory} is not a complete checkpoint: {problem}")
     config = read_config(directory)
     params = load_params(directory, config, dtype=dtype, mesh=mesh)
+    if yarn_factor is not None:
+        config = extend_context(config, yarn_factor)
     tokenizer = (
         Tokenizer.from_directory(directory) if (directory / "tokenizer.json").is_file() else None
     )

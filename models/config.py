@@ -499,3 +499,33 @@ def _rope_to_hf(rope: RopeConfig) -> dict[str, Any] | None:
         if value is not None:
             out[name] = value
     return out
+
+
+def extend_context(config: ModelConfig, factor: float) -> ModelConfig:
+    """The model with YaRN context extension by `factor` over the context it was trained for.
+
+    Equivalent to adding `"rope_scaling": {"type": "yarn", "factor": factor,
+    "original_max_position_embeddings": <its max_position_embeddings>}` to config.json and
+    multiplying max_position_embeddings by `factor`, which is how Qwen2.5 documents 128K
+    contexts (factor 4 over 32K). The weights are unchanged.
+
+    Raises:
+      ValueError if the model already scales its rope or the factor is not above 1.
+    """
+    if not factor > 1.0:
+        raise ValueError(f"a context extension factor must be above 1, got {factor}")
+    if config.rope.rope_type != "default":
+        raise ValueError(
+            f"the model already uses {config.rope.rope_type!r} rope scaling; YaRN extends only"
+            " an unscaled rope"
+        )
+    original = config.max_position_embeddings
+    rope = dataclasses.replace(
+        config.rope,
+        rope_type="yarn",
+        factor=float(factor),
+        original_max_position_embeddings=original,
+    )
+    return dataclasses.replace(
+        config, rope=rope, max_position_embeddings=int(round(original * factor))
+    )

@@ -221,6 +221,7 @@ def load_builtin(
     dtype: Any = None,
     stored_dtype: str = "float32",
     mesh: Any = None,
+    yarn_factor: float | None = None,
 ) -> LoadedCheckpoint:
     """Fetches, converts (both once) and loads a built-in model.
 
@@ -229,9 +230,12 @@ def load_builtin(
       dtype: parameter dtype after loading (e.g. jnp.bfloat16); None keeps `stored_dtype`.
       stored_dtype: dtype of the cached converted checkpoint.
       mesh: restore the parameters sharded over this (data, model) mesh (None: one device).
+      yarn_factor: extend the context with YaRN (e.g. 4 takes Qwen2.5-Coder from 32K to 128K,
+        as the larger Qwen2.5 models document; for the 0.5B coder model it is an experiment,
+        docs/models.md); None: the context the model was trained for.
 
     Returns:
       Model, config, tokenizer and provenance.
     """
     directory = builtin_checkpoint(name, dtype=stored_dtype)
-    return load_checkpoint(directory, dtype=dtype, mesh=mesh)
+    return load_checkpoint(directory, dtype=dtype, mesh=mesh, yarn_factor=yarn_factor)

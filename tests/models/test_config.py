@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from models.config import ModelConfig, RopeConfig, read_config_json
+from models.config import ModelConfig, RopeConfig, extend_context, read_config_json
 from models.rope import inverse_frequencies
 from tests.models.conftest import TINY_MODELS
 
@@ -277,3 +277,22 @@ def test_broken_config_files_name_the_file(tmp_path):
     path.write_text(json.dumps(LLAMA_3_1_8B | {"rms_norm_eps": None}))
     with pytest.raises(ValueError, match=rf"{path}: rms_norm_eps=None must be a positive number"):
         read_config_json(path)
+
+
+def test_extend_context_is_yarn_in_config_json():
+    """extend_context(config, 4) is what config.json with Qwen2.5's documented YaRN block gives."""
+    hf = {
+        "model_type": "qwen2", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 112,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+    }  # fmt: skip
+    extended = extend_context(ModelConfig.from_hf(hf), 4)
+    yarn = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert extended == ModelConfig.from_hf(
+        hf | {"max_position_embeddings": 131072, "rope_scaling": yarn}
+    )
+    assert extended.max_position_embeddings == 131072
+    with pytest.raises(ValueError, match="already uses 'yarn'"):
+        extend_context(extended, 2)
+    with pytest.raises(ValueError, match="above 1"):
+        extend_context(ModelConfig.from_hf(hf), 1.0)
