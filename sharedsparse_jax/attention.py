@@ -49,10 +49,14 @@ class SharePrefillAttention:
             return 0
         return self.table.num_shared
 
-    def init_state(self, batch: int, num_queries: int) -> SharingState:
-        """The sharing state at the start of a forward pass over a prompt padded to T tokens."""
-        num_blocks = -(-num_queries // self.config.block_size)
-        return SharingState.initial(batch, self.num_shared, num_blocks)
+    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> SharingState:
+        """The sharing state at the start of a forward pass over T queries (a prompt padded to
+        T tokens, or a chunk: the last T of S keys)."""
+        bs = self.config.block_size
+        num_keys = num_queries if num_keys is None else num_keys
+        return SharingState.initial(
+            batch, self.num_shared, -(-num_queries // bs), -(-num_keys // bs)
+        )
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
         """Raises a ValueError if the sharing table was made for another layer or head count."""
@@ -72,10 +76,12 @@ class SharePrefillAttention:
         """One layer's prefill attention.
 
         Args:
-          q: [B, T, N, H] after RoPE; k, v: [B, T, K, H] (prefill: keys are the same positions).
-          state: the sharing state from earlier layers (init_state(B, T) before layer 0).
+          q: [B, T, N, H] after RoPE; k, v: [B, S, K, H]: a whole prompt (S = T), or a chunk
+            of one over the keys so far (the queries are the last T of the S positions; T and
+            S - T multiples of the block size).
+          state: the sharing state from earlier layers (init_state(B, T, S) before layer 0).
           layer: this layer's index, in [0, L) of the sharing table.
-          lengths: int32[B] real prompt lengths in [1, T] (the rest of T is end padding).
+          lengths: int32[B] real prompt lengths in [1, S] (the rest of S is end padding).
 
         Returns:
           out [B, T, N, H], the new state, and this layer's stats (stats.layer_stats).
@@ -93,7 +99,7 @@ class SharePrefillAttention:
             interpret=self.interpret,
             head_axis=self.head_axis,
         )
-        if q.shape[1] < self.config.dense_below:
+        if k.shape[1] < self.config.dense_below:
             # Every prompt of this bucket is short: the plan is dense, so is the attention.
             out = dense_causal_attention(q, k, v)
             return out, state, stats.layer_stats(plan, lengths, bs, self.head_axis)
@@ -135,24 +141,29 @@ class SharePrefillAttention:
                 f" {k.shape}, {v.shape}"
             )
         batch, num_queries, num_heads, _ = q.shape
-        if k.shape[1] != num_queries:
+        num_keys, bs = k.shape[1], self.config.block_size
+        if num_keys != num_queries and (num_queries % bs or (num_keys - num_queries) % bs):
             raise ValueError(
-                f"SharePrefill plans prefill over the prompt itself: q has {num_queries}"
-                f" positions but k has {k.shape[1]}"
+                f"a chunk of {num_queries} queries over {num_keys} keys must start and end on"
+                f" block boundaries (block_size {bs})"
             )
+        if num_keys < num_queries:
+            raise ValueError(f"q has {num_queries} positions but k only {num_keys}")
+        if num_keys != num_queries and self.config.reference_quirks:
+            raise ValueError("reference_quirks reproduces whole-prompt planning only (S = T)")
         shards = 1 if self.head_axis is None else jax.lax.axis_size(self.head_axis)
         if self.table is not None and self.table.num_heads != num_heads * shards:
             raise ValueError(
                 f"sharing table has {self.table.num_heads} query heads per layer, q has"
                 f" {num_heads * shards}"
             )
-        want = jax.eval_shape(lambda: self.init_state(batch, num_queries))
+        want = jax.eval_shape(lambda: self.init_state(batch, num_queries, num_keys))
         got_shapes = [x.shape for x in jax.tree.leaves(state)]
         want_shapes = [x.shape for x in jax.tree.leaves(want)]
         if not isinstance(state, SharingState) or got_shapes != want_shapes:
             raise ValueError(
                 "the sharing state does not fit this call: expected"
-                f" init_state(batch={batch}, num_queries={num_queries}) with"
+                f" init_state(batch={batch}, num_queries={num_queries}, num_keys={num_keys}) with"
                 f" {self.num_shared} shared clusters (pattern {want.pattern.shape}), got"
                 f" {type(state).__name__} with shapes {got_shapes}"
             )

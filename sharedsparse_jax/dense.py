@@ -16,10 +16,10 @@ IMPLEMENTATIONS = (None, "xla", "cudnn")
 def dense_causal_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str | None = None
 ) -> jax.Array:
-    """Causal attention of the T queries over the first T keys (GQA without repeating k, v).
+    """Causal attention of T queries, the last T of the S key positions (GQA without repeating).
 
     Args:
-      q: [B, T, N, H]; k, v: [B, T, K, H] (N a multiple of K).
+      q: [B, T, N, H]; k, v: [B, S, K, H] (N a multiple of K, S >= T).
       implementation: None (cuDNN on GPU for bf16/f16, else XLA), "xla" or "cudnn".
 
     Returns:
@@ -30,4 +30,12 @@ def dense_causal_attention(
     if implementation is None:
         is_half = q.dtype in (jnp.bfloat16, jnp.float16)
         implementation = "cudnn" if jax.default_backend() == "gpu" and is_half else "xla"
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    num_queries, num_keys = q.shape[1], k.shape[1]
+    if num_keys == num_queries:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    # is_causal aligns query i with key i; a window reaching S - T keys to the right aligns the
+    # queries with the end of the keys instead.
+    window = (num_keys, num_keys - num_queries)
+    return jax.nn.dot_product_attention(
+        q, k, v, local_window_size=window, implementation=implementation
+    )

@@ -1,7 +1,8 @@
 """Estimation from the last query block: vertical and slash profiles, budgets, query-aware test.
 
 All heads and batch elements at once. `lengths` (the real token counts) are traced, so block
-counts are bounded by the static Tb = ceil(T / bs) and masked beyond each prompt's own nb.
+counts are bounded by the static Sb = ceil(S / bs) and masked beyond each prompt's own nb. The
+queries may be a chunk (the last T of S key positions): profiles are over the S keys.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from sharedsparse_jax.config import SharePrefillConfig
 class LastBlockEstimate(NamedTuple):
     """Per (batch, query head) estimates.
 
-    vertical: [B, N, Tb] block-pooled mean attention of the last block's queries to each key
+    vertical: [B, N, Sb] block-pooled mean attention of the last block's queries to each key
       block (zero past the prompt).
-    slash: [B, N, Tb] block-pooled mass per block diagonal offset d (offset 0 = the diagonal).
+    slash: [B, N, Sb] block-pooled mass per block diagonal offset d (offset 0 = the diagonal).
     num_vertical, num_slash: int32[B, N] budgets in blocks, clipped to [b_min, b_max].
     query_aware: bool[B, N], the pooled estimate agrees with the true last-block attention.
     """
@@ -77,9 +78,10 @@ def estimate_last_block(
     """Estimates every head's attention from its prompt's last `block_size` queries.
 
     Args:
-      q: [B, T, N, H] (RoPE applied), the prompt padded at the end to T.
-      k: [B, T, K, H].
-      lengths: int32[B] real prompt lengths n, each at least one block.
+      q: [B, T, N, H] (RoPE applied): the prompt padded at the end, or a chunk of it (the last
+        T of the S key positions) holding at least one block of real queries.
+      k: [B, S, K, H].
+      lengths: int32[B] real prompt lengths n (of the S positions), each at least one block.
       config: the planner's config.
       implementation, interpret: how the last block's profiles are computed, as for
         pallas_kernels.query_block_profiles (None: the best for the backend).
@@ -88,14 +90,16 @@ def estimate_last_block(
       The LastBlockEstimate.
     """
     batch, num_queries, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[2]
+    num_keys, num_kv_heads = k.shape[1], k.shape[2]
     bs = config.block_size
-    tb = -(-num_queries // bs)
+    sb = -(-num_keys // bs)
     dtype = compute_dtype(q.dtype)
     nb = num_blocks(lengths, bs)
     start = jnp.maximum(lengths - bs, 0)  # n >= dense_below >= bs whenever this is used
+    first_query = num_keys - num_queries  # the absolute position of q's first row
+    in_q = jnp.clip(start - first_query, 0, num_queries - bs)
 
-    last_q = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0))(q, start)
+    last_q = jax.vmap(lambda x, s: jax.lax.dynamic_slice_in_dim(x, s, bs, axis=0))(q, in_q)
     last_q = last_q.astype(dtype) * (head_dim**-0.5)  # [B, bs, N, H]
     # Scores in the inputs' precision (bf16 inputs: bf16 scores, as the reference), softmax
     # statistics in float32 (float64 under x64).
@@ -113,24 +117,24 @@ def estimate_last_block(
     b_max = b_max[:, None]
 
     # The reference's profiles hold n entries (positions, or offsets, 0..n-1).
-    in_prompt = (jnp.arange(num_queries)[None, :] < lengths[:, None])[:, None, :]
+    in_prompt = (jnp.arange(num_keys)[None, :] < lengths[:, None])[:, None, :]
 
     def budget(tokens):  # tokens to reach gamma (the crossing one included), in blocks
         target = coverage.mass_target(config.gamma, quirks=config.reference_quirks)
         blocks = coverage.count_to_reach(tokens, target, in_prompt) // bs + 1
         return jnp.minimum(jnp.maximum(blocks, b_min), b_max)
 
-    vertical = _sum_pool(vertical_tokens, bs, tb)
-    slash = _pool_slash(slash_tokens, lengths, nb, bs, tb, quirks=config.reference_quirks)
+    vertical = _sum_pool(vertical_tokens, bs, sb)
+    slash = _pool_slash(slash_tokens, lengths, nb, bs, sb, quirks=config.reference_quirks)
 
-    block_is_real = jnp.arange(tb)[None, :] < nb[:, None]  # [B, Tb]
-    key_mean = block_mean_keys(k.astype(dtype), lengths, bs)  # [B, Tb, K, H]
+    block_is_real = jnp.arange(sb)[None, :] < nb[:, None]  # [B, Sb]
+    key_mean = block_mean_keys(k.astype(dtype), lengths, bs)  # [B, Sb, K, H]
     query_mean = last_q.mean(axis=1).reshape(
         batch, num_kv_heads, num_heads // num_kv_heads, head_dim
     )
     pooled_logits = jnp.einsum(
         "bkgh,bckh->bkgc", query_mean, key_mean, precision=jax.lax.Precision.HIGHEST
-    ).reshape(batch, num_heads, tb)
+    ).reshape(batch, num_heads, sb)
     pooled = jax.nn.softmax(jnp.where(block_is_real[:, None], pooled_logits, -jnp.inf), axis=-1)
     pooled = jnp.where(block_is_real[:, None], pooled, 0.0)
     distance = sqrt_js_distance(

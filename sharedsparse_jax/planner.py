@@ -77,8 +77,9 @@ class SharingDecisions(NamedTuple):
 
 
 class LayerPlan(NamedTuple):
-    """block_mask: bool[B, N, Tb, Tb]; category: int32[B, N] (an index into CATEGORIES);
-    decisions: the sharing decisions of every head."""
+    """block_mask: bool[B, N, Tb, Sb] (the Tb query blocks are the last Tb of the Sb key
+    blocks); category: int32[B, N] (an index into CATEGORIES); decisions: the sharing decisions
+    of every head."""
 
     block_mask: jax.Array
     category: jax.Array
@@ -101,10 +102,11 @@ def plan_layer(
     """Plans one layer for all heads and batch elements.
 
     Args:
-      q: [B, T, N, H] after RoPE, padded at the end to T; k: [B, T, K, H].
+      q: [B, T, N, H] after RoPE: the prompt padded at the end to T, or a chunk of it (the last
+        T of the S keys so far; T and S - T multiples of the block size); k: [B, S, K, H].
       state: the sharing state left by earlier layers.
       layer: this layer's index (traced inside a scan over layers).
-      lengths: int32[B] real prompt lengths.
+      lengths: int32[B] real prompt lengths (tokens of the S positions).
       config: the planner's config.
       table: the sharing table (None: no clusters).
       profile_implementation, interpret: how the estimation computes the last block's
@@ -117,27 +119,28 @@ def plan_layer(
       `absorb_pivot_maps` once the layer's attention has run).
     """
     batch, num_queries, num_heads, _ = q.shape
+    num_keys = k.shape[1]
     lengths = jnp.asarray(lengths)
-    check_lengths(lengths, batch, num_queries)
+    check_lengths(lengths, batch, num_keys)
     if table is not None and not isinstance(layer, jax.core.Tracer):
         if not 0 <= int(layer) < table.num_layers:
             raise ValueError(
                 f"layer {int(layer)} is outside the sharing table's {table.num_layers} layers"
             )
     bs = config.block_size
-    tb = -(-num_queries // bs)
+    tb, sb = -(-num_queries // bs), -(-num_keys // bs)
     nb = estimate.num_blocks(lengths, bs)
-    causal = patterns.causal_blocks(tb)
-    full = jnp.broadcast_to(causal, (batch, num_heads, tb, tb))
+    causal = patterns.causal_blocks(tb, sb)
+    full = jnp.broadcast_to(causal, (batch, num_heads, tb, sb))
 
     # Every prompt padded to fewer than dense_below tokens is shorter than that: plan dense
     # without estimating (which also needs one full block of queries).
     no_sharing = SharingDecisions.none(batch, num_heads)
-    if config.method == "dense" or num_queries < config.dense_below:
+    if config.method == "dense" or num_keys < config.dense_below:
         plan = LayerPlan(full, jnp.full((batch, num_heads), DENSE, jnp.int32), no_sharing)
     elif config.method == "streaming":
         mask = patterns.streaming_mask(
-            tb, -(-config.streaming_sink // bs), -(-config.streaming_window // bs)
+            tb, sb, -(-config.streaming_sink // bs), -(-config.streaming_window // bs)
         )
         plan = LayerPlan(
             jnp.broadcast_to(mask, full.shape),
@@ -152,17 +155,24 @@ def plan_layer(
             q, k, est, state, layer, lengths, nb, config, table, head_axis
         )
 
-    is_short = (lengths < config.dense_below)[:, None]
-    rows_are_real = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
-    diagonal_only = jnp.eye(tb, dtype=bool)
+    is_short = _runs_dense(lengths, num_queries, num_keys, config)[:, None]
+    rows_are_real = (jnp.arange(tb)[None, :] + sb - tb < nb[:, None])[:, None, :, None]
+    diagonal_only = patterns.block_offsets(tb, sb) == 0
     mask = jnp.where(is_short[..., None, None], full, plan.block_mask)
     mask = jnp.where(rows_are_real, mask, diagonal_only)  # padding rows: cheapest valid row
     category = jnp.where(is_short, DENSE, plan.category)
     return LayerPlan(mask, category, plan.decisions), state
 
 
-def check_lengths(lengths: jax.Array, batch: int, num_queries: int) -> None:
-    """Raises a ValueError unless lengths is int[B] with 1 <= lengths <= T where it is concrete.
+def _runs_dense(lengths, num_queries: int, num_keys: int, config) -> jax.Array:
+    """bool[B]: prompts shorter than dense_below, and chunks holding less than one block of real
+    queries (too few to estimate from; their few rows cost little)."""
+    real_rows = lengths - (num_keys - num_queries)
+    return (lengths < config.dense_below) | (real_rows < config.block_size)
+
+
+def check_lengths(lengths: jax.Array, batch: int, num_keys: int) -> None:
+    """Raises a ValueError unless lengths is int[B] with 1 <= lengths <= S where it is concrete.
 
     Traced lengths (under jit) are checked for shape and dtype only.
     """
@@ -173,9 +183,9 @@ def check_lengths(lengths: jax.Array, batch: int, num_queries: int) -> None:
     if isinstance(lengths, jax.core.Tracer):
         return
     values = np.asarray(lengths)
-    if (values < 1).any() or (values > num_queries).any():
+    if (values < 1).any() or (values > num_keys).any():
         raise ValueError(
-            f"lengths must be in [1, T={num_queries}] (real tokens of each end-padded prompt),"
+            f"lengths must be in [1, T={num_keys}] (real tokens of each end-padded prompt),"
             f" got {values.tolist()}"
         )
 
@@ -183,8 +193,9 @@ def check_lengths(lengths: jax.Array, batch: int, num_queries: int) -> None:
 def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table, head_axis):
     """The vertical_slash, flexprefill and shareprefill methods (they all estimate)."""
     batch, num_queries, num_heads, _ = q.shape
-    tb = -(-num_queries // config.block_size)
-    causal = patterns.causal_blocks(tb)
+    num_keys = k.shape[1]
+    tb, sb = -(-num_queries // config.block_size), -(-num_keys // config.block_size)
+    causal = patterns.causal_blocks(tb, sb)
     quirks = config.reference_quirks
     nb_heads = nb[:, None]
     own_vertical, own_slash = patterns.vertical_slash_selection(
@@ -192,13 +203,13 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table, head_ax
     )
     decisions = SharingDecisions.none(batch, num_heads)
     if config.method == "vertical_slash":
-        mask = patterns.expand_vertical_slash(own_vertical, own_slash)
+        mask = patterns.expand_vertical_slash(own_vertical, own_slash, tb)
         category = jnp.full((batch, num_heads), VERTICAL_SLASH, jnp.int32)
         return LayerPlan(mask, category, decisions), state
 
     query_aware = est.query_aware
     is_pivot = is_shared = jnp.zeros((batch, num_heads), bool)
-    is_short = (lengths < config.dense_below)[:, None]
+    is_short = _runs_dense(lengths, num_queries, num_keys, config)[:, None]
     if config.method == "shareprefill" and table is not None and table.num_shared:
         slot = _local_slots(table, layer, num_heads, head_axis)  # [N], -1: no shared cluster
         member = slot[:, None] == jnp.arange(table.num_shared)[None, :]  # [N, C]
@@ -222,7 +233,7 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table, head_ax
                 x, jnp.broadcast_to(index, (batch,) + index.shape[1:]), axis=1
             )
 
-        block_is_real = (jnp.arange(tb)[None, :] < nb_heads)[:, None, :]
+        block_is_real = (jnp.arange(sb)[None, :] < nb_heads)[:, None, :]
         vertical_distance = estimate.sqrt_js_distance(
             of_own_cluster(state.vertical), est.vertical, block_is_real, quirks=quirks
         )
@@ -259,7 +270,7 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table, head_ax
         jnp.where(at_floor, b_min, est.num_slash),
         nb_heads,
     )
-    mask = patterns.expand_vertical_slash(vertical_sel, slash_sel)
+    mask = patterns.expand_vertical_slash(vertical_sel, slash_sel, tb)
     mask |= is_pivot[..., None, None] & causal
     if table is not None and table.num_shared and config.method == "shareprefill":
         mask |= is_shared[..., None, None] & of_own_cluster(state.pattern)
@@ -368,7 +379,7 @@ def absorb_pivot_maps(
     Args:
       state: as returned by plan_layer for this layer.
       plan: this layer's plan.
-      block_maps: float[B, N, Tb, Tb] block-averaged attention maps, valid for pivot heads.
+      block_maps: float[B, N, Tb, Sb] block-averaged attention maps, valid for pivot heads.
       layer, lengths, config, table, head_axis: as for plan_layer.
 
     Returns:
@@ -391,7 +402,8 @@ def absorb_pivot_maps(
             precision=jax.lax.Precision.HIGHEST,
         )
         # Rows of the end padding take no part in a pattern or its vertical-slash coverage.
-        row_is_real = jnp.arange(pivot_map.shape[-2])[None, :] < nb[:, None]  # [B, Tb]
+        tb, sb = pivot_map.shape[-2:]
+        row_is_real = jnp.arange(tb)[None, :] + sb - tb < nb[:, None]  # [B, Tb]
         pivot_map = jnp.where(row_is_real[:, None, :, None], pivot_map, 0.0)
         pattern = patterns.row_coverage_pattern(
             pivot_map, nb[:, None], config.gamma, quirks=config.reference_quirks

@@ -267,10 +267,11 @@ class SharingState:
     Attributes:
       has_pivot: bool[B, C]: a pivot was chosen in an earlier layer (its pattern is ready once
         its layer's maps are absorbed).
-      pattern: bool[B, C, Tb, Tb]: the pivot's block pattern (per-row gamma coverage of its map).
-      vertical: float32[B, C, Tb]: the pivot's block-pooled vertical profile.
-      slash: float32[B, C, Tb]: the pivot's block-pooled slash profile, by block offset.
-      vs_vertical, vs_slash: bool[B, C, Tb]: the pivot's own vertical-slash selection.
+      pattern: bool[B, C, Tb, Sb]: the pivot's block pattern (per-row gamma coverage of its
+        map), over the forward pass's Tb query blocks and Sb key blocks.
+      vertical: float32[B, C, Sb]: the pivot's block-pooled vertical profile.
+      slash: float32[B, C, Sb]: the pivot's block-pooled slash profile, by block offset.
+      vs_vertical, vs_slash: bool[B, C, Sb]: the pivot's own vertical-slash selection.
       vs_ratio: float32[B, C]: how much of the pivot's map its vertical-slash pattern covers.
     """
 
@@ -284,16 +285,23 @@ class SharingState:
 
     @classmethod
     def initial(
-        cls, batch: int, num_shared: int, num_blocks: int, dtype: jnp.dtype = jnp.float32
+        cls,
+        batch: int,
+        num_shared: int,
+        num_q_blocks: int,
+        num_k_blocks: int | None = None,
+        dtype: jnp.dtype = jnp.float32,
     ) -> SharingState:
-        """The state at the start of a forward pass: no pivots yet."""
+        """The state at the start of a forward pass over Tb query and Sb key blocks (Sb defaults
+        to Tb: a whole prompt): no pivots yet."""
         slots = (batch, num_shared)
+        keys = num_q_blocks if num_k_blocks is None else num_k_blocks
         return cls(
             has_pivot=jnp.zeros(slots, bool),
-            pattern=jnp.zeros(slots + (num_blocks, num_blocks), bool),
-            vertical=jnp.zeros(slots + (num_blocks,), dtype),
-            slash=jnp.zeros(slots + (num_blocks,), dtype),
-            vs_vertical=jnp.zeros(slots + (num_blocks,), bool),
-            vs_slash=jnp.zeros(slots + (num_blocks,), bool),
+            pattern=jnp.zeros(slots + (num_q_blocks, keys), bool),
+            vertical=jnp.zeros(slots + (keys,), dtype),
+            slash=jnp.zeros(slots + (keys,), dtype),
+            vs_vertical=jnp.zeros(slots + (keys,), bool),
+            vs_slash=jnp.zeros(slots + (keys,), bool),
             vs_ratio=jnp.zeros(slots, dtype),
         )

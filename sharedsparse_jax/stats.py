@@ -40,19 +40,23 @@ def layer_stats(
     shard's heads, as if they had been planned on one device.
 
     Returns:
-      "num_<category>": int32[B] for each category; "density": float32[B] (the prompt's real
-      query blocks only, averaged over heads); "share_reason": int32[B, N] (SHARE_REASONS);
+      "num_<category>": int32[B] for each category; "density": float32[B] (the share of the
+      causal blocks of the real query rows that were kept, averaged over heads);
+      "share_reason": int32[B, N] (SHARE_REASONS);
       "vertical_distance", "slash_distance", "fallback_coverage": float32[B, N] (NaN where
       not compared).
     """
-    tb = plan.block_mask.shape[-1]
+    tb, sb = plan.block_mask.shape[-2:]
+    first_row = sb - tb  # the key block of the first query block
     nb = estimate.num_blocks(lengths, block_size)
-    real_rows = (jnp.arange(tb)[None, :] < nb[:, None])[:, None, :, None]
+    real_rows = (jnp.arange(tb)[None, :] + first_row < nb[:, None])[:, None, :, None]
     kept = jnp.sum(plan.block_mask & real_rows, axis=(1, 2, 3), dtype=jnp.int32)
     kept = heads.sum_over_heads(kept, head_axis).astype(jnp.float32)
     decisions = jax.tree.map(lambda x: heads.gather_heads(x, head_axis), plan.decisions)
     num_heads = decisions.reason.shape[1]
-    causal = (nb * (nb + 1) // 2).astype(jnp.float32) * num_heads
+    # Causal blocks of the real rows, rows first_row .. nb - 1 seeing 1 + their index each.
+    seen = nb * (nb + 1) // 2 - first_row * (first_row + 1) // 2
+    causal = jnp.maximum(seen, 1).astype(jnp.float32) * num_heads
     category = heads.gather_heads(plan.category, head_axis)
     stats = {
         f"num_{name}": jnp.sum(category == code, axis=1, dtype=jnp.int32)

@@ -105,13 +105,16 @@ def test_attention_refuses_bad_shapes_and_states():
     lengths = jnp.asarray([64])
     with pytest.raises(ValueError, match=r"expected q \[B, T, N, H\].*\(64, 4, 32\)"):
         attention(q[0], k[0], k[0], attention.init_state(1, 64), layer=0, lengths=lengths)
-    with pytest.raises(ValueError, match="q has 64 positions but k has 48"):
+    with pytest.raises(ValueError, match="q has 64 positions but k only 48"):
         attention(q, k[:, :48], k[:, :48], attention.init_state(1, 64), layer=0, lengths=lengths)
+    k72 = jnp.concatenate([k, k[:, :8]], axis=1)
+    with pytest.raises(ValueError, match="must start and end on block boundaries"):
+        attention(q, k72, k72, attention.init_state(1, 64, 72), layer=0, lengths=lengths)
     with pytest.raises(ValueError, match="sharing table has 4 query heads per layer, q has 6"):
         q6, k6 = _qk(num_heads=6)
         attention(q6, k6, k6, attention.init_state(1, 64), layer=0, lengths=lengths)
     for wrong in (attention.init_state(1, 128), attention.init_state(2, 64), ()):
-        with pytest.raises(ValueError, match=r"init_state\(batch=1, num_queries=64\)"):
+        with pytest.raises(ValueError, match=r"init_state\(batch=1, num_queries=64, num_keys=64\)"):
             attention(q, k, k, wrong, layer=0, lengths=lengths)
 
 

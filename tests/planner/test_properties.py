@@ -257,23 +257,6 @@ def test_keeping_every_block_equals_dense_attention_under_scan():
     assert bool(final_state.has_pivot.all())
 
 
-def test_attention_refuses_mismatched_inputs():
-    attention = SharePrefillAttention(_config(), SharingTable.empty(2, 4), implementation="xla")
-    q = jnp.ones((1, 64, 4, 32))
-    k = jnp.ones((1, 80, 2, 32))
-    with pytest.raises(ValueError, match="prefill"):
-        attention(q, k, k, attention.init_state(1, 64), layer=0, lengths=jnp.asarray([64]))
-    with pytest.raises(ValueError, match="query heads"):
-        attention(
-            jnp.ones((1, 64, 6, 32)),
-            q[:, :, :2],
-            q[:, :, :2],
-            attention.init_state(1, 64),
-            layer=0,
-            lengths=jnp.asarray([64]),
-        )
-
-
 def test_underflowed_profiles_keep_the_budget():
     """A sink so strong that every other probability underflows to 0 leaves budget-many blocks.
 
