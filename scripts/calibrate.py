@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-coverage-gain", type=float, default=defaults_select.min_coverage_gain
     )
     parser.add_argument("--min-saving", type=float, default=defaults_select.min_saving)
+    parser.add_argument(
+        "--min-share-rate",
+        type=float,
+        default=defaults_select.min_share_rate,
+        help="least share of a cluster's eligible later members the online rule lets share"
+        " (default: %(default)s)",
+    )
     parser.add_argument("--table", type=Path, help="where to write the sharing table")
     parser.add_argument("--report", type=Path, help="where to write the JSON report")
     parser.add_argument("--figures", type=Path, help="directory for calibration_*.png figures")
@@ -249,6 +256,7 @@ def selection_config(args, planner: SharePrefillConfig) -> SelectionConfig:
         min_coverage=args.min_coverage,
         min_coverage_gain=args.min_coverage_gain,
         min_saving=args.min_saving,
+        min_share_rate=args.min_share_rate,
     )
 
 
@@ -612,6 +620,7 @@ def sharing_report(sharing, selection: SelectionConfig) -> dict:
         "min_coverage": selection.min_coverage,
         "min_coverage_gain": selection.min_coverage_gain,
         "min_saving": selection.min_saving,
+        "min_share_rate": selection.min_share_rate,
         "shared_clusters": int(sharing.is_shared.sum()),
         "shared_heads": int(sizes[sharing.is_shared].sum()),
         "model_saving": sharing.model_saving,
@@ -668,7 +677,7 @@ def write_figures(args, model_name, report, clustering, sharing, held_grid, cal_
             records[:, 1],
             records[:, 2],
             sharing.is_shared[member_cluster],
-            report["sharing"]["min_coverage"],
+            report["sharing_by_length"][str(args.lengths[-1])]["min_coverage"],
             f"{prefix}_coverage.png",
             title=f"{model_name}: members' mass in the pivot's pattern (held-out)",
         ),

@@ -182,11 +182,12 @@ def plot_distance_distributions(
     """
     fig = _figure(6.0, 3.2)
     ax = fig.add_subplot()
-    lo = float(min(np.min(within), np.min(between)))
-    hi = float(max(np.max(within), np.max(between)))
-    bins = np.linspace(lo, hi, 41)
-    ax.hist(between, bins=bins, density=True, alpha=0.6, label=f"across clusters ({len(between)})")
-    ax.hist(within, bins=bins, density=True, alpha=0.6, label=f"within clusters ({len(within)})")
+    values = np.concatenate([np.ravel(within), np.ravel(between)])  # either may be empty
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    bins = np.linspace(lo, max(hi, lo + 1e-6), 41)
+    for values, label in ((between, "across clusters"), (within, "within clusters")):
+        if len(values):
+            ax.hist(values, bins=bins, density=True, alpha=0.6, label=f"{label} ({len(values)})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend(fontsize=7)

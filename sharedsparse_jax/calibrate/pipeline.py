@@ -181,6 +181,7 @@ def calibrate(
         "min_coverage": config.selection.min_coverage,
         "min_coverage_gain": config.selection.min_coverage_gain,
         "min_saving": config.selection.min_saving,
+        "min_share_rate": config.selection.min_share_rate,
         "min_size": config.selection.min_size,
         "planner": {
             "block_size": planner.block_size,

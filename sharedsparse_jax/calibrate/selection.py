@@ -45,6 +45,9 @@ class SelectionConfig:
       min_coverage_gain: least excess of that coverage over the members' own fallback coverage.
       min_saving: least net share of the cluster's fallback blocks that sharing saves (a
         negative value bounds what sharing may cost).
+      min_share_rate: least share of the eligible later members the online rule lets share
+        (similar profiles, pivot not explained by its own fallback): a cluster whose pivot
+        runs dense while its members do not share only costs blocks.
       min_size: clusters smaller than this never share.
     """
 
@@ -52,6 +55,7 @@ class SelectionConfig:
     min_coverage: float = 0.9
     min_coverage_gain: float = 0.02
     min_saving: float = -0.1
+    min_share_rate: float = 0.5
     min_size: int = 2
 
     def __post_init__(self):
@@ -61,6 +65,8 @@ class SelectionConfig:
             raise ValueError(f"min_coverage_gain must be in [-1, 1], got {self.min_coverage_gain}")
         if not -1.0 <= self.min_saving <= 1.0:
             raise ValueError(f"min_saving must be in [-1, 1], got {self.min_saving}")
+        if not 0.0 <= self.min_share_rate <= 1.0:
+            raise ValueError(f"min_share_rate must be in [0, 1], got {self.min_share_rate}")
         if self.min_size < 2:
             raise ValueError(f"min_size must be >= 2 (a pivot and a member), got {self.min_size}")
 
@@ -298,12 +304,16 @@ def simulate_sharing(
     fallback_mean = np.array([mean(v) for v in fallback_cov])
     gain = coverage_mean - fallback_mean
     saving_arr = np.array(saving)
+    share_rate = np.array(
+        [p / e if e else 0.0 for p, e in zip(passed, eligible_count, strict=True)]
+    )
     with np.errstate(invalid="ignore"):  # NaN (no eligible later member) never shares
         is_shared = (
             (size >= config.min_size)
             & (coverage_mean >= config.min_coverage)
             & (gain >= config.min_coverage_gain)
             & (saving_arr >= config.min_saving)
+            & (share_rate >= config.min_share_rate)
         )
     return ClusterSharing(
         size=size,
@@ -312,9 +322,7 @@ def simulate_sharing(
         fallback_coverage=fallback_mean,
         coverage_gain=gain,
         shared_coverage=np.array([mean(v) for v in shared_cov]),
-        share_rate=np.array(
-            [p / e if e else 0.0 for p, e in zip(passed, eligible_count, strict=True)]
-        ),
+        share_rate=share_rate,
         saving=saving_arr,
         saved_blocks=np.array(saved_blocks),
         fallback_blocks=np.array(fallback_total),

@@ -11,6 +11,8 @@ Three planted clusters over 8 layers x 3 heads (head n of every layer is in clus
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -126,3 +128,23 @@ def test_refusals():
         simulate_sharing(np.zeros((NUM_LAYERS, 4), int), [sample], SelectionConfig(planner=PLANNER))
     with pytest.raises(ValueError, match="held-out"):
         simulate_sharing(np.zeros((NUM_LAYERS, 3), int), [], SelectionConfig(planner=PLANNER))
+
+
+def test_a_cluster_whose_members_never_share_online_is_not_shared(outcome):
+    """tau_fb so low that every pivot is explained by its own fallback: the pattern would
+    transfer (coverage, gain), but online no member shares, so the pivot's dense row is pure
+    cost; the share-rate bar refuses it, and only it."""
+    samples, labels, _ = outcome
+    planner = dataclasses.replace(PLANNER, tau_fb=0.01)
+
+    def shared(min_share_rate):
+        config = SelectionConfig(
+            planner=planner, min_coverage=0.9, min_coverage_gain=0.02, min_saving=-1.0,
+            min_share_rate=min_share_rate,
+        )  # fmt: skip
+        return simulate_sharing(labels, samples, config)
+
+    never = shared(0.5)
+    assert never.disabled_rate[0] == 1.0 and never.share_rate[0] == 0.0
+    np.testing.assert_array_equal(never.is_shared, [False, False, False])
+    np.testing.assert_array_equal(shared(0.0).is_shared, [True, False, False])

@@ -37,6 +37,7 @@ def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
             "--heldout", "1", "--second-length", "512", "--map-block-size", "64",
             "--implementation", "xla", "--work-dir", str(tmp_path / "maps"),
             "--table", str(table_path), "--report", str(report_path),
+            "--figures", str(tmp_path / "figures"),
         ]
     )  # fmt: skip
     printed = capsys.readouterr().out
@@ -54,3 +55,4 @@ def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
         chosen = [row["id"] for row in sharing["clusters"] if row["shared"]]
         assert [int(c) for c in np.flatnonzero(table.shared_by_band[band]) + 1] == chosen
     assert len(table.band_min_tokens) == len(report["bands"])
+    assert len(list((tmp_path / "figures").glob("calibration_tiny_*.png"))) == 4
