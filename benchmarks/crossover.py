@@ -58,8 +58,8 @@ class PlanThenDense:
 
     inner: SharePrefillAttention
 
-    def init_state(self, batch: int, num_queries: int):
-        return self.inner.init_state(batch, num_queries)
+    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None):
+        return self.inner.init_state(batch, num_queries, num_keys)
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
         self.inner.check_model(num_layers, num_heads)

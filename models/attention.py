@@ -25,12 +25,14 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 class PrefillAttention(Protocol):
     """Causal self-attention over a whole (padded) prompt, one layer at a time."""
 
-    def init_state(self, batch: int, num_queries: int) -> PyTree:
+    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> PyTree:
         """The state carried through the layer loop (scan carry) before layer 0.
 
         Args:
           batch: B.
           num_queries: T, the padded prompt length (static), so states can be sized per block.
+          num_keys: S, the keys the queries attend over when they are a chunk of a longer
+            prompt (the last T of S positions); None: S = T.
         """
         ...
 
@@ -56,8 +58,9 @@ class PrefillAttention(Protocol):
         """Attends one layer.
 
         Args:
-          q: [B, T, N, H] queries after RoPE.
-          k, v: [B, S, K, H] keys and values after RoPE (S == T in prefill).
+          q: [B, T, N, H] queries after RoPE: the last T of the S positions.
+          k, v: [B, S, K, H] keys and values after RoPE (S == T for a whole prompt, S > T for
+            a chunk over the keys cached before it).
           state: the carried state.
           layer: int32 scalar, the (traced) layer index.
           lengths: int32[B] real (unpadded) tokens per sequence; padding is at the end.
@@ -84,9 +87,9 @@ class DenseAttention:
                 f"implementation={self.implementation!r} is not one of {DENSE_IMPLEMENTATIONS}"
             )
 
-    def init_state(self, batch: int, num_queries: int) -> PyTree:
+    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> PyTree:
         """Dense attention carries nothing between layers."""
-        del batch, num_queries
+        del batch, num_queries, num_keys
         return ()
 
     def check_model(self, num_layers: int, num_heads: int) -> None:

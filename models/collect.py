@@ -55,9 +55,9 @@ class BlockMapCollector:
         if self.block_size < 1:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
 
-    def init_state(self, batch: int, num_queries: int) -> PyTree:
+    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> PyTree:
         """Dense attention carries nothing between layers."""
-        del batch, num_queries
+        del batch, num_queries, num_keys
         return ()
 
     def check_model(self, num_layers: int, num_heads: int) -> None:

@@ -183,6 +183,73 @@ class Transformer(nnx.Module):
             logits = self._logits(x)
         return logits, KVCache(k=k_cache, v=v_cache, lengths=lengths), stats
 
+    def prefill_chunk(
+        self,
+        tokens: jax.Array,
+        start: int,
+        cache: KVCache,
+        logit_positions: jax.Array,
+        attention: PrefillAttention,
+    ) -> tuple[jax.Array, KVCache, dict[str, jax.Array]]:
+        """Runs one chunk of a prompt through every layer over the keys cached before it.
+
+        The chunk's keys and values are written into the cache at [start, start + C); its
+        queries attend to every key before them (the cache's first `start` positions) and to
+        their own causal part, so chunk after chunk gives a whole prompt's prefill.
+
+        Args:
+          tokens: int32[B, C] the chunk's ids (end padding in the last chunk).
+          start: the chunk's first position (static; a multiple of the planner's block size).
+          cache: k, v [L, B, S, K, H] with S >= start + C; `lengths` the prompts' real tokens.
+          logit_positions: int32[B, P] positions (absolute) inside the chunk whose logits are
+            wanted.
+          attention: the prefill attention (its state covers this chunk only).
+
+        Returns:
+          logits float32[B, P, V], the cache with the chunk written, stats {name: [L, ...]}.
+        """
+        config = self.config
+        attention.check_model(config.num_layers, config.num_heads)
+        batch, chunk = tokens.shape
+        end = start + chunk
+        if end > cache.k.shape[2]:
+            raise ValueError(f"the chunk ends at {end}, past the cache's {cache.k.shape[2]}")
+        positions = jnp.broadcast_to(start + jnp.arange(chunk, dtype=jnp.int32), (batch, chunk))
+        cos, sin = self._rope_tables(positions)
+        x = self.embed[...][tokens]
+        visible = jnp.minimum(cache.lengths, end)  # real tokens among the keys so far
+
+        def layer_body(carry, layer_inputs):
+            x, attention_state, k_all, v_all = carry
+            params, layer = layer_inputs
+            with jax.named_scope("attention"):
+                h = rms_norm(x, params["attn_norm"], config.rms_norm_eps)
+                q, k, v = _project_qkv(params, h, cos, sin)
+                k_all = jax.lax.dynamic_update_slice(k_all, k[None], (layer, 0, start, 0, 0))
+                v_all = jax.lax.dynamic_update_slice(v_all, v[None], (layer, 0, start, 0, 0))
+                out, attention_state, stats = attention(
+                    q,
+                    k_all[layer, :, :end],
+                    v_all[layer, :, :end],
+                    attention_state,
+                    layer=layer,
+                    lengths=visible,
+                )
+                x = x + _project_out(params, out)
+            with jax.named_scope("mlp"):
+                x = x + _mlp(params, rms_norm(x, params["mlp_norm"], config.rms_norm_eps))
+            return (x, attention_state, k_all, v_all), stats
+
+        state = attention.init_state(batch, chunk, end)
+        layer_index = jnp.arange(config.num_layers, dtype=jnp.int32)
+        (x, _, k_cache, v_cache), stats = jax.lax.scan(
+            layer_body, (x, state, cache.k, cache.v), (self._layer_params(), layer_index)
+        )
+        with jax.named_scope("head"):
+            x = jnp.take_along_axis(x, logit_positions[:, :, None] - start, axis=1)
+            logits = self._logits(x)
+        return logits, KVCache(k=k_cache, v=v_cache, lengths=cache.lengths), stats
+
     def decode_step(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """Appends one token per sequence at position `cache.lengths` with dense attention.
 

@@ -163,8 +163,8 @@ class ShardedAttention:
     inner: PrefillAttention
     mesh: Mesh
 
-    def init_state(self, batch: int, num_queries: int) -> Any:
-        return self.inner.init_state(batch, num_queries)
+    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> Any:
+        return self.inner.init_state(batch, num_queries, num_keys)
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
         self.inner.check_model(num_layers, num_heads)

@@ -58,11 +58,11 @@ class ComparedAttention:
     candidate: PrefillAttention
     reference: PrefillAttention = dataclasses.field(default_factory=DenseAttention)
 
-    def init_state(self, batch: int, num_queries: int) -> Any:
+    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> Any:
         """Both attentions' states, as a pair."""
         return (
-            self.candidate.init_state(batch, num_queries),
-            self.reference.init_state(batch, num_queries),
+            self.candidate.init_state(batch, num_queries, num_keys),
+            self.reference.init_state(batch, num_queries, num_keys),
         )
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
