@@ -80,13 +80,13 @@ def shareprefill_attention(
     """
     if q.ndim != 4:
         raise ValueError(f"expected q [B, T, N, H], got shape {q.shape}")
-    batch, num_queries, _, head_dim = q.shape
+    batch, _, _, head_dim = q.shape
     if scale is not None:
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be finite and positive, got {scale}")
         q = (q * (scale * math.sqrt(head_dim))).astype(q.dtype)
     if lengths is None:
-        lengths = jnp.full((batch,), num_queries, jnp.int32)
+        lengths = jnp.full((batch,), k.shape[1], jnp.int32)
     return _attention(config, table, implementation, interpret)(
         q, k, v, state, layer=layer, lengths=jnp.asarray(lengths)
     )
@@ -94,5 +94,8 @@ def shareprefill_attention(
 
 def _attention(config, table, implementation=None, interpret=False) -> SharePrefillAttention:
     return SharePrefillAttention(
-        SharePrefillConfig() if config is None else config, table, implementation, interpret
+        config=SharePrefillConfig() if config is None else config,
+        table=table,
+        implementation=implementation,
+        interpret=interpret,
     )
