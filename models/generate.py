@@ -1,7 +1,9 @@
 """Prefill (any `PrefillAttention`) and dense decoding, jitted once per length bucket.
 
 Prompts are padded at the end to a length bucket (a multiple of 128) so that a new prompt length
-reuses a compiled program; attention receives the real lengths. Decoding (greedy or
+reuses a compiled program; attention receives the real lengths. A batch may hold prompts of
+different lengths: each is end-padded to the bucket of the longest, its logits are read at its
+own last token and decoding appends at its own position. Decoding (greedy or
 temperature / top-p sampling, stop tokens, a token budget) runs in one `jax.lax.while_loop`
 over dense attention on the cache.
 """
@@ -57,7 +59,8 @@ class PrefillResult:
     Attributes:
       logits: float32[B, P, V] next-token logits at `positions`.
       positions: int32[B, P] the prompt positions the logits belong to.
-      cache: the KV cache, k / v [L, B, S, K, H] with S the padded (bucket) length.
+      cache: the KV cache, k / v [L, B, S, K, H] with S the padded (bucket) length, lengths
+        int32[B] each prompt's real length.
       stats: the attention's per-layer stats, each [L, ...].
     """
 
@@ -113,26 +116,50 @@ class DecodeResult:
     cache: KVCache
 
 
-def prompt_array(model: Transformer, tokens: Any) -> np.ndarray:
-    """Validates a batch of prompts and returns it as int32[B, T].
+def prompt_batch(
+    model: Transformer, tokens: Any, lengths: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validates a batch of prompts of any lengths and returns it end-padded, with its lengths.
 
     Args:
-      model: the model (for vocabulary size and context length).
-      tokens: int array [B, T] or [T], or a list of equal-length token-id lists.
+      model: the model (for vocabulary size).
+      tokens: int array [B, T] or [T], or a list of token-id lists (or 1-D arrays) of any
+        lengths.
+      lengths: optional int[B], the real tokens of each row of an end-padded [B, T] array
+        (None: every row is T tokens long). Lists carry their own lengths.
 
     Returns:
-      int32[B, T] on the host.
+      int32[B, T'] with T' the longest length, each row's padding set to 0, and int32[B]
+      lengths, on the host.
     """
-    if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], (list, tuple)):
-        lengths = sorted({len(row) for row in tokens})
-        if len(lengths) > 1:
+    is_rows = (
+        isinstance(tokens, (list, tuple))
+        and len(tokens) > 0
+        and all(isinstance(row, (list, tuple, np.ndarray)) for row in tokens)
+    )
+    if is_rows:
+        if lengths is not None:
+            raise ValueError("lengths is for an end-padded array; a list of prompts has its own")
+        rows = [np.asarray(row) for row in tokens]
+        if any(row.ndim != 1 for row in rows):
             raise ValueError(
-                f"ragged batch: prompt lengths {[len(row) for row in tokens]} differ; prefill a "
-                "batch of equal-length prompts (or one prompt at a time)"
+                f"each prompt must be a 1-D list of ids, got shapes {[row.shape for row in rows]}"
             )
-    array = np.asarray(tokens)
-    if array.ndim == 1:
-        array = array[None]
+        row_lengths = np.array([row.size for row in rows], np.int64)
+        if row_lengths.min() == 0:
+            raise ValueError(
+                f"empty prompt: at least one token is needed to prefill (prompt lengths"
+                f" {row_lengths.tolist()})"
+            )
+        dtypes = {row.dtype for row in rows}
+        array = np.zeros((len(rows), int(row_lengths.max())), np.result_type(*dtypes))
+        for index, row in enumerate(rows):
+            array[index, : row.size] = row
+    else:
+        array = np.asarray(tokens)
+        if array.ndim == 1:
+            array = array[None]
+        row_lengths = None
     if array.ndim != 2:
         raise ValueError(f"prompt tokens must be [B, T], got shape {array.shape}")
     if array.shape[0] == 0:
@@ -141,12 +168,54 @@ def prompt_array(model: Transformer, tokens: Any) -> np.ndarray:
         raise ValueError("empty prompt: at least one token is needed to prefill")
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"prompt tokens must be integers, got dtype {array.dtype}")
+    if row_lengths is None:
+        row_lengths = _check_lengths(lengths, array.shape)
+    is_real = np.arange(array.shape[1])[None, :] < row_lengths[:, None]
+    real = array[is_real]
     vocab = model.config.vocab_size
-    if array.min() < 0 or array.max() >= vocab:
+    if real.min() < 0 or real.max() >= vocab:
         raise ValueError(
-            f"token ids must be in [0, {vocab}), got min {array.min()} max {array.max()}"
+            f"token ids must be in [0, {vocab}), got min {real.min()} max {real.max()}"
         )
-    return array.astype(np.int32)
+    array = np.where(is_real, array, 0)[:, : int(row_lengths.max())]
+    return array.astype(np.int32), row_lengths.astype(np.int32)
+
+
+def _check_lengths(lengths: Any, shape: tuple[int, int]) -> np.ndarray:
+    """int64[B] lengths of an end-padded [B, T] array; ValueError unless 1 <= lengths <= T."""
+    batch, length = shape
+    if lengths is None:
+        return np.full((batch,), length, np.int64)
+    values = np.asarray(lengths)
+    if values.shape != (batch,) or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(
+            f"lengths must be int[B] = int[{batch}], got {values.dtype}{list(values.shape)}"
+        )
+    if (values < 1).any() or (values > length).any():
+        raise ValueError(
+            f"lengths must be in [1, T={length}] (real tokens of each end-padded prompt), got"
+            f" {values.tolist()}"
+        )
+    return values.astype(np.int64)
+
+
+def prompt_array(model: Transformer, tokens: Any) -> np.ndarray:
+    """Validates a batch of equal-length prompts (what block-map collection needs) as [B, T].
+
+    Args:
+      model: the model (for vocabulary size).
+      tokens: int array [B, T] or [T], or a list of equal-length token-id lists.
+
+    Returns:
+      int32[B, T] on the host.
+    """
+    array, lengths = prompt_batch(model, tokens)
+    if (lengths != array.shape[1]).any():
+        raise ValueError(
+            f"ragged batch: prompt lengths {lengths.tolist()} differ; this needs a batch of"
+            " equal-length prompts"
+        )
+    return array
 
 
 def _check_context(model: Transformer, total: int, what: str) -> None:
@@ -195,33 +264,38 @@ def prefill(
     model: Transformer,
     tokens: Any,
     *,
+    lengths: Any = None,
     attention: PrefillAttention | None = None,
     logit_positions: Any = None,
     buckets: Sequence[int] | None = None,
 ) -> PrefillResult:
-    """Runs a batch of equal-length prompts through the model.
+    """Runs a batch of prompts, of equal or different lengths, through the model.
+
+    Every prompt is end-padded to the bucket of the longest; attention gets each one's length.
 
     Args:
       model: the decoder.
-      tokens: [B, T] (or [T]) prompt ids, or a list of equal-length lists.
+      tokens: [B, T] (or [T]) prompt ids, or a list of token-id lists of any lengths.
+      lengths: optional int[B] real tokens per row when `tokens` is an end-padded array.
       attention: prefill attention; dense by default.
-      logit_positions: None for the last prompt position, "all" for every position, or
-        int [P] / [B, P] positions in [0, T).
+      logit_positions: None for each prompt's last position, "all" for every position of the
+        longest prompt (rows past their own length hold the padding's logits), or int [P] /
+        [B, P] positions, each below its own row's length.
       buckets: optional padded lengths to choose from (default: `bucket_length`).
 
     Returns:
-      logits float32[B, P, V], the KV cache (S = padded length), the attention's stats.
+      logits float32[B, P, V], the KV cache (S = padded length, per-row lengths), the
+      attention's stats.
     """
-    array = prompt_array(model, tokens)
-    batch, length = array.shape
+    array, lengths = prompt_batch(model, tokens, lengths)
+    batch, length = array.shape  # length: the longest prompt
     _check_context(model, length, "the prompt")
     padded = bucket_length(length, buckets)
     padded_tokens = np.zeros((batch, padded), np.int32)
     padded_tokens[:, :length] = array
-    lengths = np.full((batch,), length, np.int32)
 
     if logit_positions is None:
-        positions = np.full((batch, 1), length - 1, np.int32)
+        positions = (lengths - 1)[:, None]
     elif isinstance(logit_positions, str):
         if logit_positions != "all":
             raise ValueError(f"logit_positions={logit_positions!r}: use None, 'all' or an array")
@@ -234,8 +308,11 @@ def prefill(
             raise ValueError(
                 f"logit_positions must be [P] or [B={batch}, P], got {positions.shape}"
             )
-        if positions.min() < 0 or positions.max() >= length:
-            raise ValueError(f"logit_positions must lie in [0, {length}), got {positions.tolist()}")
+        if positions.min() < 0 or (positions >= lengths[:, None]).any():
+            raise ValueError(
+                f"logit_positions must lie in [0, length) of their row (lengths"
+                f" {lengths.tolist()}), got {positions.tolist()}"
+            )
         positions = positions.astype(np.int32)
 
     attention = DenseAttention() if attention is None else attention
@@ -312,6 +389,9 @@ def decode(
 ) -> DecodeResult:
     """Generates tokens after a prefill with dense attention over the KV cache.
 
+    Each sequence appends at its own length. Greedy tokens of a sequence do not depend on the
+    rest of the batch; sampled ones depend on the key and on the sequence's row.
+
     Args:
       model: the decoder that ran the prefill.
       prefilled: its result; the last logit position of every row must be the last prompt token.
@@ -349,26 +429,28 @@ def generate(
     tokens: Any,
     *,
     sampling: SamplingConfig,
+    lengths: Any = None,
     attention: PrefillAttention | None = None,
     rng: jax.Array | None = None,
 ) -> tuple[list[list[int]], dict[str, jax.Array]]:
-    """Prefills a batch of equal-length prompts, then decodes.
+    """Prefills a batch of prompts (equal or different lengths), then decodes.
 
     Args:
       model: the decoder.
-      tokens: [B, T] prompt ids or a list of equal-length lists.
+      tokens: [B, T] prompt ids, or a list of token-id lists of any lengths.
       sampling: decoding settings.
+      lengths: optional int[B] real tokens per row when `tokens` is an end-padded array.
       attention: prefill attention (dense by default); decoding is always dense.
       rng: PRNG key for sampling.
 
     Returns:
       Each sequence's new tokens (up to and including a stop token) and the prefill stats.
     """
-    array = prompt_array(model, tokens)
+    array, lengths = prompt_batch(model, tokens, lengths)
     _check_context(
-        model, array.shape[1] + sampling.max_new_tokens, "the prompt plus max_new_tokens"
+        model, int(lengths.max()) + sampling.max_new_tokens, "the prompt plus max_new_tokens"
     )
-    prefilled = prefill(model, array, attention=attention)
+    prefilled = prefill(model, array, lengths=lengths, attention=attention)
     result = decode(model, prefilled, sampling=sampling, rng=rng)
     out_tokens, counts = np.asarray(result.tokens), np.asarray(result.num_tokens)
     return [row[:count].tolist() for row, count in zip(out_tokens, counts, strict=True)], (

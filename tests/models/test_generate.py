@@ -208,13 +208,38 @@ def test_sampling_follows_the_distribution(model):
     np.testing.assert_allclose(counts[top], probs[top], atol=0.03)
 
 
+def test_prompt_batch_pads_each_prompt_at_the_end(model):
+    rng = np.random.default_rng(8)
+    rows = [rng.integers(1, 97, n) for n in (5, 2, 7)]
+    array, lengths = generate.prompt_batch(model, [row.tolist() for row in rows[:2]] + [rows[2]])
+    np.testing.assert_array_equal(lengths, [5, 2, 7])
+    assert array.shape == (3, 7) and array.dtype == np.int32
+    for row, got in zip(rows, array, strict=True):
+        np.testing.assert_array_equal(got[: row.size], row)
+        assert (got[row.size :] == 0).all()
+    # An end-padded array with its lengths: padding past the longest is cropped, the padding
+    # may hold anything (it is never read), and it comes back as 0.
+    padded = np.full((3, 9), -1)
+    for index, row in enumerate(rows):
+        padded[index, : row.size] = row
+    again, again_lengths = generate.prompt_batch(model, padded, lengths=[5, 2, 7])
+    np.testing.assert_array_equal(again, array)
+    np.testing.assert_array_equal(again_lengths, lengths)
+
+
 def test_bad_inputs_are_refused(model):
     with pytest.raises(ValueError, match="empty prompt"):
         generate.prefill(model, np.zeros((2, 0), np.int32))
     with pytest.raises(ValueError, match="empty prompt"):
         generate.prefill(model, [[]])
     with pytest.raises(ValueError, match=r"ragged batch: prompt lengths \[3, 2\]"):
-        generate.prefill(model, [[1, 2, 3], [4, 5]])
+        generate.prompt_array(model, [[1, 2, 3], [4, 5]])  # block-map collection needs equal
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, T=3\].*\[3, 0\]"):
+        generate.prefill(model, np.ones((2, 3), np.int32), lengths=[3, 0])
+    with pytest.raises(ValueError, match="a list of prompts has its own"):
+        generate.prefill(model, [[1, 2, 3], [4, 5]], lengths=[3, 2])
+    with pytest.raises(ValueError, match=r"length\) of their row \(lengths \[3, 2\]\)"):
+        generate.prefill(model, [[1, 2, 3], [4, 5]], logit_positions=[2])
     with pytest.raises(ValueError, match="longer than the model's context"):
         generate.prefill(model, np.ones((1, 401), np.int32))
     with pytest.raises(ValueError, match="prompt plus max_new_tokens"):
