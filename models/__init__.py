@@ -24,6 +24,7 @@ from models.generate import (
     bucket_length,
     decode,
     prefill,
+    prefill_chunked,
 )
 from models.llama import KVCache, Transformer, parameter_shapes
 from models.tokenizer import Tokenizer
@@ -53,4 +54,5 @@ __all__ = [
     "model_from_params",
     "parameter_shapes",
     "prefill",
+    "prefill_chunked",
 ]

@@ -3,7 +3,8 @@
 Prompts are padded at the end to a length bucket (a multiple of 128) so that a new prompt length
 reuses a compiled program; attention receives the real lengths. A batch may hold prompts of
 different lengths: each is end-padded to the bucket of the longest, its logits are read at its
-own last token and decoding appends at its own position. Decoding (greedy or
+own last token and decoding appends at its own position. `prefill_chunked` runs a prompt
+chunk by chunk over a growing cache instead (bounded activation memory). Decoding (greedy or
 temperature / top-p sampling, stop tokens, a token budget) runs in one `jax.lax.while_loop`
 over dense attention on the cache.
 """
@@ -324,6 +325,103 @@ def prefill(
     if isinstance(logit_positions, str):
         logits, positions = logits[:, :length], positions[:, :length]
     return PrefillResult(logits=logits, positions=jnp.asarray(positions), cache=cache, stats=stats)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 6), donate_argnums=(4,))
+def _chunk_jit(graphdef, state, tokens, start, cache, positions, attention_spec, dynamic):
+    model = nnx.merge(graphdef, state)
+    attention = _merge_attention(attention_spec, dynamic)
+    return model.prefill_chunk(tokens, start, cache, positions, attention)
+
+
+def prefill_chunked(
+    model: Transformer,
+    tokens: Any,
+    *,
+    chunk_tokens: int,
+    attention: PrefillAttention | None = None,
+    lengths: Any = None,
+    logit_positions: str | None = None,
+) -> PrefillResult:
+    """Prefills prompts (of equal or different lengths) chunk by chunk over a growing KV cache.
+
+    Chunk i writes its keys and values into the cache at [i C, (i + 1) C) and its queries
+    attend to every cached key before them plus their own causal part
+    (`Transformer.prefill_chunk`), so activation memory is one chunk's; with dense attention
+    the result is the whole prompt's prefill. SharePrefill plans each chunk over all keys so
+    far and starts its sharing state afresh in each chunk (docs/design.md, "Chunked prefill").
+
+    Args:
+      model: the decoder.
+      tokens: [B, T] (or [T]) ids, or a list of token-id lists of any lengths.
+      chunk_tokens: C, tokens per chunk (a multiple of the planner's block size for
+        SharePrefill); prompts are end-padded to a multiple of C.
+      attention: prefill attention (dense by default); each chunk starts its state afresh.
+      lengths: optional int[B] real tokens per row when `tokens` is an end-padded array.
+      logit_positions: None for each prompt's last position, "all" for every position of the
+        longest prompt.
+
+    Returns:
+      logits float32[B, P, V], the KV cache (S = the padded length), and the stats of every
+      chunk stacked along a leading axis ({name: [chunks, L, B, ...]}).
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if logit_positions not in (None, "all"):
+        raise ValueError(f"logit_positions={logit_positions!r}: use None or 'all'")
+    array, lengths = prompt_batch(model, tokens, lengths)
+    batch, length = array.shape
+    _check_context(model, length, "the prompt")
+    num_chunks = -(-length // chunk_tokens)
+    padded = num_chunks * chunk_tokens
+    padded_tokens = np.zeros((batch, padded), np.int32)
+    padded_tokens[:, :length] = array
+    attention = DenseAttention() if attention is None else attention
+    spec, dynamic = _split_attention(attention)
+    graphdef, state = nnx.split(model)
+    config = model.config
+    shape = (config.num_layers, batch, padded, config.num_kv_heads, config.head_dim)
+    cache = KVCache(
+        k=jnp.zeros(shape, model.dtype),
+        v=jnp.zeros(shape, model.dtype),
+        lengths=jnp.asarray(lengths, jnp.int32),
+    )
+    last = np.asarray(lengths) - 1
+    logits, chunk_stats = [], []
+    for index in range(num_chunks):
+        start, end = index * chunk_tokens, (index + 1) * chunk_tokens
+        if logit_positions == "all":
+            positions = np.broadcast_to(np.arange(start, end, dtype=np.int32), (batch, end - start))
+        else:
+            positions = np.clip(last, start, end - 1).astype(np.int32)[:, None]
+        chunk_logits, cache, stats = _chunk_jit(
+            graphdef,
+            state,
+            padded_tokens[:, start:end],
+            start,
+            cache,
+            np.ascontiguousarray(positions),
+            spec,
+            dynamic,
+        )
+        if logit_positions == "all":
+            logits.append(chunk_logits)
+        else:  # keep each row's logits from the chunk holding its last token
+            holds_last = jnp.asarray((last >= start) & (last < end))[:, None, None]
+            logits = [
+                chunk_logits if not logits else jnp.where(holds_last, chunk_logits, logits[0])
+            ]
+        chunk_stats.append(stats)
+    if logit_positions == "all":
+        all_logits = jnp.concatenate(logits, axis=1)[:, :length]
+        positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
+        result_logits = all_logits
+    else:
+        result_logits, positions = logits[0], last[:, None].astype(np.int32)
+    stats = jax.tree.map(lambda *xs: jnp.stack(xs), *chunk_stats) if chunk_stats[0] else {}
+    return PrefillResult(
+        logits=result_logits, positions=jnp.asarray(positions), cache=cache, stats=stats
+    )
 
 
 def _sample(logits: jax.Array, rng: jax.Array, temperature: float, top_p: float) -> jax.Array:

@@ -41,7 +41,9 @@ def layer_stats(
 
     Returns:
       "num_<category>": int32[B] for each category; "density": float32[B] (the share of the
-      causal blocks of the real query rows that were kept, averaged over heads);
+      causal blocks of the real query rows that were kept, averaged over heads; 1 where there
+      is no real row), and the two counts behind it, "kept_blocks" and "causal_blocks"
+      float32[B] (summed over heads);
       "share_reason": int32[B, N] (SHARE_REASONS);
       "vertical_distance", "slash_distance", "fallback_coverage": float32[B, N] (NaN where
       not compared).
@@ -55,14 +57,18 @@ def layer_stats(
     decisions = jax.tree.map(lambda x: heads.gather_heads(x, head_axis), plan.decisions)
     num_heads = decisions.reason.shape[1]
     # Causal blocks of the real rows, rows first_row .. nb - 1 seeing 1 + their index each.
-    seen = nb * (nb + 1) // 2 - first_row * (first_row + 1) // 2
-    causal = jnp.maximum(seen, 1).astype(jnp.float32) * num_heads
+    rows_seen = jnp.maximum(nb, first_row)
+    seen = rows_seen * (rows_seen + 1) // 2 - first_row * (first_row + 1) // 2
+    causal = seen.astype(jnp.float32) * num_heads
     category = heads.gather_heads(plan.category, head_axis)
     stats = {
         f"num_{name}": jnp.sum(category == code, axis=1, dtype=jnp.int32)
         for code, name in enumerate(CATEGORIES)
     }
-    stats["density"] = kept / causal
+    # A chunk past a prompt's end has no real row: nothing to compute, nothing dropped.
+    stats["density"] = jnp.where(causal > 0, kept / jnp.maximum(causal, 1.0), 1.0)
+    stats["kept_blocks"] = kept
+    stats["causal_blocks"] = causal
     stats["share_reason"] = decisions.reason
     stats["vertical_distance"] = decisions.vertical_distance
     stats["slash_distance"] = decisions.slash_distance
