@@ -1,0 +1,26 @@
+"""benchmarks.chunked_prefill on the tiny model: its records and what they must hold."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import chunked_prefill
+
+
+def test_dry_run(tmp_path):
+    out = tmp_path / "chunked.json"
+    records = chunked_prefill.main(["--dry-run", "--out", str(out)])
+    keys = {"model", "seq_len", "chunk_tokens", "method", "time_ms", "peak_memory_gib"}
+    assert all(
+        keys | {"delta_nll_vs_whole", "block_agreement", "density"} <= set(r) for r in records
+    )
+    assert [(r["method"], r["chunk_tokens"]) for r in records] == [
+        ("dense", None), ("dense", 64), ("shareprefill", None), ("shareprefill", 64)
+    ]  # fmt: skip
+    dense_whole, dense_chunked, share_whole, share_chunked = records
+    assert abs(dense_chunked["delta_nll_vs_whole"]) < 1e-5  # dense chunking changes nothing
+    assert share_whole["block_agreement"] == 1.0 and share_whole["delta_nll_vs_whole"] == 0
+    assert 0 < share_chunked["block_agreement"] <= 1 and 0 < share_chunked["density"] <= 1
+    assert dense_chunked["time_per_chunk_ms"] * 4 == dense_chunked["time_ms"]
+    assert all(r["peak_memory_gib"] > 0 for r in records)
+    assert json.loads(out.read_text())["records"] == records
