@@ -33,6 +33,7 @@ from flax import nnx
 
 from benchmarks import prefill_latency, timing
 from models import DenseAttention, generate, load_builtin
+from models.config import extend_context
 from sharedsparse_jax import planner, tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import SharePrefillConfig
@@ -136,6 +137,37 @@ def whole_mask(stats, chunk: int | None) -> np.ndarray:
     return np.concatenate(list(masks[:, :, 0]), axis=2)
 
 
+def accuracy(result, reference, tokens: np.ndarray, method: str, chunk: int | None) -> dict:
+    """nll, delta_nll_vs_whole, density and block_agreement of a run against the whole prompt's."""
+    nll = mean_nll(result, tokens)
+    record = {"nll": nll, "delta_nll_vs_whole": nll - mean_nll(reference, tokens)}
+    if method == "dense":
+        return record | {"density": 1.0, "block_agreement": None}
+    kept = np.asarray(result.stats["kept_blocks"]).sum()
+    record["density"] = float(kept / np.asarray(result.stats["causal_blocks"]).sum())
+    got, want = whole_mask(result.stats, chunk), whole_mask(reference.stats, None)
+    rows, cols = min(got.shape[2], want.shape[2]), min(got.shape[3], want.shape[3])
+    got, want = got[:, :, :rows, :cols], want[:, :, :rows, :cols]
+    record["block_agreement"] = float((got & want).sum() / max((got | want).sum(), 1))
+    return record
+
+
+def measure(record: dict, model, tokens: np.ndarray, attention, chunk: int | None, runs: int):
+    """Adds time_ms, time_per_chunk_ms and peak_memory_gib to the record."""
+    if isinstance(attention, PlanRecorder):
+        attention = attention.inner
+    jax.block_until_ready(run(model, tokens, attention, chunk).logits)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(run(model, tokens, attention, chunk).logits)
+        samples.append(time.perf_counter() - start)
+    record["time_ms"] = 1e3 * float(np.median(samples))
+    num_chunks = 1 if chunk is None else -(-tokens.size // chunk)
+    record["time_per_chunk_ms"] = record["time_ms"] / num_chunks
+    record["peak_memory_gib"] = peak_memory_gib(model, tokens, attention, chunk)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
@@ -156,6 +188,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-file", type=Path, help="the long text (plain or essays JSON)")
     parser.add_argument("--out", type=Path, help="results JSON (default: results/...<gpu>.json)")
     parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights of Qwen's shape (no GGUF needed): time and memory only",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="the tiny random model at 256 tokens in 64-token chunks (CPU check)",
@@ -174,6 +211,12 @@ def load(args) -> tuple[Any, Any, Any, dict]:
         tiny = tiny_random_model()
         return tiny.model, tiny.encode, None, DRY_RUN["planner"]
     context = max(args.lengths)
+    if args.random_weights:
+        config = prefill_latency.QWEN2_5_0_5B
+        if context > config.max_position_embeddings:
+            config = extend_context(config, args.yarn_factor)
+        model = prefill_latency.random_model(config, jnp.bfloat16)
+        return model, lambda text: list(text.encode("utf-8")), None, {}
     base = load_builtin(MODEL, dtype=jnp.bfloat16)
     factor = None if context <= base.config.max_position_embeddings else args.yarn_factor
     loaded = load_builtin(MODEL, dtype=jnp.bfloat16, yarn_factor=factor) if factor else base
@@ -207,43 +250,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 attention = PlanRecorder(inner, -(-length // knobs.get("block_size", 128)))
             reference = None
             for chunk in [None, *chunks]:
-                result = run(model, tokens, attention, chunk, logit_positions="all")
-                record = {"model": "tiny-random" if args.dry_run else MODEL, "seq_len": length,
-                          "chunk_tokens": chunk, "method": method}  # fmt: skip
-                nll = mean_nll(result, tokens)
-                if chunk is None:
-                    reference = (nll, result)
-                record["nll"] = nll
-                record["delta_nll_vs_whole"] = nll - reference[0]
-                if method != "dense":
-                    kept = np.asarray(result.stats["kept_blocks"]).sum()
-                    record["density"] = float(
-                        kept / np.asarray(result.stats["causal_blocks"]).sum()
-                    )
-                    got = whole_mask(result.stats, chunk)
-                    want = whole_mask(reference[1].stats, None)
-                    rows, cols = min(got.shape[2], want.shape[2]), min(got.shape[3], want.shape[3])
-                    got, want = got[:, :, :rows, :cols], want[:, :, :rows, :cols]
-                    record["block_agreement"] = float(
-                        (got & want).sum() / max((got | want).sum(), 1)
-                    )
-                else:
-                    record["density"] = 1.0
-                    record["block_agreement"] = None
-                del result
-                timed_attention = (
-                    attention.inner if isinstance(attention, PlanRecorder) else attention
-                )
-                samples = []
-                jax.block_until_ready(run(model, tokens, timed_attention, chunk).logits)
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    jax.block_until_ready(run(model, tokens, timed_attention, chunk).logits)
-                    samples.append(time.perf_counter() - start)
-                record["time_ms"] = 1e3 * float(np.median(samples))
-                num_chunks = 1 if chunk is None else -(-length // chunk)
-                record["time_per_chunk_ms"] = record["time_ms"] / num_chunks
-                record["peak_memory_gib"] = peak_memory_gib(model, tokens, timed_attention, chunk)
+                record = {
+                    "model": "tiny-random" if args.dry_run else MODEL,
+                    "weights": "random" if args.random_weights else "checkpoint",
+                    "seq_len": length,
+                    "chunk_tokens": chunk,
+                    "method": method,
+                }
+                if not args.random_weights:
+                    result = run(model, tokens, attention, chunk, logit_positions="all")
+                    if chunk is None:
+                        reference = result
+                    record |= accuracy(result, reference, tokens, method, chunk)
+                    del result
+                measure(record, model, tokens, attention, chunk, runs)
                 records.append(record)
                 timing.write_records(out, records, environment)
             del reference

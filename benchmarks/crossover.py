@@ -130,6 +130,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="store each crossover in the model's shipped sharing table (metadata.dense_below)",
     )
     parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights of the models' shapes: only the planner's cost is measured (random"
+        " attention plans nearly every block, so no crossover), no GGUF needed",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help=f"lengths {DRY_RUN_LENGTHS}, 2 runs: a CPU check"
     )
     args = parser.parse_args(argv)
@@ -150,11 +156,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         case = prefill_latency.CASES[name]
         dtype = jnp.float32 if args.dry_run else jnp.bfloat16
         model, tokenizer, table, _ = prefill_latency.load_case_model(
-            case, dtype, random_weights=False, dry_run=False
+            case, dtype, random_weights=args.random_weights, dry_run=False
         )
         config = model.config
         lengths = args.lengths or (DRY_RUN_LENGTHS if args.dry_run else LENGTHS[name])
-        token_ids = tokenizer.encode(text[: 5 * max(lengths) + 1000])
+        if tokenizer is None:  # random weights: any ids do
+            token_ids = list(text.encode("utf-8")[: max(lengths) + 1])
+        else:
+            token_ids = tokenizer.encode(text[: 5 * max(lengths) + 1000])
         # Plan at every length: dense_below is one block.
         planner_knobs: dict[str, Any] = prefill_latency.DRY_RUN_PLANNER if args.dry_run else {}
         overrides = planner_knobs | {
@@ -165,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             tokens = prefill_latency.prompt_tokens(token_ids, length)
             dense = prefill_latency.time_prefill(model, tokens, DenseAttention(), runs)
             base = {"model": name, "seq_len": length, "dense_time_ms": dense["median_ms"]}
-            for method in PLANNED:
+            for method in () if args.random_weights else PLANNED:
                 attention = SharePrefillAttention(
                     SharePrefillConfig(method=method, **overrides),
                     table if method == "shareprefill" else None,
@@ -194,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             )
             records += timed[-len(PLANNED) :]
             timing.write_records(out, records, environment)
+        if args.random_weights:
+            continue
         crossover = crossover_length(timed, config.max_position_embeddings)
         for record in records:
             if record["model"] == name and record["kind"] == "planner_cost":
