@@ -182,8 +182,9 @@ def plot_distance_distributions(
     """
     fig = _figure(6.0, 3.2)
     ax = fig.add_subplot()
-    lo = float(min(np.min(within), np.min(between)))
-    hi = float(max(np.max(within), np.max(between)))
+    values = np.concatenate([np.ravel(within), np.ravel(between)])
+    # A clustering of singletons has no within-cluster pair: its histogram is empty.
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     bins = np.linspace(lo, hi, 41)
     ax.hist(between, bins=bins, density=True, alpha=0.6, label=f"across clusters ({len(between)})")
     ax.hist(within, bins=bins, density=True, alpha=0.6, label=f"within clusters ({len(within)})")
