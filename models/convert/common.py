@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,31 @@ class ParameterFiller:
                 node = node.setdefault(parent, {})
             node[leaf] = array
         return tree
+
+
+def target_of(
+    name: str,
+    *,
+    top_targets: dict[str, str],
+    layer_tensor: re.Pattern,
+    layer_targets: dict[str, str],
+    unknown: str,
+) -> tuple[str, int | None]:
+    """The target and layer (None for unstacked targets) a source tensor's name maps to.
+
+    Args:
+      name: the source tensor's name.
+      top_targets: whole names of unstacked tensors -> target.
+      layer_tensor: a pattern whose groups are (layer index, rest of the name).
+      layer_targets: rest of a layer tensor's name -> stacked target.
+      unknown: the ValueError's message when the name maps to nothing ({name!r} is filled in).
+    """
+    if name in top_targets:
+        return top_targets[name], None
+    match = layer_tensor.match(name)
+    if match and match.group(2) in layer_targets:
+        return layer_targets[match.group(2)], int(match.group(1))
+    raise ValueError(unknown.format(name=name))
 
 
 def check_source_shape(source: str, array: np.ndarray, expected: tuple[int, ...]) -> None:

@@ -21,7 +21,7 @@ from gguf.quants import dequantize
 from tqdm.auto import tqdm
 
 from models.config import ModelConfig, RopeConfig
-from models.convert.common import ParameterFiller, fill_from_hf_layout
+from models.convert.common import ParameterFiller, fill_from_hf_layout, target_of
 from models.rope import inverse_frequencies
 
 ARCHITECTURES = ("llama", "qwen2")
@@ -364,9 +364,10 @@ def convert_gguf(
 
 
 def _target_of(name: str) -> tuple[str, int | None]:
-    if name in _TOP_TARGETS:
-        return _TOP_TARGETS[name], None
-    match = _LAYER_TENSOR.match(name)
-    if match and match.group(2) in _LAYER_TARGETS:
-        return _LAYER_TARGETS[match.group(2)], int(match.group(1))
-    raise ValueError(f"GGUF tensor {name!r} is not a known llama/qwen2 parameter")
+    return target_of(
+        name,
+        top_targets=_TOP_TARGETS,
+        layer_tensor=_LAYER_TENSOR,
+        layer_targets=_LAYER_TARGETS,
+        unknown="GGUF tensor {name!r} is not a known llama/qwen2 parameter",
+    )

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from models.config import ModelConfig, read_config_json
-from models.convert.common import ParameterFiller, fill_from_hf_layout
+from models.convert.common import ParameterFiller, fill_from_hf_layout, target_of
 
 _LAYER_TENSOR = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LAYER_TARGETS = {
@@ -126,9 +126,10 @@ def convert_safetensors(
 
 
 def _target_of(name: str) -> tuple[str, int | None]:
-    if name in _TOP_TARGETS:
-        return _TOP_TARGETS[name], None
-    match = _LAYER_TENSOR.match(name)
-    if match and match.group(2) in _LAYER_TARGETS:
-        return _LAYER_TARGETS[match.group(2)], int(match.group(1))
-    raise ValueError(f"source tensor {name!r} is not a known Llama/Mistral/Qwen2 parameter")
+    return target_of(
+        name,
+        top_targets=_TOP_TARGETS,
+        layer_tensor=_LAYER_TENSOR,
+        layer_targets=_LAYER_TARGETS,
+        unknown="source tensor {name!r} is not a known Llama/Mistral/Qwen2 parameter",
+    )

@@ -56,7 +56,7 @@ def test_bf16_checkpoint_converts_to_bf16_exactly(tiny_hf_dir, tmp_path):
     assert json.loads((directory / "conversion.json").read_text())["dtype"] == "bfloat16"
     assert not list(tmp_path.glob(".converted-scratch.*"))  # the scratch files are gone
     loaded = checkpoint.load_checkpoint(directory)
-    embed = np.asarray(loaded.model.embed.value)
+    embed = np.asarray(loaded.model.embed[...])
     assert embed.dtype == ml_dtypes.bfloat16
     want = load_file(source / "model.safetensors")["model.embed_tokens.weight"]
     np.testing.assert_array_equal(embed.astype(np.float32), want.astype(np.float32))
