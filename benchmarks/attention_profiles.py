@@ -20,7 +20,7 @@ profile with a few sampled rows (benchmarks/diagnostics/synthetic_heads.py).
 
 Make a profile (CPU, dense prefill of a built-in model on two texts, a few minutes):
 
-    python -m benchmarks.attention_profiles --model smollm2-135m-instruct --length 2048 \
+    python -m benchmarks.attention_profiles --model smollm2-135m-instruct --length 2048 \\
         --out benchmarks/profiles/smollm2-135m-instruct.json
 """
 

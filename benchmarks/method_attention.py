@@ -15,7 +15,7 @@ implementation="cudnn")` over the same layers, measured in the same run.
 
     python -m benchmarks.method_attention                       # GPU: 8K..128K, every method
     python -m benchmarks.method_attention --dry-run             # CPU smoke run, tiny sizes
-    python -m benchmarks.method_attention --plot benchmarks/results/method_attention_h200.json \
+    python -m benchmarks.method_attention --plot benchmarks/results/method_attention_h200.json \\
         docs/figures/method_attention_h200.png
 """
 

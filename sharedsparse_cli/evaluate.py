@@ -7,7 +7,7 @@ figures (by default `report.md` and `figures/` in --out-dir). Examples:
     # everything, with the defaults (both built-in models, all tasks, all methods)
     sharedsparse-evaluate --out-dir eval/
     # your own checkpoint (HF directory or GGUF file, converted once), two methods
-    sharedsparse-evaluate --out-dir eval/ --checkpoint path/to/model --method flexprefill \
+    sharedsparse-evaluate --out-dir eval/ --checkpoint path/to/model --method flexprefill \\
         shareprefill --tasks text passkey --lengths 8K 16K
     # a quick end-to-end check (a temporary results directory, a few minutes on a CPU)
     sharedsparse-evaluate --smoke

@@ -14,7 +14,7 @@ The profiler's own bookkeeping at CTA exit makes the profiled launch several tim
 this measures cycles inside a CTA, not the gaps between CTAs or the kernel's wall time (the plain
 launch's time is printed beside it). Each event costs the profiler about 12 cycles.
 
-    python -m benchmarks.diagnostics.mosaic_gpu_timeline \
+    python -m benchmarks.diagnostics.mosaic_gpu_timeline \\
         --out benchmarks/results/mosaic_gpu_timeline_h200.json
 """
 
