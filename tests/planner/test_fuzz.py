@@ -17,6 +17,7 @@ import pytest
 from sharedsparse_jax import planner
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
+from sharedsparse_jax.stats import layer_stats
 from tests.planner import inputs
 from tests.planner.reference_numpy import ReferencePlanner
 
@@ -163,7 +164,7 @@ def test_bfloat16_plans_keep_their_invariants(seed):
             jnp.asarray(q[layer], jnp.bfloat16), jnp.asarray(k[layer], jnp.bfloat16), state, layer
         )
         mask = np.asarray(plan.block_mask)
-        stats = planner.layer_stats(plan, lengths_array, BLOCK)
+        stats = layer_stats(plan, lengths_array, BLOCK)
         assert np.isfinite(np.asarray(stats["density"])).all()
         assert not (mask & ~causal).any()
         for b, length in enumerate(lengths):
