@@ -16,11 +16,11 @@ uniform, small when it is clumped) and `gamma_density` (the share of a last row'
 that a cumulative-mass cut at gamma keeps).
 
 `decompose_rows` works on any set of rows, so a synthetic layer can be checked against a
-profile with a few sampled rows (benchmarks/synthetic_heads.py).
+profile with a few sampled rows (benchmarks/diagnostics/synthetic_heads.py).
 
 Make a profile (CPU, dense prefill of a built-in model on two texts, a few minutes):
 
-    python -m benchmarks.attention_profiles --model smollm2-135m-instruct --length 2048 \
+    python -m benchmarks.attention_profiles --model smollm2-135m-instruct --length 2048 \\
         --out benchmarks/profiles/smollm2-135m-instruct.json
 """
 

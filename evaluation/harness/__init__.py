@@ -15,7 +15,7 @@ Modules, one concept each:
 - `report`: the markdown tables and PNG figures.
 - `environment`: hardware, software and commit of a run.
 
-`scripts/evaluate.py` is the command line over all of it.
+`sharedsparse-evaluate` (`sharedsparse_cli.evaluate`) is the command line over all of it.
 """
 
 from evaluation.harness.aggregate import summarize_cell, summarize_store

@@ -181,9 +181,8 @@ def tiny_random_model(*, dtype: str = "float32", seed: int = 0) -> EvalModel:
     Returns:
       The model with a byte tokenizer (ids 0..255 are bytes, 256 ends a reply).
     """
-    from flax import nnx
-
     from models.config import ModelConfig
+    from models.random_weights import random_model
 
     config = ModelConfig(
         model_type="llama",
@@ -197,7 +196,7 @@ def tiny_random_model(*, dtype: str = "float32", seed: int = 0) -> EvalModel:
         max_position_embeddings=8192,
         rms_norm_eps=1e-5,
     )
-    model = Transformer(config, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed))
+    model = random_model(config, seed, dtype=jnp.dtype(dtype))
 
     def encode(text: str) -> list[int]:
         return list(text.encode("utf-8"))

@@ -6,6 +6,7 @@ so a table copied elsewhere still says where its numbers came from.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import os
@@ -92,14 +93,18 @@ def _is_run(summary: dict) -> bool:
 
 
 def _runs_of(runs: list[dict], model: str) -> list[dict]:
-    """The invocations that could have run `model`: those listing it after `--models`, and those
-    that chose no models (every model)."""
+    """The invocations that could have run `model`: those listing it (or a source of that name)
+    after `--checkpoint` (`--models` in older logs), and those that chose no models (every
+    model)."""
 
     def could_run(argv: list[str]) -> bool:
-        if "--models" not in argv:
+        option = next((o for o in ("--checkpoint", "--models") if o in argv), None)
+        if option is None:
             return True
-        listed = argv[argv.index("--models") + 1 :]
-        return model in itertools.takewhile(lambda arg: not arg.startswith("--"), listed)
+        listed = itertools.takewhile(
+            lambda arg: not arg.startswith("--"), argv[argv.index(option) + 1 :]
+        )
+        return any(Path(source).name.removesuffix(".gguf") == model for source in listed)
 
     return [r for r in runs if could_run(r.get("argv", []))]
 
@@ -335,7 +340,7 @@ def _provenance(runs: list[dict]) -> list[str]:
         lines.append(
             f"| {e.get('date', '?')} | {hardware} | {e.get('jax', '?')} | "
             f"{(e.get('commit') or '?')[:10]} | {dirty} | "
-            f"`scripts/evaluate.py {' '.join(run.get('argv', []))}` |"
+            f"`{run.get('program', 'scripts/evaluate.py')} {' '.join(run.get('argv', []))}` |"
         )
     return lines
 
@@ -370,11 +375,15 @@ def write_report(
       root: repository root, for relative paths in the markdown (default: report's parent).
       intro: markdown placed after the title (context the numbers need).
 
+    Figures need matplotlib (the `plot` extra); without it the report says so and has none.
+
     Returns:
       The files written.
     """
     report_path, figures_dir = Path(report_path), Path(figures_dir)
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    can_plot = importlib.util.find_spec("matplotlib") is not None
+    if can_plot:
+        figures_dir.mkdir(parents=True, exist_ok=True)
     root = Path(root) if root else report_path.parent
     runs = store.runs()
     written: list[Path] = []
@@ -388,7 +397,7 @@ def write_report(
     lines += [
         f"Raw results: `{os.path.relpath(store.root, root)}/` (one JSON Lines file per cell, "
         "one record per window or sample; `summary.json` holds every number below). Regenerate "
-        "with the commands in the provenance table (`scripts/evaluate.py` skips finished units).",
+        "with the commands in the provenance table (`sharedsparse-evaluate` skips finished units).",
         "",
         "Reading the tables: *density* is the share of causal key blocks each method attends to "
         "(mean over layers, heads and units); *heads* is the mix of head categories over all "
@@ -400,6 +409,11 @@ def write_report(
         "cell's accuracy, Newcombe's paired interval for a difference to dense on the same "
         "samples (McNemar's exact test beside it), a paired bootstrap over windows for ΔNLL.",
         "",
+        *(
+            []
+            if can_plot
+            else ["No figures: they need matplotlib (`pip install 'sharedsparse-jax[plot]'`).", ""]
+        ),
         "## Variants",
         "",
         *_variants(runs),
@@ -430,7 +444,7 @@ def write_report(
             lines += _text_table(text, hardware, commits) + [""]
             for name, plot in (("ppl_vs_density", _plot_text), ("layer_error", _plot_layers)):
                 path = figures_dir / _figure_name(model, name)
-                if plot(text, path):
+                if can_plot and plot(text, path):
                     written.append(path)
                     lines += [f"![{model} {name}]({rel(path)})", ""]
         retrieval = [s for s in rows if s["task"] != TEXT]
@@ -438,7 +452,7 @@ def write_report(
             lines += ["### Retrieval (RULER-style, exact match, greedy)", ""]
             lines += _retrieval_table(retrieval, hardware, commits) + [""]
             path = figures_dir / _figure_name(model, "retrieval_vs_density")
-            if _plot_retrieval(retrieval, path):
+            if can_plot and _plot_retrieval(retrieval, path):
                 written.append(path)
                 lines += [f"![{model} retrieval]({rel(path)})", ""]
     lines += ["## Provenance", "", *_provenance(runs), ""]

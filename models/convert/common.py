@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import ml_dtypes
@@ -13,6 +15,9 @@ from models.llama import parameter_shapes
 CONVERTER_VERSION = 1
 
 
+STORED_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def numpy_dtype(name: str) -> np.dtype:
     """numpy dtype for "float32", "bfloat16" or "float16"."""
     dtypes = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
@@ -22,20 +27,30 @@ def numpy_dtype(name: str) -> np.dtype:
 
 
 class ParameterFiller:
-    """Preallocated parameter tree that every target entry must be written into exactly once.
+    """Parameter tree that every target entry must be written into exactly once.
 
     Stacked layer parameters are filled one layer at a time; the error messages name the source
-    tensor that caused them.
+    tensor that caused them. With `scratch_dir`, every target is a memory-mapped `.npy` file
+    there, so a conversion streams tensor by tensor through the page cache instead of holding
+    the whole tree in host memory.
     """
 
-    def __init__(self, config: ModelConfig, dtype: str = "float32"):
+    def __init__(
+        self, config: ModelConfig, dtype: str = "float32", *, scratch_dir: str | Path | None = None
+    ):
         self.config = config
         self.dtype = numpy_dtype(dtype)
         shapes = parameter_shapes(config)
         self._arrays: dict[str, np.ndarray] = {}
         self._filled: dict[str, np.ndarray] = {}
-        for name, shape in _flatten(shapes).items():
-            self._arrays[name] = np.empty(shape, self.dtype)
+        for index, (name, shape) in enumerate(_flatten(shapes).items()):
+            if scratch_dir is None:
+                self._arrays[name] = np.empty(shape, self.dtype)
+            else:
+                path = Path(scratch_dir) / f"{index:03d}.npy"
+                self._arrays[name] = np.lib.format.open_memmap(
+                    path, mode="w+", dtype=self.dtype, shape=tuple(shape)
+                )
             layers = shape[0] if name.startswith("layers/") else 1
             self._filled[name] = np.zeros(layers, bool)
         self._sources: set[str] = set()
@@ -105,6 +120,31 @@ class ParameterFiller:
                 node = node.setdefault(parent, {})
             node[leaf] = array
         return tree
+
+
+def target_of(
+    name: str,
+    *,
+    top_targets: dict[str, str],
+    layer_tensor: re.Pattern,
+    layer_targets: dict[str, str],
+    unknown: str,
+) -> tuple[str, int | None]:
+    """The target and layer (None for unstacked targets) a source tensor's name maps to.
+
+    Args:
+      name: the source tensor's name.
+      top_targets: whole names of unstacked tensors -> target.
+      layer_tensor: a pattern whose groups are (layer index, rest of the name).
+      layer_targets: rest of a layer tensor's name -> stacked target.
+      unknown: the ValueError's message when the name maps to nothing ({name!r} is filled in).
+    """
+    if name in top_targets:
+        return top_targets[name], None
+    match = layer_tensor.match(name)
+    if match and match.group(2) in layer_targets:
+        return layer_targets[match.group(2)], int(match.group(1))
+    raise ValueError(unknown.format(name=name))
 
 
 def check_source_shape(source: str, array: np.ndarray, expected: tuple[int, ...]) -> None:

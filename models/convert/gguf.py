@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 from tqdm.auto import tqdm
 
 from models.config import ModelConfig, RopeConfig
-from models.convert.common import ParameterFiller, fill_from_hf_layout
+from models.convert.common import ParameterFiller, fill_from_hf_layout, target_of
 from models.rope import inverse_frequencies
 
 ARCHITECTURES = ("llama", "qwen2")
@@ -314,14 +314,31 @@ def dequantized(tensor: Any) -> np.ndarray:
     return array.reshape(shape)
 
 
+_FLOAT_TYPES = {
+    GGMLQuantizationType.F32: "float32",
+    GGMLQuantizationType.F16: "float16",
+    GGMLQuantizationType.BF16: "bfloat16",
+}
+
+
+def gguf_source_dtype(reader: GGUFReader) -> str:
+    """The dtype that keeps a GGUF file's weights: their float type when every matrix has the
+    same one (F32, F16 or BF16), else (quantized matrices) "bfloat16"."""
+    kinds = {
+        _FLOAT_TYPES.get(tensor.tensor_type) for tensor in reader.tensors if len(tensor.shape) >= 2
+    }
+    return kinds.pop() if len(kinds) == 1 and None not in kinds else "bfloat16"
+
+
 def convert_gguf(
-    path: str | Path, *, dtype: str = "float32"
+    path: str | Path, *, dtype: str = "float32", scratch_dir: str | Path | None = None
 ) -> tuple[ModelConfig, dict[str, Any], dict[str, Any]]:
     """Dequantizes every tensor of a GGUF file into the parameter tree, strictly.
 
     Args:
       path: the .gguf file.
       dtype: "float32", "bfloat16" or "float16" for the stored parameters.
+      scratch_dir: where the tree's arrays are memory-mapped (None: in host memory).
 
     Returns:
       The config, the nested parameter tree of numpy arrays and the HF config dict.
@@ -329,7 +346,7 @@ def convert_gguf(
     reader = open_gguf(path)
     hf = hf_config_from_gguf(reader, source=str(path))
     config = ModelConfig.from_hf(hf, source=f"{path} (GGUF metadata)")
-    filler = ParameterFiller(config, dtype)
+    filler = ParameterFiller(config, dtype, scratch_dir=scratch_dir)
     is_permuted = hf["model_type"] == "llama"
     for tensor in tqdm(reader.tensors, desc=f"dequantizing {Path(path).name}", leave=False):
         name = tensor.name
@@ -347,9 +364,10 @@ def convert_gguf(
 
 
 def _target_of(name: str) -> tuple[str, int | None]:
-    if name in _TOP_TARGETS:
-        return _TOP_TARGETS[name], None
-    match = _LAYER_TENSOR.match(name)
-    if match and match.group(2) in _LAYER_TARGETS:
-        return _LAYER_TARGETS[match.group(2)], int(match.group(1))
-    raise ValueError(f"GGUF tensor {name!r} is not a known llama/qwen2 parameter")
+    return target_of(
+        name,
+        top_targets=_TOP_TARGETS,
+        layer_tensor=_LAYER_TENSOR,
+        layer_targets=_LAYER_TARGETS,
+        unknown="GGUF tensor {name!r} is not a known llama/qwen2 parameter",
+    )

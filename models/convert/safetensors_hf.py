@@ -12,7 +12,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from models.config import ModelConfig, read_config_json
-from models.convert.common import ParameterFiller, fill_from_hf_layout
+from models.convert.common import ParameterFiller, fill_from_hf_layout, target_of
 
 _LAYER_TENSOR = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _LAYER_TARGETS = {
@@ -60,8 +60,32 @@ def safetensors_files(directory: str | Path) -> list[Path]:
     return files
 
 
+# safetensors dtype names of the float dtypes a checkpoint can be stored in.
+_FLOAT_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float32"}
+
+
+def safetensors_source_dtype(directory: str | Path) -> str:
+    """The float dtype holding most of an HF checkpoint's parameters ("float32", "bfloat16" or
+    "float16"; float64 checkpoints are stored as float32). Reads only the files' headers."""
+    counts: dict[str, int] = {}
+    for path in safetensors_files(directory):
+        with safe_open(str(path), framework="numpy") as handle:
+            for name in handle.keys():
+                tensor = handle.get_slice(name)
+                kind = _FLOAT_DTYPES.get(tensor.get_dtype())
+                if kind is not None:
+                    counts[kind] = counts.get(kind, 0) + int(np.prod(tensor.get_shape()))
+    if not counts:
+        raise ValueError(f"{directory} holds no floating-point tensors")
+    return max(counts, key=counts.get)
+
+
 def convert_safetensors(
-    directory: str | Path, config: ModelConfig | None = None, *, dtype: str = "float32"
+    directory: str | Path,
+    config: ModelConfig | None = None,
+    *,
+    dtype: str = "float32",
+    scratch_dir: str | Path | None = None,
 ) -> tuple[ModelConfig, dict[str, Any]]:
     """Streams every tensor of an HF checkpoint into the parameter tree, strictly.
 
@@ -72,12 +96,13 @@ def convert_safetensors(
       directory: HF checkpoint directory (config.json and *.safetensors).
       config: overrides the directory's config.json.
       dtype: "float32", "bfloat16" or "float16" for the stored parameters.
+      scratch_dir: where the tree's arrays are memory-mapped (None: in host memory).
 
     Returns:
       The config and the nested parameter tree of numpy arrays.
     """
     config = read_hf_config(directory) if config is None else config
-    filler = ParameterFiller(config, dtype)
+    filler = ParameterFiller(config, dtype, scratch_dir=scratch_dir)
     embed_for_tied_head = None
     for path in safetensors_files(directory):
         with safe_open(str(path), framework="numpy") as handle:
@@ -101,9 +126,10 @@ def convert_safetensors(
 
 
 def _target_of(name: str) -> tuple[str, int | None]:
-    if name in _TOP_TARGETS:
-        return _TOP_TARGETS[name], None
-    match = _LAYER_TENSOR.match(name)
-    if match and match.group(2) in _LAYER_TARGETS:
-        return _LAYER_TARGETS[match.group(2)], int(match.group(1))
-    raise ValueError(f"source tensor {name!r} is not a known Llama/Mistral/Qwen2 parameter")
+    return target_of(
+        name,
+        top_targets=_TOP_TARGETS,
+        layer_tensor=_LAYER_TENSOR,
+        layer_targets=_LAYER_TARGETS,
+        unknown="source tensor {name!r} is not a known Llama/Mistral/Qwen2 parameter",
+    )

@@ -20,14 +20,13 @@ the next item's first, and this item's normalize and output store run while it i
 (and, past the schedule barrier, while the other warpgroup's matmuls run). The second warpgroup
 stays one schedule phase behind the first across all of the CTA's items. Each item in flight
 has its own Q/O tile (`q_tiles`, reused in turn); item t + 1's Q loads at the start of item t.
-docs/results.md 7.5-7.6 measured the two steps at 32K and 10 % density: +4.7 points of cuDNN's
-rate for the boundary without a drain (run 24), then +3.0 for the queue over two items per CTA
-(run 27).
+The boundary without a drain and the work queue are what bring the kernel to cuDNN's rate per
+active block at 32K and 10 % density (docs/results.md section 7).
 
 The launch order is query blocks fastest, from the last (the longest causal rows) to the first,
-then heads. CTAs in flight together therefore read one head's K/V, which the L2 keeps; run 16
-(docs/results.md 7.3) measured an order with heads fastest 4-17 points of cuDNN's rate slower at
-32K-128K and 10-20 % density.
+then heads. CTAs in flight together therefore read one head's K/V, which the L2 keeps; an order
+with heads fastest is 4-17 points of cuDNN's rate slower at 32K-128K and 10-20 % density
+(docs/results.md section 7).
 
 Only the last listed block can cross the diagonal (lists are ascending and never go past it) or
 the end of the keys, so the loop runs unmasked over the first `count - 1` blocks and masks the

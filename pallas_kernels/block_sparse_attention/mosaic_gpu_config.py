@@ -35,9 +35,9 @@ class MosaicGpuConfig:
       rows, which must be a multiple of 64. None: 2 when the block has >= 128 rows, else 1.
     use_schedule_barrier: ping-pong the two compute warpgroups (FA3's intra-CTA overlap).
     profile_dir: when set, every CTA records the start and end cycle of each of its warpgroups'
-      named phases (stagger, setup, blocks, normalize, store; issue, drain) and
-      each launch writes them as a Chrome trace into this directory. For diagnosis: the dump
-      is slow, and every launch writes a file (benchmarks/mosaic_gpu_timeline.py reads them).
+      named phases (stagger, setup, blocks, normalize, store; issue, drain) and each launch
+      writes them as a Chrome trace into this directory. For diagnosis: the dump is slow, and
+      every launch writes a file (benchmarks/diagnostics/mosaic_gpu_timeline.py reads them).
     q_tiles: Q/O tiles per CTA, 1 to 3. With one, each CTA runs one work item.
       With more the launch is persistent: each CTA runs the item its index names, then
       claims the next unclaimed item of the launch order from a counter in global memory,
@@ -95,10 +95,10 @@ def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
     """The default launch: persistent with two Q tiles where they fit beside two K/V stages,
     else one item per CTA; as many stages as fit, up to 3.
 
-    H200, bs 128, H 128, cuDNN timed in the same rounds (docs/results.md 7.6, runs 27-28): two
-    Q tiles measured 92.3 % and 92.9 % of cuDNN's rate at 32K and 10 % density, three 92.4 %
-    and 93.3 %; two led at 128K (by 0.7-5.5 points) and on full rows at 32K, three at 32K and
-    5 % (by 1.3-2.6). One item per CTA measured 83.8 % at 32K and 10 %.
+    On the H200 (bs 128, H 128, cuDNN timed in the same rounds; docs/results.md section 7) two
+    and three Q tiles are within a point of each other at 32K and 10 % density (about 92-93 %
+    of cuDNN's rate); two lead at 128K and on full rows, three at 32K and 5 %; one item per CTA
+    reaches about 84 % at 32K and 10 %.
     """
     for q_tiles in (2, 1):
         for num_stages in (3, 2, 1):

@@ -1,10 +1,11 @@
 """Offline calibration: cluster heads by their attention maps and choose the shared clusters.
 
 Works on arrays of block maps (collecting them from a model is `models.collect`); the CLI is
-`scripts/calibrate.py`. Modules: `maps` (resampling, features, distances), `autoencoder` (the
-map autoencoder), `cluster` (embeddings, hierarchical clustering), `selection` (the online rule
-replayed on held-out maps), `observations` (similarity and stability measures), `pipeline`
-(all of it, and the table), `figures` (matplotlib plots).
+`sharedsparse-calibrate` (`sharedsparse_cli.calibrate`). Modules: `maps` (resampling, features,
+distances), `autoencoder` (the map autoencoder), `cluster` (embeddings, hierarchical
+clustering), `selection` (the online rule replayed on held-out maps), `observations`
+(similarity and stability measures), `pipeline` (all of it, and the table), `figures`
+(matplotlib plots).
 """
 
 from sharedsparse_jax.calibrate.autoencoder import (

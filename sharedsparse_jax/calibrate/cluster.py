@@ -27,7 +27,7 @@ from sharedsparse_jax.calibrate.autoencoder import AutoencoderConfig, train_auto
 EMBEDDINGS = ("autoencoder", "pooled")
 LINKAGES = ("average", "complete", "single", "ward")
 
-# The default embedding and thresholds, chosen by the sweep of scripts/calibrate.py on SmolLM2 and
+# The default embedding and thresholds, chosen by the sweep of sharedsparse-calibrate on SmolLM2 and
 # Qwen2.5-Coder (docs/calibration.md): only pooled clusterings shared any cluster (SmolLM2 at
 # 0.3-0.6); 0.4 was the most stable of those; 0.6 was the autoencoder's most stable cut across
 # disjoint texts on both models.

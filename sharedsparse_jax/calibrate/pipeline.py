@@ -1,6 +1,6 @@
 """The offline pipeline on arrays of maps: cluster heads, choose shared clusters, build the table.
 
-Collecting maps from a model lives in `models.collect`; `scripts/calibrate.py` joins the two.
+Collecting maps from a model lives in `models.collect`; `sharedsparse-calibrate` joins the two.
 """
 
 from __future__ import annotations

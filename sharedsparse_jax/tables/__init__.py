@@ -6,7 +6,7 @@
 `resolve_table` turns what a command line asks for (`builtin`, `none` or a table file) into a
 table. Each `<name>.json` holds the reference schema (`clusters`, `shared_clusters`) plus `metadata`
 (model, calibration texts and lengths, thresholds, tool version) written by
-`scripts/calibrate.py`; docs/calibration.md gives the command that made each one.
+`sharedsparse-calibrate`; docs/calibration.md gives the command that made each one.
 """
 
 from __future__ import annotations

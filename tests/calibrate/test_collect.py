@@ -9,8 +9,10 @@ import pytest
 
 from models import DenseAttention, generate
 from models.collect import BlockMapCollector, collect_block_maps
+from models.random_weights import random_model
 from sharedsparse_jax.config import SharePrefillConfig
-from tests.models.helpers import random_model, tiny_config
+from tests.models.helpers import tiny_config
+from tests.oracle import numpy_attention
 
 LENGTH, BLOCK = 200, 32  # padded to a 256-token bucket; 6 whole blocks, 8 tokens left over
 PLANNER = SharePrefillConfig(block_size=64, min_budget=64, dense_below=64)
@@ -34,25 +36,11 @@ class RecordingAttention:
 
 
 def oracle_maps(q: np.ndarray, k: np.ndarray, length: int, block_size: int) -> np.ndarray:
-    """[L, N, Tb, Tb] block-averaged causal softmax maps in float64 (GQA by h // G)."""
-    num_layers, _, num_heads, head_dim = q.shape
-    group = num_heads // k.shape[2]
-    nb = length // block_size
-    out = np.zeros((num_layers, num_heads, nb, nb))
-    causal = np.tril(np.ones((length, length), bool))
-    for layer in range(num_layers):
-        for head in range(num_heads):
-            logits = q[layer, :length, head] @ k[layer, :length, head // group].T
-            logits = np.where(causal, logits / np.sqrt(head_dim), -np.inf)
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            for r in range(nb):
-                rows = probs[r * block_size : (r + 1) * block_size]
-                for c in range(nb):
-                    out[layer, head, r, c] = (
-                        rows[:, c * block_size : (c + 1) * block_size].sum(-1).mean()
-                    )
-    return out
+    """[L, N, Tb, Tb] block-averaged causal softmax maps in float64 (GQA by h // G), over the
+    whole blocks of `length` tokens (the collector keeps those)."""
+    probs = numpy_attention.causal_probabilities(q[:, :length], k[:, :length])
+    whole = length // block_size
+    return numpy_attention.block_map(probs, length, block_size)[..., :whole, :whole]
 
 
 @pytest.fixture(scope="module")

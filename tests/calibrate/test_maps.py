@@ -7,26 +7,17 @@ import pytest
 
 from sharedsparse_jax.calibrate import maps
 from tests.calibrate import synthetic
+from tests.oracle import numpy_attention
 
 
 def token_attention(rng: np.random.Generator, length: int) -> np.ndarray:
     """float64[T, T] causal softmax attention of random logits."""
-    logits = 2.0 * rng.standard_normal((length, length))
-    logits = np.where(np.tril(np.ones((length, length), bool)), logits, -np.inf)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    return probs / probs.sum(-1, keepdims=True)
+    return numpy_attention.causal_softmax(2.0 * rng.standard_normal((length, length)))
 
 
 def block_average(probs: np.ndarray, block_size: int) -> np.ndarray:
     """The oracle: mean over a block's real rows of the mass on each key block."""
-    length = probs.shape[0]
-    nb = -(-length // block_size)
-    out = np.zeros((nb, nb))
-    for r in range(nb):
-        rows = probs[r * block_size : (r + 1) * block_size]
-        for c in range(nb):
-            out[r, c] = rows[:, c * block_size : (c + 1) * block_size].sum(-1).mean()
-    return out
+    return numpy_attention.block_map(probs[None, None], probs.shape[0], block_size)[0, 0]
 
 
 @pytest.mark.parametrize("length", [96, 100, 77])

@@ -7,19 +7,7 @@ from evaluation.harness.compare import ComparedAttention, masked_relative_error
 from evaluation.harness.settings import Setting, parse_variant
 from models.attention import DenseAttention
 from sharedsparse_jax.attention import SharePrefillAttention
-
-
-def _numpy_causal_attention(q, k, v):
-    """float64 causal GQA attention: q [B, T, N, H], k/v [B, S, K, H]."""
-    batch, length, heads, dim = q.shape
-    group = heads // k.shape[2]
-    k = np.repeat(k, group, axis=2).astype(np.float64)
-    v = np.repeat(v, group, axis=2).astype(np.float64)
-    scores = np.einsum("btnh,bsnh->bnts", q.astype(np.float64), k) / np.sqrt(dim)
-    scores = np.where(np.tril(np.ones((length, length), bool)), scores, -np.inf)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    return np.einsum("bnts,bsnh->btnh", probs, v)
+from tests.oracle import numpy_attention
 
 
 def test_error_matches_oracle_and_candidate_output_propagates():
@@ -44,7 +32,7 @@ def test_error_matches_oracle_and_candidate_output_propagates():
     np.testing.assert_array_equal(np.asarray(out), np.asarray(alone))
     np.testing.assert_array_equal(np.asarray(stats["density"]), np.asarray(alone_stats["density"]))
 
-    dense = _numpy_causal_attention(q, k, v)
+    dense = numpy_attention.causal_attention(q, k, v)
     for b, n in enumerate(lengths):
         expected = metrics.relative_error(dense[b, :n], np.asarray(out)[b, :n])
         per_head = metrics.relative_error(dense[b, :n], np.asarray(out)[b, :n], keep_axes=(1,))

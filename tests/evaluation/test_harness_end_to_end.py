@@ -1,8 +1,6 @@
 """The harness end to end on a tiny random model: run, resume, extend, summarize, report, CLI."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +11,8 @@ from evaluation.harness.report import _runs_of, write_report
 from evaluation.harness.run import run_evaluation
 from evaluation.harness.settings import PRESET_VARIANTS, parse_variant
 from evaluation.harness.store import ResultStore
+from sharedsparse_cli import evaluate as evaluate_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 TEXT = " ".join(f"Sentence {i % 53} of a tale, told plainly." for i in range(800))
 MODEL = "tiny-random"
 
@@ -64,7 +62,9 @@ def test_summaries(run):
     assert len(by_key) == 2 * 5
     dense, flex = by_key[("text", "dense")], by_key[("text", "flexprefill@tiny")]
     assert dense["n"] == 2 and dense["tokens_scored"] == 2 * 255
-    assert 100 < dense["perplexity"] < 400  # a random model over 257 bytes
+    # A random model over 257 bytes, with peaked logits (models.random_weights): far from any
+    # trained model, within an order of magnitude of the vocabulary.
+    assert 25 < dense["perplexity"] < 2570
     assert flex["density"] < 1.0 and flex["heads"]["query_aware"] + flex["heads"][
         "vertical_slash"
     ] == pytest.approx(1.0)
@@ -93,10 +93,7 @@ def test_report_and_figures(run, tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return evaluate_cli
 
 
 def test_cli_parsing_and_report_only(run, tmp_path):
@@ -106,12 +103,12 @@ def test_cli_parsing_and_report_only(run, tmp_path):
     assert script.parse_samples(["20", "passkey=50"]) == {"default": 20, "passkey": 50}
     args = script.build_parser().parse_args(["--smoke"])
     script.apply_smoke(args)
-    assert args.models == [script.SMOLLM2] and args.results_dir != script.DEFAULT_RESULTS
+    assert args.checkpoint == [script.SMOLLM2] and args.out_dir is not None
     report = tmp_path / "report.md"
     code = script.main(
         [
             "--report-only",
-            "--results-dir",
+            "--out-dir",
             str(run[0]),
             "--report",
             str(report),
@@ -125,8 +122,8 @@ def test_cli_parsing_and_report_only(run, tmp_path):
 
 def test_a_models_caption_names_only_the_invocations_that_could_run_it():
     runs = [
-        {"argv": ["--models", "a", "b", "--tasks", "text"], "id": 1},
-        {"argv": ["--tasks", "text", "--models", "b"], "id": 2},
+        {"argv": ["--models", "a", "b", "--tasks", "text"], "id": 1},  # an older log's option
+        {"argv": ["--tasks", "text", "--checkpoint", "dir/b"], "id": 2},
         {"argv": ["--tasks", "passkey"], "id": 3},  # no --models: every model
     ]
     assert [r["id"] for r in _runs_of(runs, "a")] == [1, 3]

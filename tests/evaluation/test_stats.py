@@ -115,3 +115,43 @@ def test_samples_for_halfwidth():
     assert stats.samples_for_halfwidth(0.1) == 97  # 1.96^2 / (4 * 0.01) = 96.04
     assert stats.samples_for_halfwidth(0.05) == 385
     assert stats.samples_for_halfwidth(0.05, proportion=0.1) == 139
+
+
+def _numpy_percentile_bootstrap(values, statistic, seed, num_resamples=10_000, confidence=0.95):
+    """The percentile bootstrap restated in NumPy: resample indices with one generator (in
+    chunks of 512 rows, as scipy draws the same stream), take the quantiles of the statistic."""
+    rng = np.random.default_rng(seed)
+    size = len(values[0])
+    estimates = []
+    for start in range(0, num_resamples, 512):
+        picks = rng.integers(0, size, size=(min(512, num_resamples - start), size))
+        estimates.append(statistic(*(v[picks] for v in values)))
+    tail = (1 - confidence) / 2
+    return tuple(np.quantile(np.concatenate(estimates), [tail, 1 - tail]))
+
+
+@pytest.mark.parametrize("size", [2, 9, 150])
+def test_bootstrap_intervals_equal_a_numpy_restatement(size):
+    rng = np.random.default_rng(size)
+    values, other = rng.random(size), rng.random(size)
+    estimate = stats.bootstrap_mean(values, seed=3)
+    want = _numpy_percentile_bootstrap((values,), lambda v: v.mean(axis=1), seed=3)
+    assert (estimate.low, estimate.high) == pytest.approx(want, abs=1e-12)
+    paired = stats.paired_difference(values, other, method="bootstrap", seed=1)
+    want = _numpy_percentile_bootstrap((values, other), lambda a, b: (a - b).mean(axis=1), seed=1)
+    assert (paired.low, paired.high) == pytest.approx(want, abs=1e-12)
+    single = stats.bootstrap_mean([0.25])
+    assert (single.low, single.high) == (0.25, 0.25)
+
+
+def test_mcnemar_equals_the_binomial_tail_sum():
+    rng = np.random.default_rng(9)
+    for _ in range(50):
+        size = int(rng.integers(1, 40))
+        candidate, reference = rng.integers(0, 2, size), rng.integers(0, 2, size)
+        only_candidate = int(np.sum(candidate > reference))
+        discordant = int(np.sum(candidate != reference))
+        smaller = min(only_candidate, discordant - only_candidate)
+        tail = sum(math.comb(discordant, k) for k in range(smaller + 1)) / 2**discordant
+        want = min(1.0, 2 * tail) if discordant else 1.0
+        assert stats.mcnemar_exact_pvalue(candidate, reference) == pytest.approx(want, abs=1e-12)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +11,12 @@ from tokenizers import AddedToken, decoders, pre_tokenizers
 
 from models import checkpoint
 from models.config import ModelConfig
+from models.random_weights import random_model, random_params
 from models.tokenizer import Tokenizer
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingTable
-from tests.models.helpers import random_model, random_params
 from tests.models.helpers import tiny_config as models_tiny_config
 
-ROOT = Path(__file__).resolve().parents[2]
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -132,12 +129,3 @@ def sparse_config(block_size: int = BLOCK) -> SharePrefillConfig:
 
 def random_prompt(seed: int, length: int, vocab: int = 256) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, (1, length))
-
-
-def load_script(name: str):
-    """scripts/<name>.py as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module

@@ -1,6 +1,6 @@
-"""Every bad input the CLIs (scripts/prefill.py, calibrate.py, evaluate.py) check, with the one
-line each prints: checked before anything is loaded (or, for evaluate.py, logged), exit code 2,
-no traceback. docs/usage.md lists the same inputs and messages."""
+"""Every bad input the CLIs (sharedsparse-prefill, -calibrate, -evaluate) check, with the one line
+each prints: checked before anything is loaded (or, for evaluate, logged), exit code 2, no
+traceback. docs/usage.md lists the same inputs and messages."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import pytest
 from gguf import GGUFWriter
 
 import evaluation.harness.run
+from sharedsparse_cli import calibrate, evaluate, prefill
 from tests.integration import helpers
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    return {name: helpers.load_script(name) for name in ("prefill", "calibrate", "evaluate")}
+    return {"prefill": prefill, "calibrate": calibrate, "evaluate": evaluate}
 
 
 def _write_gguf(path: Path, *, omit: tuple[str, ...] = ()) -> Path:
@@ -82,17 +83,17 @@ def inputs(tmp_path_factory):
 # (script, command line with {name} for the fixture's paths, the line it prints)
 PREFILL = "--checkpoint {tiny-llama} --prompt-file {prompt.txt}"
 CALIBRATE = "--checkpoint {tiny-llama}"
-EVALUATE = "--results-dir {results} --models tiny-random --tasks text --no-report"
+EVALUATE = "--out-dir {results} --checkpoint tiny-random --tasks text --no-report"
 CASES = [
-    # scripts/prefill.py
+    # sharedsparse-prefill
     ("prefill", "--checkpoint {nowhere}", "--checkpoint {nowhere}: not a built-in model"),
     ("prefill", "--checkpoint {incomplete}", r"--checkpoint {incomplete}: .*params is empty"),
     ("prefill", "--checkpoint {a-directory}", "neither params/ nor config.json in it"),
-    ("prefill", "--checkpoint {a-file}", r"--checkpoint: {a-file} is not a GGUF file"),
+    ("prefill", "--checkpoint {a-file}", r"--checkpoint {a-file} is not a GGUF file"),
     (
         "prefill",
         "--checkpoint {truncated.gguf}",
-        r"--checkpoint: {truncated.gguf} is truncated or corrupt: its GGUF metadata",
+        r"--checkpoint {truncated.gguf} is truncated or corrupt: its GGUF metadata",
     ),
     ("prefill", "--checkpoint {no-block-count.gguf}", "GGUF metadata lacks llama.block_count"),
     (
@@ -107,8 +108,9 @@ CASES = [
     ("prefill", PREFILL + " --table {nowhere.json}", r"--table .*: no such file"),
     ("prefill", PREFILL + " --table {broken.json}", r"--table .* is not a JSON file"),
     ("prefill", PREFILL + " --method dense --table {table.json}", "--table is a sharing table"),
-    ("prefill", PREFILL + " --json {a-directory}", r"--json .* is a directory"),
-    ("prefill", PREFILL + " --json {a-file}/run.json", r"--json .*: .*a-file is a file"),
+    ("prefill", PREFILL + " --out-dir {a-file}", r"--out-dir .*a-file is a file"),
+    ("prefill", PREFILL + " --out-dir {a-file}/run", r"--out-dir .*: .*a-file is a file, not"),
+    ("prefill", PREFILL + " --method dense sparse", "--method sparse: unknown method"),
     ("prefill", PREFILL + " --repeats -3", "--repeats must be >= 0, got -3"),
     ("prefill", PREFILL + " --max-new-tokens 0", "--max-new-tokens must be >= 1, got 0"),
     ("prefill", "--needle-depth 1.5", r"--needle-depth must be in \[0, 1\], got 1.5"),
@@ -116,9 +118,9 @@ CASES = [
     ("prefill", PREFILL + " --implementation fast", r"--implementation: unknown \['fast'\]"),
     ("prefill", PREFILL + " --block-size 0", "invalid planner settings: .*block_size"),
     ("prefill", PREFILL + " --gamma 1.5", "invalid planner settings: .*gamma"),
-    # scripts/calibrate.py
-    ("calibrate", "--checkpoint {nowhere}", "--checkpoint .*nowhere: no such directory"),
-    ("calibrate", "--checkpoint {incomplete}", "not a converted checkpoint: .*params is empty"),
+    # sharedsparse-calibrate
+    ("calibrate", "--checkpoint {nowhere}", "--checkpoint .*nowhere: not a built-in model"),
+    ("calibrate", "--checkpoint {incomplete}", "--checkpoint .*incomplete: .*params is empty"),
     ("calibrate", CALIBRATE + " --map-block-size 0", "--map-block-size must be >= 1, got 0"),
     ("calibrate", CALIBRATE + " --samples 0", "--samples must be >= 1, got 0"),
     ("calibrate", CALIBRATE + " --heldout 0", "--heldout must be >= 1, got 0"),
@@ -128,20 +130,24 @@ CASES = [
     ("calibrate", CALIBRATE + " --threshold -1", "distance_threshold must be > 0"),
     ("calibrate", CALIBRATE + " --linkage nearest", "linkage must be one of"),
     ("calibrate", CALIBRATE + " --min-coverage 2", r"min_coverage must be in \[0, 1\]"),
-    ("calibrate", CALIBRATE + " --table {a-directory}", r"--table .* is a directory"),
-    ("calibrate", CALIBRATE + " --figures {a-file}", r"--figures .* is a file"),
-    ("calibrate", CALIBRATE + " --implementation fast", "--implementation fast: unknown"),
-    # scripts/evaluate.py (nothing appended to runs.jsonl)
-    ("evaluate", "--results-dir {results} --models smollm3", "--models smollm3: unknown model"),
-    ("evaluate", EVALUATE + " --methods sparse", "--methods sparse: unknown method"),
+    ("calibrate", CALIBRATE + " --out-dir {a-file}", r"--out-dir .* is a file"),
+    ("calibrate", CALIBRATE + " --implementation fast", r"--implementation: unknown \['fast'\]"),
+    # sharedsparse-evaluate (nothing appended to runs.jsonl)
+    (
+        "evaluate",
+        "--out-dir {results} --checkpoint smollm3",
+        "--checkpoint smollm3: not a built-in",
+    ),
+    ("evaluate", EVALUATE + " --method sparse", "--method sparse: unknown method"),
     ("evaluate", EVALUATE + " --tasks txt", "--tasks txt: unknown task; known: text, "),
     ("evaluate", EVALUATE + " --variants bogus", "--variants: unknown variant 'bogus'"),
     ("evaluate", EVALUATE + " --samples 0", "--samples '0': write N or TASK=N with N >= 1"),
     ("evaluate", EVALUATE + " --samples vt=5", r"--samples vt=\.\.\.: 'vt' is not among --tasks"),
     ("evaluate", EVALUATE + " --windows 0", "--windows must be >= 1, got 0"),
     ("evaluate", EVALUATE + " --table {nowhere.json}", r"--table .*: no such file"),
-    ("evaluate", EVALUATE.replace("{results}", "{a-file}"), r"--results-dir .* is a file"),
-    ("evaluate", "--report-only --results-dir {nowhere}", "--report-only: .* holds no results"),
+    ("evaluate", EVALUATE.replace("{results}", "{a-file}"), r"--out-dir .* is a file"),
+    ("evaluate", "--report-only --out-dir {nowhere}", "--report-only: .* holds no results"),
+    ("evaluate", "--checkpoint tiny-random", "--out-dir is required"),
 ]
 
 
@@ -172,7 +178,7 @@ def test_bad_input_prints_one_line_and_loads_nothing(
     def refuse(*args, **kwargs):
         raise AssertionError("a bad command line got as far as loading or running")
 
-    for name in ("load_builtin", "load_checkpoint", "cached_conversion"):
+    for name in ("load_builtin", "load_checkpoint", "cached_conversion", "load_source"):
         if hasattr(module, name):
             monkeypatch.setattr(module, name, refuse)
     monkeypatch.setattr(evaluation.harness.run, "run_evaluation", refuse)
@@ -181,7 +187,7 @@ def test_bad_input_prints_one_line_and_loads_nothing(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"{script}.py: error: ")
+    assert err.startswith(f"sharedsparse-{script}: error: ")
     assert re.search(_pattern(message, inputs), err), err
     assert not (inputs / "results" / "runs.jsonl").exists()
 
@@ -194,8 +200,9 @@ def test_a_valid_evaluate_run_is_logged_once(scripts, tmp_path, monkeypatch):
         evaluation.harness.run, "run_evaluation", lambda *a, **k: calls.append(a) or RunReport()
     )
     results = tmp_path / "results"
-    argv = ["--results-dir", str(results), "--models", "tiny-random", "--tasks", "text"]
+    argv = ["--out-dir", str(results), "--checkpoint", "tiny-random", "--tasks", "text"]
     assert scripts["evaluate"].main([*argv, "--no-report"]) == 0
     assert len(calls) == 1
     (logged,) = (results / "runs.jsonl").read_text().splitlines()
-    assert json.loads(logged)["argv"][:2] == ["--results-dir", str(results)]
+    assert json.loads(logged)["argv"][:2] == ["--out-dir", str(results)]
+    assert json.loads(logged)["program"] == "sharedsparse-evaluate"

@@ -1,4 +1,4 @@
-"""scripts/calibrate.py end to end on a tiny random model at two lengths, and length bands."""
+"""sharedsparse-calibrate end to end on a tiny random model at two lengths, and length bands."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from sharedsparse_cli import calibrate
 from sharedsparse_jax.calibrate import length_bands
 from sharedsparse_jax.sharing import SharingTable
 from tests.integration import helpers
@@ -14,7 +15,7 @@ from tests.integration import helpers
 
 @pytest.fixture(scope="module")
 def calibrate_script():
-    return helpers.load_script("calibrate")
+    return calibrate
 
 
 def test_length_bands_merge_equal_neighbours():
@@ -30,14 +31,14 @@ def test_length_bands_merge_equal_neighbours():
 
 def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
     checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny", max_position_embeddings=2048)
-    table_path, report_path = tmp_path / "table.json", tmp_path / "report.json"
+    out_dir = tmp_path / "out"
+    table_path, report_path = out_dir / "tiny_table.json", out_dir / "tiny_report.json"
     calibrate_script.main(
         [
             "--checkpoint", str(checkpoint), "--lengths", "2048", "1024", "--samples", "2",
             "--heldout", "1", "--second-length", "512", "--map-block-size", "64",
             "--implementation", "xla", "--work-dir", str(tmp_path / "maps"),
-            "--table", str(table_path), "--report", str(report_path),
-            "--figures", str(tmp_path / "figures"),
+            "--out-dir", str(out_dir),
         ]
     )  # fmt: skip
     printed = capsys.readouterr().out
@@ -55,4 +56,5 @@ def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
         chosen = [row["id"] for row in sharing["clusters"] if row["shared"]]
         assert [int(c) for c in np.flatnonzero(table.shared_by_band[band]) + 1] == chosen
     assert len(table.band_min_tokens) == len(report["bands"])
-    assert len(list((tmp_path / "figures").glob("calibration_tiny_*.png"))) == 4
+    assert report["sharing_by_length"]["2048"]["min_share_rate"] == 0.5
+    assert len(list(out_dir.glob("calibration_tiny_*.png"))) == 4

@@ -1,4 +1,4 @@
-"""The main job's CLI (scripts/prefill.py) and the prefill latency benchmark, on tiny models."""
+"""The main job's CLI (sharedsparse-prefill) and the prefill latency benchmark, on tiny models."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from benchmarks import prefill_latency, timing
 from models import parameter_shapes
 from models.checkpoint import read_config
+from models.compile_time import union_length
 from models.fetch import builtin_checkpoint
 from models.tokenizer import Tokenizer
+from sharedsparse_cli import prefill as prefill_cli
 from tests.integration import helpers
 
 PROMPT = (
@@ -25,7 +27,7 @@ PROMPT = (
 
 @pytest.fixture(scope="module")
 def script():
-    return helpers.load_script("prefill")
+    return prefill_cli
 
 
 def test_cli_answers_a_prompt_file(script, tmp_path, capsys):
@@ -33,14 +35,14 @@ def test_cli_answers_a_prompt_file(script, tmp_path, capsys):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text(PROMPT)
     table = helpers.write_tiny_table(tmp_path / "table.json")
-    out_json = tmp_path / "run.json"
+    out_dir = tmp_path / "run"
     # Planner knobs small enough that the ~360-token prompt is planned sparsely.
     records = script.main(
         [
             "--checkpoint", str(checkpoint), "--prompt-file", str(prompt), "--answer", "news",
             "--method", "dense", "shareprefill", "--table", str(table), "--block-size", "32",
             "--dense-below", "64", "--min-budget", "32", "--tau-qa", "0", "--max-new-tokens", "3",
-            "--json", str(out_json),
+            "--out-dir", str(out_dir),
         ]
     )  # fmt: skip
     printed = capsys.readouterr().out
@@ -58,7 +60,10 @@ def test_cli_answers_a_prompt_file(script, tmp_path, capsys):
     assert sparse["num_pivot"] == 3 and sparse["num_query_aware"] == 0
     total = sum(sparse[f"num_{name}"] for name in ("pivot", "shared", "vertical_slash"))
     assert total == 4 * 6
-    assert json.loads(out_json.read_text())["records"][1]["density"] == sparse["density"]
+    assert (
+        json.loads((out_dir / "prefill.json").read_text())["records"][1]["density"]
+        == sparse["density"]
+    )
     # Why each shared-cluster head did or did not share: one line per reason with a count.
     reasons = {name: entry["count"] for name, entry in sparse["sharing"].items()}
     assert reasons["pivot"] == 3 and sum(reasons.values()) > 3
@@ -137,8 +142,8 @@ def test_benchmark_random_weight_shapes_match_the_builtin_models(case):
 
 
 def test_compile_clock_counts_nested_spans_once():
-    assert prefill_latency._union_length([(0.0, 2.0), (0.5, 1.0), (1.5, 3.0), (5.0, 6.0)]) == 4.0
-    assert prefill_latency._union_length([]) == 0.0
+    assert union_length([(0.0, 2.0), (0.5, 1.0), (1.5, 3.0), (5.0, 6.0)]) == 4.0
+    assert union_length([]) == 0.0
 
 
 def test_cli_prompt_shorter_than_one_planner_block(script, tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from benchmarks import mosaic_gpu_schedule_model as model
-from benchmarks import mosaic_gpu_timeline as timeline
+from benchmarks.diagnostics import mosaic_gpu_schedule_model as model
+from benchmarks.diagnostics import mosaic_gpu_timeline as timeline
 
 
 def test_launch_order_is_the_kernels_cta_order():

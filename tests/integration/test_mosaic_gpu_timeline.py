@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks import mosaic_gpu_timeline as timeline
+from benchmarks.diagnostics import mosaic_gpu_timeline as timeline
 
 COMPUTE_PHASES = (("setup", 100), ("q_wait", 200), ("k0_wait", 300), ("stagger", 50))
 EPILOGUE = (("normalize", 80), ("store", 20))

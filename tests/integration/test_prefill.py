@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.prefill_latency import compile_clock
 from models import SamplingConfig, decode, load_builtin, prefill
 from models.attention import DenseAttention
+from models.compile_time import compile_clock
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.planner import CATEGORIES
 from tests.integration import helpers

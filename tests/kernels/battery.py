@@ -19,7 +19,7 @@ from pallas_kernels.block_sparse_attention import (
     block_sparse_attention_with_block_map,
     layout_from_mask,
 )
-from tests.kernels import numpy_oracle
+from tests.oracle import numpy_attention
 
 # Largest allowed |got - want| for out and for lse, per input dtype, against float64.
 TOLERANCES = {
@@ -139,7 +139,7 @@ def block_map_errors(
 
     Args:
       block_map: [B, N, Tb, Sb] from block_sparse_attention_with_block_map.
-      want_map: float64[B, N, Tb, Sb] from numpy_oracle.block_map (every head).
+      want_map: float64[B, N, Tb, Sb] from numpy_attention.block_map (every head).
       selected: bool[B, N], the heads asked for.
       mask: bool[B, N, Tb, Sb], the listed blocks.
 
@@ -200,7 +200,7 @@ class Battery:
         mask = random_block_mask(rng, case)
         layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
         out, lse = self.run(q, k, v, layout, return_lse=True)
-        want_out, want_lse, _ = numpy_oracle.attention(
+        want_out, want_lse, _ = numpy_attention.attention(
             as_np(q), as_np(k), as_np(v), mask, case.block_size
         )
         tol = TOLERANCES[case.dtype]
@@ -229,10 +229,10 @@ class Battery:
             implementation=self.implementation,
             interpret=self.interpret,
         )
-        want_out, want_lse, probs = numpy_oracle.attention(
+        want_out, want_lse, probs = numpy_attention.attention(
             as_np(q), as_np(k), as_np(v), mask, case.block_size
         )
-        want_map = numpy_oracle.block_map(probs, case.num_keys, case.block_size)
+        want_map = numpy_attention.block_map(probs, case.num_keys, case.block_size)
         tol = TOLERANCES[case.dtype]
         np.testing.assert_allclose(as_np(out), want_out, atol=tol["out"], rtol=0)
         np.testing.assert_allclose(np.asarray(lse, np.float64), want_lse, atol=tol["lse"], rtol=0)

@@ -14,8 +14,8 @@ from pallas_kernels.block_sparse_attention import (
     block_sparse_attention_with_block_map,
     causal_layout,
 )
-from tests.kernels import numpy_oracle
 from tests.kernels.battery import as_np
+from tests.oracle import numpy_attention
 
 
 def _inputs(rng, *, T=128, S=128, N=4, K=2, H=64, dtype=jnp.float32):
@@ -65,7 +65,7 @@ def test_unsupported_head_dim_explicit_raises_and_sequence_falls_through(rng):
     with pytest.raises(ValueError, match="head dims"):
         block_sparse_attention(q, k, v, layout, implementation="triton", interpret=True)
     out = block_sparse_attention(q, k, v, layout, implementation=("triton", "xla"), interpret=True)
-    want, _, _ = numpy_oracle.attention(
+    want, _, _ = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), np.ones((1, 4, 2, 2), bool), 64
     )
     np.testing.assert_allclose(as_np(out), want, atol=2e-5)
@@ -83,13 +83,13 @@ def test_untileable_block_size_explicit_triton_raises_and_sequence_falls_through
     out = block_sparse_attention(q, k, v, layout, implementation=("triton", "xla"), interpret=True)
     num_blocks = -(-T // block_size)
     mask = np.ones((1, 4, num_blocks, num_blocks), bool)
-    want_out, _, probs = numpy_oracle.attention(as_np(q), as_np(k), as_np(v), mask, block_size)
+    want_out, _, probs = numpy_attention.attention(as_np(q), as_np(k), as_np(v), mask, block_size)
     np.testing.assert_allclose(as_np(out), want_out, atol=2e-5)
     out, _, block_map = block_sparse_attention_with_block_map(
         q, k, v, layout, jnp.ones((1, 4), bool), implementation=("triton", "xla"), interpret=True
     )
     np.testing.assert_allclose(as_np(out), want_out, atol=2e-5)
-    want_map = numpy_oracle.block_map(probs, T, block_size)
+    want_map = numpy_attention.block_map(probs, T, block_size)
     np.testing.assert_allclose(np.asarray(block_map), want_map, atol=1e-6)
 
 
@@ -129,7 +129,7 @@ def test_block_map_selection_checks(rng):
 def test_sm_scale_is_applied(rng):
     q, k, v = _inputs(rng)
     out = block_sparse_attention(q, k, v, _layout(), sm_scale=0.3, implementation="xla")
-    want, _, _ = numpy_oracle.attention(
+    want, _, _ = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), np.ones((1, 4, 2, 2), bool), 64, scale=0.3
     )
     np.testing.assert_allclose(as_np(out), want, atol=2e-5)

@@ -13,7 +13,6 @@ from pallas_kernels.block_sparse_attention import (
     mosaic_gpu,
     mosaic_gpu_config,
 )
-from tests.kernels import numpy_oracle
 from tests.kernels.battery import (
     CASES,
     TINY_CASES,
@@ -23,6 +22,7 @@ from tests.kernels.battery import (
     make_inputs,
     random_block_mask,
 )
+from tests.oracle import numpy_attention
 
 
 class TestReference(Battery):
@@ -100,7 +100,7 @@ def _mosaic_gpu_items(case, mask, config, on_gpu, rng, oracle_mask=None):
         interpret=not on_gpu,
         config=config,
     )
-    want_out, want_lse, _ = numpy_oracle.attention(
+    want_out, want_lse, _ = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), mask if oracle_mask is None else oracle_mask, case.block_size
     )
     return as_np(result.out), np.asarray(result.lse, np.float64), want_out, want_lse
@@ -151,7 +151,7 @@ def test_mosaic_gpu_empty_rows(launch, on_gpu, rng):
     out, lse, want_out, want_lse = _mosaic_gpu_items(
         case, mask & ~empty[..., None], LAUNCHES[launch], on_gpu, rng, oracle_mask=mask
     )
-    rows = numpy_oracle.block_index_of_query(case.num_queries, case.num_keys, case.block_size)
+    rows = numpy_attention.block_index_of_query(case.num_queries, case.num_keys, case.block_size)
     empty_queries = empty[:, :, rows]  # [B, N, T]
     tol = TOLERANCES[case.dtype]
     out_by_query, want_by_query = (np.moveaxis(x, 2, 1) for x in (out, want_out))  # [B, N, T, H]

@@ -12,8 +12,8 @@ from pallas_kernels.block_sparse_attention import (
     block_sparse_attention_with_block_map,
     layout_from_mask,
 )
-from tests.kernels import numpy_oracle
 from tests.kernels.battery import TOLERANCES, Case, as_np, make_inputs, random_block_mask
+from tests.oracle import numpy_attention
 
 IMPLEMENTATIONS = ["reference", "xla", "triton"]
 
@@ -59,7 +59,7 @@ def _maps(implementation, q, k, v, layout, selected, lengths):
 
 def _real_rows(case, lengths):
     """bool[B, Tb]: which query blocks hold a real query of each batch element."""
-    rows = numpy_oracle.block_index_of_query(case.num_queries, case.num_keys, case.block_size)
+    rows = numpy_attention.block_index_of_query(case.num_queries, case.num_keys, case.block_size)
     positions = np.arange(case.num_keys - case.num_queries, case.num_keys)
     is_real = positions[None, :] < np.asarray(lengths)[:, None]  # [B, T]
     return np.stack([np.bincount(rows[r], minlength=rows.max() + 1) > 0 for r in is_real])
@@ -75,10 +75,10 @@ def test_maps_average_only_real_rows(implementation, name, rng):
     selected = rng.random((case.batch, case.num_heads)) < 0.6
     selected[:, 1] = True
     out, lse, block_map = _maps(implementation, q, k, v, layout, selected, lengths)
-    want_out, want_lse, probs = numpy_oracle.attention(
+    want_out, want_lse, probs = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), mask, case.block_size
     )
-    want_map = numpy_oracle.block_map(probs, case.num_keys, case.block_size, lengths)
+    want_map = numpy_attention.block_map(probs, case.num_keys, case.block_size, lengths)
     tol = TOLERANCES[case.dtype]
     np.testing.assert_allclose(out, want_out, atol=tol["out"], rtol=0)
     np.testing.assert_allclose(lse, want_lse, atol=tol["lse"], rtol=0)

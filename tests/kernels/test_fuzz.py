@@ -5,7 +5,7 @@ block sizes that do not divide T or S), dtype, causality, a random layout (the d
 causal rows, some rows empty) and the heads whose block maps are asked for, then runs
 `block_sparse_attention_with_block_map` under jit (traced layout, selection and lengths): its
 output, LSE and maps cover both launches (the main one and the selected heads' recording one).
-The oracle is numpy_oracle (float64 NumPy, written from the definition).
+The oracle is tests/oracle/numpy_attention.py (float64 NumPy, written from the definition).
 
 Implementations: reference, xla and triton (interpret mode) on every case; mosaic_gpu (interpret
 mode, seconds a call) on cases it supports, one of them in the default suite; mosaic_tpu (TPU
@@ -26,8 +26,8 @@ from pallas_kernels.block_sparse_attention import (
     block_sparse_attention_with_block_map,
     layout_from_mask,
 )
-from tests.kernels import numpy_oracle
 from tests.kernels.battery import TOLERANCES, as_np
+from tests.oracle import numpy_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,10 +176,10 @@ def test_fuzz_matches_oracle(fuzz_case: FuzzCase, implementation: str, interpret
         )
 
     out, lse, block_map = jax.jit(run)(q, k, v, layout, jnp.asarray(selected), jnp.asarray(lengths))
-    want_out, want_lse, probs = numpy_oracle.attention(
+    want_out, want_lse, probs = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), mask, case.block_size, causal=case.causal
     )
-    want_map = numpy_oracle.block_map(probs, case.num_keys, case.block_size, lengths)
+    want_map = numpy_attention.block_map(probs, case.num_keys, case.block_size, lengths)
     tol = TOLERANCES[case.dtype]
     assert out.dtype == q.dtype and out.shape == q.shape
     assert lse.dtype == jnp.float32 and lse.shape == want_lse.shape

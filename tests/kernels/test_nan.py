@@ -20,8 +20,8 @@ from pallas_kernels.block_sparse_attention import (
     block_sparse_attention_with_block_map,
     layout_from_mask,
 )
-from tests.kernels import numpy_oracle
 from tests.kernels.battery import TOLERANCES, Case, as_np, make_inputs, random_block_mask
+from tests.oracle import numpy_attention
 
 # T < S with a query block that starts mid-block, GQA; mosaic_gpu needs 16 bits and bs 64.
 CASE = Case("nan", batch=1, num_queries=80, num_keys=120, num_heads=4, block_size=32)
@@ -81,11 +81,11 @@ def test_nan_in_visible_scores_gives_nan_out_and_lse(implementation, interpret, 
     mask[0, 2:, geometry.diagonal_blocks() >= key_block, key_block] = True
     layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
     out, lse = _attention(implementation, interpret, q, k, v, layout)
-    want_out, want_lse, _ = numpy_oracle.attention(
+    want_out, want_lse, _ = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), mask, case.block_size
     )
     nan_rows = np.isnan(want_lse)  # [B, N, T]
-    sees_key = numpy_oracle.visible_keys(mask, case.num_queries, case.num_keys, case.block_size)
+    sees_key = numpy_attention.visible_keys(mask, case.num_queries, case.num_keys, case.block_size)
     sees_key = sees_key[0, 2:, :, nan_key]
     assert nan_rows[0, 1, 3] and nan_rows[0, 2, -1] and nan_rows[0, 2:][sees_key].all()
     assert sees_key.any() and not sees_key.all() and not nan_rows[0, 0].any()
@@ -110,11 +110,11 @@ def test_nan_value_gives_nan_out_and_exact_lse(implementation, interpret, rng):
     v = _with_nan(v, (0, nan_key, 0))
     layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
     out, lse = _attention(implementation, interpret, q, k, v, layout)
-    want_out, want_lse, _ = numpy_oracle.attention(
+    want_out, want_lse, _ = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v.at[0, nan_key, 0].set(0.0)), mask, case.block_size
     )
     group = case.num_heads // case.num_kv_heads
-    sees = numpy_oracle.visible_keys(mask, case.num_queries, case.num_keys, case.block_size)
+    sees = numpy_attention.visible_keys(mask, case.num_queries, case.num_keys, case.block_size)
     sees = np.moveaxis(sees[..., nan_key], 2, 1)[:, :, :group]  # [B, T, G] of kv head 0
     assert sees.any()
     assert np.isnan(out[:, :, :group][sees]).all()
@@ -139,12 +139,12 @@ def test_rows_without_keys_stay_zero_beside_nan_rows(implementation, interpret, 
         jnp.where(jnp.asarray(empty), 0, layout.kv_block_count),
         layout.block_size,
     )
-    rows = numpy_oracle.block_index_of_query(case.num_queries, case.num_keys, case.block_size)
+    rows = numpy_attention.block_index_of_query(case.num_queries, case.num_keys, case.block_size)
     empty_query = int(np.flatnonzero(rows == 1)[0])
     q = _with_nan(q, (0, empty_query, 0, 0))  # in an empty row
     q = _with_nan(q, (0, empty_query, 1, 0))  # in a row with keys
     out, lse = _attention(implementation, interpret, q, k, v, layout)
-    want_out, want_lse, _ = numpy_oracle.attention(
+    want_out, want_lse, _ = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), mask & ~empty[..., None], case.block_size
     )
     empty_rows = empty[:, :, rows]  # [B, N, T]
@@ -177,11 +177,11 @@ def test_nan_reaches_block_maps(implementation, interpret, rng):
         implementation=implementation,
         interpret=interpret,
     )
-    want_out, want_lse, probs = numpy_oracle.attention(
+    want_out, want_lse, probs = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), mask, case.block_size
     )
-    want_map = numpy_oracle.block_map(probs, case.num_keys, case.block_size)
-    row = numpy_oracle.block_index_of_query(case.num_queries, case.num_keys, case.block_size)[
+    want_map = numpy_attention.block_map(probs, case.num_keys, case.block_size)
+    row = numpy_attention.block_index_of_query(case.num_queries, case.num_keys, case.block_size)[
         nan_query
     ]
     block_map = np.asarray(block_map, np.float64)

@@ -16,8 +16,9 @@ import pytest
 
 from models import checkpoint, fetch, generate
 from models.checkpoint import checkpoint_problem, load_checkpoint, save_checkpoint
+from models.random_weights import random_params
 from tests.models.conftest import load_reference
-from tests.models.helpers import random_params, tiny_config
+from tests.models.helpers import tiny_config
 
 
 def _damage_empty_params(directory):

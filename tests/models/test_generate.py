@@ -16,7 +16,8 @@ from benchmarks.prefill_latency import LLAMA_8B
 from models import generate
 from models.attention import DenseAttention
 from models.llama import Transformer
-from tests.models.helpers import random_model, tiny_config
+from models.random_weights import random_model
+from tests.models.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

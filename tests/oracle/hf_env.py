@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from models.fetch import cache_dir, cache_lock
+from models.cache import cache_lock, cache_root
 
 ORACLE_REQUIREMENTS = (
     "torch==2.13.0",
@@ -61,7 +61,7 @@ def _environment_key() -> str:
 
 def oracle_python() -> Path:
     """The oracle environment's interpreter, creating the environment on first use."""
-    env_dir = cache_dir() / "oracle-env" / f"py311-{_environment_key()}"
+    env_dir = cache_root() / "oracle-env" / f"py311-{_environment_key()}"
     python = env_dir / "bin" / "python"
     with cache_lock("oracle-env"):
         if (env_dir / ".complete").is_file():
@@ -100,7 +100,7 @@ def oracle_results(task: str, request: dict[str, Any]) -> Path:
     key = hashlib.sha256(
         ORACLE_SCRIPT.read_bytes() + payload.encode() + _environment_key().encode()
     ).hexdigest()[:16]
-    out_dir = cache_dir() / "oracle-results" / f"{task}-{key}"
+    out_dir = cache_root() / "oracle-results" / f"{task}-{key}"
     if (out_dir / ".complete").is_file():
         return out_dir
     python = oracle_python()

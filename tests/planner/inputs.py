@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.oracle import numpy_attention
+
 ARCHETYPES = ("topic", "local", "pooled", "stripes")
 
 
@@ -99,17 +101,5 @@ def chunk_topics(
 
 def dense_block_maps(q: np.ndarray, k: np.ndarray, block_size: int) -> np.ndarray:
     """float64[N, nb, nb]: the exact causal block-averaged attention maps of every head."""
-    length, num_heads, head_dim = q.shape
-    group = num_heads // k.shape[1]
-    nb = -(-length // block_size)
-    pad = nb * block_size - length
-    causal = np.tril(np.ones((length, length), bool))
-    k_rep = np.repeat(k, group, axis=1)
-    logits = np.einsum("tnh,snh->nts", q, k_rep) / np.sqrt(head_dim)
-    logits = np.where(causal, logits, -np.inf)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    probs = np.pad(probs, ((0, 0), (0, pad), (0, pad)))
-    sums = probs.reshape(num_heads, nb, block_size, nb, block_size).sum(-1).sum(-2)
-    rows = np.minimum(length - np.arange(nb) * block_size, block_size)
-    return sums / rows[:, None]
+    probs = numpy_attention.causal_probabilities(q[None], k[None])
+    return numpy_attention.block_map(probs, q.shape[0], block_size)[0]

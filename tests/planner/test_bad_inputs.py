@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from models import generate
+from models.random_weights import random_model
 from sharedsparse_jax import planner
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
-from tests.models.helpers import random_model, tiny_config
+from tests.models.helpers import tiny_config
 
 BLOCK = 16
 

@@ -11,6 +11,7 @@ from sharedsparse_jax import planner
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
+from tests.oracle import numpy_attention
 from tests.planner import inputs
 
 BLOCK = 16
@@ -202,17 +203,6 @@ def test_methods_and_short_prompts(method):
         assert set(category[0]) <= {planner.PIVOT, planner.QUERY_AWARE, planner.VERTICAL_SLASH}
 
 
-def _dense_attention(q, k, v):
-    group = q.shape[2] // k.shape[2]
-    k_rep, v_rep = (np.repeat(np.asarray(x, np.float64), group, axis=2) for x in (k, v))
-    q = np.asarray(q, np.float64)
-    logits = np.einsum("btnh,bsnh->bnts", q, k_rep) / np.sqrt(q.shape[-1])
-    logits = np.where(np.tril(np.ones(logits.shape[-2:], bool)), logits, -np.inf)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    return np.einsum("bnts,bsnh->btnh", probs, v_rep)
-
-
 def test_keeping_every_block_equals_dense_attention_under_scan():
     """gamma = 1, no query-aware heads, every head in a shared cluster: dense output."""
     rng = np.random.default_rng(11)
@@ -250,7 +240,7 @@ def test_keeping_every_block_equals_dense_attention_under_scan():
     run(qs + 1.0, ks, vs)
     assert len(traces) == 1, "one compilation per shape, config and table"
     for layer in range(num_layers):
-        want = _dense_attention(qs[layer], ks[layer], vs[layer])
+        want = numpy_attention.causal_attention(qs[layer], ks[layer], vs[layer])
         np.testing.assert_allclose(np.asarray(outs[layer]), want, atol=2e-5)
     np.testing.assert_allclose(np.asarray(stats["density"]), 1.0)
     assert int(stats["num_pivot"][0].sum()) == batch * num_heads  # every head a pivot first

@@ -1,6 +1,10 @@
-"""Block-sparse attention restated in float64 NumPy, independent of the package's code.
+"""The tests' attention oracle: softmax attention restated in float64 NumPy, independent of the
+package's code.
 
-Only the mask value of empty rows (the package's MASK_VALUE convention) comes from the package.
+`causal_softmax` and `causal_attention` are dense causal attention (GQA by repeating K/V, fine
+in an oracle); `attention` lists keys by a block mask; `block_map` averages probabilities into
+block maps. Only the mask value of empty rows (the package's MASK_VALUE convention) comes from
+the package.
 """
 
 from __future__ import annotations
@@ -8,6 +12,33 @@ from __future__ import annotations
 import numpy as np
 
 from pallas_kernels.block_sparse_attention import MASK_VALUE
+
+
+def causal_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64[..., T, S] causal softmax: query t (the last T of S positions) sees keys <= t."""
+    logits = np.asarray(logits, np.float64)
+    num_queries, num_keys = logits.shape[-2:]
+    positions = np.arange(num_keys - num_queries, num_keys)
+    visible = np.arange(num_keys)[None, :] <= positions[:, None]
+    logits = np.where(visible, logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def causal_probabilities(q, k, *, scale=None) -> np.ndarray:
+    """float64[B, N, T, S] causal attention probabilities; q [B, T, N, H], k [B, S, K, H]."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    group = q.shape[2] // k.shape[2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = np.einsum("btnh,bsnh->bnts", q, np.repeat(k, group, axis=2)) * scale
+    return causal_softmax(logits)
+
+
+def causal_attention(q, k, v, *, scale=None) -> np.ndarray:
+    """float64[B, T, N, H] dense causal attention; q [B, T, N, H], k and v [B, S, K, H]."""
+    group = q.shape[2] // k.shape[2]
+    v_rep = np.repeat(np.asarray(v, np.float64), group, axis=2)
+    return np.einsum("bnts,bsnh->btnh", causal_probabilities(q, k, scale=scale), v_rep)
 
 
 def block_index_of_query(num_queries: int, num_keys: int, block_size: int) -> np.ndarray:

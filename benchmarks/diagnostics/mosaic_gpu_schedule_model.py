@@ -1,34 +1,32 @@
 """What launch schedule the mosaic_gpu kernel's work items allow: a makespan model (CPU only).
 
 Each work item (one query block of one head) costs `fixed + per_block * blocks` cycles on one
-SM, with the constants measured by benchmarks/mosaic_gpu_timeline.py. For the layouts of
-benchmarks/attention.py, this computes the makespan over the SMs of four schedules, in the
-kernel's launch order (query blocks fastest from the heaviest, then heads):
+SM, with the constants measured by benchmarks/diagnostics/mosaic_gpu_timeline.py. For the
+layouts of benchmarks/attention.py, this computes the makespan over the SMs of five schedules,
+in the kernel's launch order (query blocks fastest from the heaviest, then heads):
 
-- `one_cta_per_item`: today's launch. The hardware hands the next item to the first free SM
-  (list scheduling in launch order).
+- `one_cta_per_item`: the launch with one Q tile (`MosaicGpuConfig(q_tiles=1)`). The hardware
+  hands the next item to the first free SM (list scheduling in launch order).
 - `persistent_round_robin`: one CTA per SM takes items j, j + SMs, j + 2 SMs, ...
 - `persistent_snake`: the same, with every other round in reverse CTA order.
 - `persistent_chunks`: CTA j takes the contiguous run of items whose cumulative cost falls in
   its 1/SMs share of the total (computable on device from the layout's counts with a cumsum).
-- `persistent_queue`: CTAs take the next item from a shared counter (list scheduling again;
-  it needs an atomic fetch-and-add, which Pallas Mosaic GPU does not expose in jax 0.11.2:
-  its atomics return nothing).
+- `persistent_queue`: CTAs take the next item from a shared counter (list scheduling again):
+  the kernel's default persistent launch (mosaic_gpu_queue.py).
 
 Each schedule is evaluated with the measured fixed cost and with the smaller ones given by
---fixed-cycles: what a persistent launch would pay if it overlapped part of the fixed cost with
-the neighbouring items (the Q copy and index loads ahead, the epilogue behind).
+--fixed-cycles: what a persistent launch pays when it overlaps part of the fixed cost with the
+neighbouring items (the Q copy and index loads ahead, the epilogue behind).
 
 Efficiency is the pure block work (per_block * total blocks / SMs) over the makespan. The rate
 per block equals cuDNN's (the timeline measures the same cycles per block on full rows, where the
 kernel matches cuDNN), so efficiency predicts the "of cuDNN's TFLOP/s" of docs/results.md.
 
 The model has no L2: it assumes every schedule keeps the rate per block. Contiguous chunks do
-not (docs/results.md 7.2, run 15a: the CTAs in flight read far-apart K/V and lose the L2's reuse,
-85-87 % of cuDNN even on full rows). The persistent loop of run 15d cut the fixed cost to about
-4000 cycles but paid 1.7 % more per block, and its static assignment measured below the model.
+not: their CTAs in flight read far-apart K/V and lose the L2's reuse (85-87 % of cuDNN even on
+full rows, docs/results.md section 7).
 
-    python -m benchmarks.mosaic_gpu_schedule_model
+    python -m benchmarks.diagnostics.mosaic_gpu_schedule_model
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ import numpy as np
 
 from benchmarks import attention as bench
 from benchmarks import timing
-from benchmarks.mosaic_gpu_timeline import launch_order
+from benchmarks.diagnostics.mosaic_gpu_timeline import launch_order
 from pallas_kernels.block_sparse_attention import BlockGeometry
 
 SCHEDULES = (
@@ -105,10 +103,10 @@ def main():
         type=float,
         nargs="+",
         default=[3750.0, 2850.0, 1700.0],
-        help="fixed costs to model besides the measured one; from run 14e's phases: 3750 when a"
-        " persistent CTA prefetches the next Q and K/V but not its count and indices, 2850 when"
-        " it prefetches those too (the loop's fill and drain, normalize and the stagger remain),"
-        " 1700 for the loop's fill and drain alone",
+        help="fixed costs to model besides the measured one, from the timeline's phases: 3750"
+        " when a persistent CTA prefetches the next Q and K/V but not its count and indices,"
+        " 2850 when it prefetches those too (the loop's fill and drain, normalize and the"
+        " stagger remain), 1700 for the loop's fill and drain alone",
     )
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument(

@@ -3,8 +3,7 @@
 Runs the kernel once per density at the Llama-3.1-8B attention shape with
 `MosaicGpuConfig(profile_dir=...)`: Mosaic GPU's profiler has every CTA record the start and end
 cycle of each warpgroup's named phases (compute: stagger, setup, blocks, normalize, store;
-memory: issue, drain; the kernel of runs 14e and 19 also had q_wait and k0_wait). From the
-trace it reports, per warpgroup:
+memory: issue, drain). From the trace it reports, per warpgroup:
 
 - the median cycles of each phase over the CTAs (a phase that runs inside the block loop, such as
   `blocks`, counts once per CTA, from its first start to its last end);
@@ -15,7 +14,8 @@ The profiler's own bookkeeping at CTA exit makes the profiled launch several tim
 this measures cycles inside a CTA, not the gaps between CTAs or the kernel's wall time (the plain
 launch's time is printed beside it). Each event costs the profiler about 12 cycles.
 
-    python -m benchmarks.mosaic_gpu_timeline --out benchmarks/results/mosaic_gpu_timeline_h200.json
+    python -m benchmarks.diagnostics.mosaic_gpu_timeline \\
+        --out benchmarks/results/mosaic_gpu_timeline_h200.json
 """
 
 from __future__ import annotations

