@@ -132,7 +132,12 @@ def resolve_source(source: str, *, dtype: str = "auto") -> Path:
 
 
 def load_source(
-    source: str, *, dtype: Any = None, stored_dtype: str = "auto", sharding: Any = None
+    source: str,
+    *,
+    dtype: Any = None,
+    stored_dtype: str = "auto",
+    mesh: Any = None,
+    yarn_factor: float | None = None,
 ) -> tuple[LoadedCheckpoint, str]:
     """Loads a model from any source (see `resolve_source`), converting it once if needed.
 
@@ -140,13 +145,15 @@ def load_source(
       source: the model source.
       dtype: parameter dtype after loading (e.g. jnp.bfloat16); None keeps the stored one.
       stored_dtype: the stored dtype of a conversion ("auto" or one of STORED_DTYPES).
-      sharding: where parameters go (default: the first device).
+      mesh: restore the parameters sharded over this (data, model) mesh (None: one device).
+      yarn_factor: extend the context with YaRN (`models.config.extend_context`).
 
     Returns:
       The loaded checkpoint and the model's name (`source_name`).
     """
     directory = resolve_source(source, dtype=stored_dtype)
-    return load_checkpoint(directory, dtype=dtype, sharding=sharding), source_name(source)
+    loaded = load_checkpoint(directory, dtype=dtype, mesh=mesh, yarn_factor=yarn_factor)
+    return loaded, source_name(source)
 
 
 def _source_digest(path: Path) -> str:

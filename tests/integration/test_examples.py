@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.integration.helpers import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
 LAYERS, HEADS = 4, 4  # the example's decoder
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from models import SamplingConfig, decode, prefill, prefill_chunked
+from models.random_weights import random_model
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingTable
-from tests.models.helpers import random_model, tiny_config
+from tests.models.helpers import tiny_config
 
 CHUNK = 64
 

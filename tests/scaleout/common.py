@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from models import checkpoint
+from models.random_weights import random_params
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingTable
-from tests.models.helpers import random_params, tiny_config
+from tests.models.helpers import tiny_config
 
 # 16 query heads over 8 kv heads: model axes of 1, 2, 4 and 8 all hold whole GQA groups.
 CONFIG = tiny_config(
