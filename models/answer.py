@@ -28,6 +28,7 @@ from models.attention import DenseAttention, PrefillAttention
 from models.compile_time import compile_clock
 from models.generate import SamplingConfig, decode, prefill
 from models.llama import Transformer
+from models.sharding import MODEL, ShardedAttention
 from models.tokenizer import Tokenizer
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
@@ -74,6 +75,7 @@ def prefill_attention(
     implementation: str | Sequence[str] | None = None,
     interpret: bool = False,
     dense_implementation: str | None = None,
+    mesh: Any = None,
 ) -> PrefillAttention:
     """The prefill attention of a method name.
 
@@ -85,21 +87,26 @@ def prefill_attention(
       implementation: block-sparse kernel implementation(s), in fall-through order.
       interpret: run Pallas kernels in interpret mode.
       dense_implementation: `xla` or `cudnn` for `dense` (default: per backend and dtype).
+      mesh: a (data, model) mesh the model is sharded over: the attention then runs inside
+        shard_map with each device's heads (`models.sharding.ShardedAttention`).
 
     Returns:
       The attention to pass to `models.prefill`.
     """
     if method == "dense":
-        return DenseAttention(implementation=dense_implementation)
-    if method not in METHODS:
+        attention: PrefillAttention = DenseAttention(implementation=dense_implementation)
+    elif method not in METHODS:
         raise ValueError(f"method {method!r} is not dense or one of {METHODS}")
-    config = dataclasses.replace(config or SharePrefillConfig(), method=method)
-    return SharePrefillAttention(
-        config,
-        table if method == "shareprefill" else None,
-        implementation=implementation,
-        interpret=interpret,
-    )
+    else:
+        config = dataclasses.replace(config or SharePrefillConfig(), method=method)
+        attention = SharePrefillAttention(
+            config,
+            table if method == "shareprefill" else None,
+            implementation=implementation,
+            interpret=interpret,
+            head_axis=None if mesh is None else MODEL,
+        )
+    return attention if mesh is None else ShardedAttention(attention, mesh)
 
 
 def prompt_token_ids(tokenizer: Tokenizer, prompt: str | Sequence[int], *, chat: bool) -> list[int]:

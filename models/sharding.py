@@ -94,20 +94,24 @@ def parse_mesh_shape(text: str) -> dict[str, int]:
 def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
     """A (data, model) mesh over `devices` (default: every device of every process).
 
+    One process may use the first data x model of its devices; a mesh of several processes
+    spans all of their devices.
+
     Raises:
-      ValueError when the axis sizes do not multiply to the device count.
+      ValueError when the devices are too few (or, over several processes, not all used).
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = tuple(shape.get(axis, 1) for axis in MESH_AXES)
-    if math.prod(sizes) != len(devices):
+    needed = math.prod(sizes)
+    if needed > len(devices) or (needed < len(devices) and jax.process_count() > 1):
         raise ValueError(
-            f"mesh data={sizes[0]}, model={sizes[1]} needs {math.prod(sizes)} devices, there are"
+            f"mesh data={sizes[0]}, model={sizes[1]} needs {needed} devices, there are"
             f" {len(devices)}"
         )
     # Auto axes: XLA propagates the parameters' shardings to the activations and reshards at
     # the shard_map boundary (explicit axes would make every mismatch a type error).
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=axis_types, devices=devices[:needed])
 
 
 def check_mesh(config: ModelConfig, mesh: Mesh) -> None:

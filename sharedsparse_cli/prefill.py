@@ -22,16 +22,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from evaluation.tasks.passkey import PasskeyTask, generate_passkey
 from evaluation.tasks.sample import PROMPT_FORMATS
-from models import LoadedCheckpoint, load_checkpoint, prefill_and_answer, prefill_attention
+from models import (
+    LoadedCheckpoint,
+    distributed,
+    load_checkpoint,
+    prefill_and_answer,
+    prefill_attention,
+)
 from models.checkpoint import checkpoint_problem as converted_problem
+from models.sharding import make_mesh, parse_mesh_shape
 from models.sources import conversion_target, resolve_source, source_name, source_problem
 from sharedsparse_cli import flags
 from sharedsparse_jax import tables
@@ -160,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         " first call only, from which compile time is subtracted)",
     )
     flags.add_out_dir(run, required=False, what="the results as prefill.json")
+    distributed.add_arguments(parser)
     return parser
 
 
@@ -208,15 +218,31 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         args.planner = planner_config(args)
     except ValueError as error:
         return f"invalid planner settings: {error}"
+    try:
+        args.mesh_shape = parse_mesh_shape(args.mesh or "")
+        args.distributed = distributed.from_environment(
+            os.environ,
+            auto=args.auto_distributed,
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    except ValueError as error:
+        return f"--mesh or process options: {error}"
+    if args.mesh_shape["data"] != 1:
+        return f"--mesh {args.mesh}: the main job answers one prompt, so data must be 1"
     return None
 
 
-def resolve_checkpoint(source: str, dtype: jnp.dtype) -> tuple[LoadedCheckpoint, str]:
+def resolve_checkpoint(
+    source: str, dtype: jnp.dtype, mesh: Any = None
+) -> tuple[LoadedCheckpoint, str]:
     """Loads the --checkpoint model, converting an HF directory or GGUF file once (said so).
 
     Args:
       source: the --checkpoint value.
       dtype: parameter dtype after loading.
+      mesh: restore the parameters sharded over this mesh (None: one device).
 
     Returns:
       The loaded checkpoint and the model's name (a built-in name, else the source's name).
@@ -231,7 +257,7 @@ def resolve_checkpoint(source: str, dtype: jnp.dtype) -> tuple[LoadedCheckpoint,
         directory = resolve_source(source)
     except (OSError, ValueError) as error:
         raise SystemExit(f"--checkpoint {source}: cannot be converted: {error}") from error
-    return load_checkpoint(directory, dtype=dtype), source_name(source)
+    return load_checkpoint(directory, dtype=dtype, mesh=mesh), source_name(source)
 
 
 def build_question(args: argparse.Namespace, loaded: LoadedCheckpoint) -> Question:
@@ -332,6 +358,7 @@ def run_method(method, args, planner, table, loaded, question) -> dict:
         implementation=flags.implementation(args.implementation),
         interpret=args.interpret,
         dense_implementation=args.dense_implementation,
+        mesh=args.device_mesh,
     )
     answer = prefill_and_answer(
         loaded.model,
@@ -395,8 +422,14 @@ def print_report(records: list[dict], question: Question, thresholds: dict[str, 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     planner = args.planner
+    args.device_mesh = None
+    if args.mesh is not None:
+        distributed.initialize(args.distributed)
+        args.device_mesh = make_mesh(args.mesh_shape)
     dtype_name = flags.compute_dtype(args.dtype)
-    loaded, model_name = resolve_checkpoint(args.checkpoint, jnp.dtype(dtype_name))
+    loaded, model_name = resolve_checkpoint(
+        args.checkpoint, jnp.dtype(dtype_name), args.device_mesh
+    )
     config = loaded.config
     question = build_question(args, loaded)
     if len(question.token_ids) + args.max_new_tokens > config.max_position_embeddings:

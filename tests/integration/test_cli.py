@@ -72,6 +72,27 @@ def test_cli_answers_a_prompt_file(script, tmp_path, capsys):
         assert (f"  {name:<17} {count:g}" in printed) == (count > 0), name
 
 
+def test_cli_on_a_mesh_answers_as_on_one_device(script, tmp_path):
+    """--mesh data=1,model=2 over the test session's CPU devices: the same answers and plans."""
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny-llama")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(PROMPT)
+    table = helpers.write_tiny_table(tmp_path / "table.json")
+    common = [
+        "--checkpoint", str(checkpoint), "--prompt-file", str(prompt), "--method", "dense",
+        "shareprefill", "--table", str(table), "--block-size", "32", "--dense-below", "64",
+        "--min-budget", "32", "--tau-qa", "0", "--max-new-tokens", "3",
+    ]  # fmt: skip
+    single = script.main(common)
+    sharded = script.main([*common, "--mesh", "data=1,model=2"])
+    for one, many in zip(single, sharded, strict=True):
+        assert one["answer"] == many["answer"]
+        for key in ("density", "num_pivot", "num_shared", "num_vertical_slash"):
+            assert one.get(key) == many.get(key), key
+    with pytest.raises(SystemExit):
+        script.main([*common, "--mesh", "data=2"])  # one prompt: no data parallelism
+
+
 def test_cli_tables(script, tmp_path):
     table, line = script.resolve_table(None, "tiny-llama", 4, 6)
     assert table is None and "no sharing table is shipped for tiny-llama" in line
