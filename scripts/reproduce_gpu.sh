@@ -15,6 +15,13 @@
 #             then the report docs/evaluation_results.md and its figures
 #   qwen_more Qwen threshold variants and 60-sample retrieval cells at 32K (they extend the
 #             accuracy stage's cells), then the report
+#   calibrate Qwen's sharing table at 16K and 32K tokens (SmolLM2's, at 4K and 8K, runs on a
+#             CPU in an hour), copied into sharedsparse_jax/tables and the results
+#   sharing   the paper's sharing ablation and gamma curves (benchmarks.sharing_ablation)
+#   crossover the length from which planned prefill pays, stored in the shipped tables, and the
+#             planner's cost per layer (benchmarks.crossover)
+#   chunked   chunked against whole-prompt prefill, 32K-128K (benchmarks.chunked_prefill)
+#   scaleout  the sharded code path on one GPU (mesh data=1,model=1) against the plain one
 # Every stage shows progress bars. `accuracy` resumes where it stopped (finished units are
 # skipped); `methods` is rerun with --resume; `latency` merges into its results file.
 # The built-in models and texts come from the cache ($SHAREDSPARSE_CACHE or
@@ -85,7 +92,34 @@ stage_qwen_more() {
     --report docs/evaluation_results.md --figures docs/figures
 }
 
-ALL=(kernels hopper planner methods latency accuracy qwen_more)
+stage_calibrate() {
+  "$PYTHON" -m sharedsparse_cli.calibrate --checkpoint "$QWEN" --lengths 16384 32768 \
+    --map-block-size 128 --second-length 8192 --out-dir calibration
+  cp "calibration/${QWEN}_table.json" "sharedsparse_jax/tables/$QWEN.json"
+  cp "calibration/${QWEN}_report.json" "$RESULTS/calibration/$QWEN.json"
+  cp calibration/calibration_"$QWEN"_*.png docs/figures/
+}
+stage_sharing() {
+  "$PYTHON" -m benchmarks.sharing_ablation --out "$RESULTS/sharing_ablation_h200.json"
+  "$PYTHON" -m benchmarks.sharing_ablation --plot "$RESULTS/sharing_ablation_h200.json" \
+    docs/figures/sharing_ablation_h200.png
+}
+stage_crossover() {
+  "$PYTHON" -m benchmarks.crossover --write-tables --out "$RESULTS/crossover_h200.json"
+}
+stage_chunked() {
+  "$PYTHON" -m benchmarks.chunked_prefill --out "$RESULTS/chunked_prefill_h200.json"
+}
+stage_scaleout() {
+  local common=(--models qwen llama8b --lengths 8192 32768 --methods dense shareprefill \
+    vertical_slash --fresh)
+  "$PYTHON" -m benchmarks.prefill_latency "${common[@]}" --out "$RESULTS/scaleout_plain_h200.json"
+  "$PYTHON" -m benchmarks.prefill_latency "${common[@]}" --mesh data=1,model=1 \
+    --out "$RESULTS/scaleout_mesh1x1_h200.json"
+}
+
+ALL=(kernels hopper planner methods latency accuracy qwen_more calibrate sharing crossover chunked
+  scaleout)
 STAGES=("${@:-${ALL[@]}}")
 for stage in "${STAGES[@]}"; do
   if ! declare -F "stage_$stage" >/dev/null; then
