@@ -65,9 +65,11 @@ from models import (
     load_builtin,
     prefill,
 )
+from models.checkpoint import read_config
 from models.compile_time import compile_clock
 from models.random_weights import random_model
 from models.sharding import ShardedAttention, make_mesh, parse_mesh_shape
+from models.sources import load_source, resolve_source, source_name
 from sharedsparse_jax import tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
@@ -136,8 +138,9 @@ class ModelCase:
     """One model of the benchmark.
 
     Attributes:
-      name: the --models key.
+      name: the --models key (or the --checkpoint source's name).
       builtin: the built-in model whose weights it loads, or None (random weights only).
+      source: a --checkpoint source (any supported checkpoint) to load instead, or None.
       config: the model's shape, for random weights (must match the built-in's).
       lengths: prompt lengths in tokens.
       methods: prefill methods (`dense` is the model's dense attention).
@@ -148,6 +151,7 @@ class ModelCase:
     config: ModelConfig
     lengths: tuple[int, ...]
     methods: tuple[str, ...]
+    source: str | None = None
 
 
 CASES = {
@@ -309,6 +313,13 @@ def load_case_model(
 ):
     """(model, tokenizer or None, sharing table or None, description) for one case; with a
     mesh, the parameters sharded over it."""
+    if case.source is not None:
+        loaded, name = load_source(case.source, dtype=dtype, mesh=mesh)
+        config = loaded.config
+        table = tables.resolve_table(
+            "builtin", name, num_layers=config.num_layers, num_heads=config.num_heads
+        ).table
+        return loaded.model, loaded.tokenizer, table, f"{case.source}, {_describe(config)}"
     if case.builtin is not None and not random_weights:
         loaded = load_builtin(case.builtin, dtype=dtype, mesh=mesh)
         config = loaded.config
@@ -331,6 +342,11 @@ def _describe(config: ModelConfig) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=tuple(CASES), default=tuple(CASES))
+    parser.add_argument(
+        "--checkpoint",
+        help="time this model instead of --models: a built-in name, a converted directory, an HF"
+        " directory or a GGUF file (converted once into the cache); needs --lengths",
+    )
     parser.add_argument(
         "--lengths", nargs="+", type=int, help="prompt lengths (default: each model's own)"
     )
@@ -418,8 +434,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     default_out = f"prefill_latency_{timing.gpu_tag()}{'_dryrun' if args.dry_run else ''}.json"
     out = args.out or RESULTS_DIR / default_out
     cases = [CASES[name] for name in args.models]
-    needs_text = args.text_file is not None or (
-        not args.random_weights and any(case.builtin is not None for case in cases)
+    if args.checkpoint is not None:
+        if not args.lengths:
+            raise SystemExit("--checkpoint needs --lengths")
+        config = read_config(resolve_source(args.checkpoint))  # converted once, if needed
+        cases = [
+            ModelCase(
+                name=source_name(args.checkpoint),
+                builtin=None,
+                config=config,
+                lengths=tuple(args.lengths),
+                methods=METHODS,
+                source=args.checkpoint,
+            )
+        ]
+    needs_text = args.text_file is not None or any(
+        case.source is not None or (case.builtin is not None and not args.random_weights)
+        for case in cases
     )
     text, text_source = load_text(args.text_file) if needs_text else (None, None)
 

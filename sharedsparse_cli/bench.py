@@ -22,7 +22,10 @@ from sharedsparse_cli import flags
 BENCHMARKS = {
     "attention": "block-sparse kernels against cuDNN dense causal attention",
     "planner_overhead": "the planner's cost on a Llama-3.1-8B-shaped layer",
-    "prefill_latency": "end-to-end prefill latency of whole models, per method and length",
+    "prefill_latency": "end-to-end prefill latency of whole models (built-in or --checkpoint),"
+    " per method and length",
+    "chunked_prefill": "chunked against whole-prompt prefill: time, peak memory, accuracy",
+    "pod": "the pod benchmark job: latency and accuracy of every method over a device mesh",
     "crossover": "the prompt length from which sparse prefill pays, per model and device",
     "method_attention": "attention-level time of every method on profile-matched layers",
     "attention_profiles": "per-head attention profiles of a real model (method_attention's input)",

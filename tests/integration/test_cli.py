@@ -142,6 +142,18 @@ def test_benchmark_dry_run(tmp_path, capsys):
     assert [r["seq_len"] for r in merged] == [200, 300]
 
 
+def test_benchmark_on_any_checkpoint(tmp_path):
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny-llama")
+    records = prefill_latency.main(
+        ["--checkpoint", str(checkpoint), "--lengths", "200", "--runs", "1", "--methods",
+         "dense", "vertical_slash", "--out", str(tmp_path / "latency.json")]
+    )  # fmt: skip
+    assert {(r["model"], r["method"], r["weights"]) for r in records} == {
+        ("tiny-llama", "dense", "checkpoint"), ("tiny-llama", "vertical_slash", "checkpoint")
+    }  # fmt: skip
+    assert all("error" not in r and r["median_ms"] > 0 for r in records)
+
+
 def test_benchmark_dry_run_on_a_mesh(tmp_path):
     """The test session's 4 CPU devices as a 2 x 2 mesh: the sharded path runs and records it."""
     records = prefill_latency.main(
