@@ -73,13 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--runs must be >= 1 and --windows >= 0")
     try:
         args.mesh_shape = parse_mesh_shape(args.mesh or "")
-        args.spec = distributed.from_environment(
-            os.environ,
-            auto=args.auto_distributed,
-            coordinator_address=args.coordinator_address,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
+        args.spec = distributed.from_arguments(args, os.environ)
     except ValueError as error:
         parser.error(str(error))
     return args

@@ -409,14 +409,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"--runs must be >= 1, got {args.runs}")
     mesh, batch = None, 1
     if args.mesh is not None:
-        spec = distributed.from_environment(
-            os.environ,
-            auto=args.auto_distributed,
-            coordinator_address=args.coordinator_address,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
-        distributed.initialize(spec)
+        distributed.initialize(distributed.from_arguments(args, os.environ))
         shape = parse_mesh_shape(args.mesh)
         mesh, batch = make_mesh(shape), shape["data"]
     if args.export_text is not None:

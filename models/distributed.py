@@ -112,6 +112,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def from_arguments(args: argparse.Namespace, environ: Mapping[str, str]) -> DistributedSpec:
+    """The spec of the options `add_arguments` defined (each falling back to its variable)."""
+    return from_environment(
+        environ,
+        auto=args.auto_distributed,
+        coordinator_address=args.coordinator_address,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
+
+
 def initialize(spec: DistributedSpec) -> None:
     """Joins the other processes (nothing to do for a single process).
 

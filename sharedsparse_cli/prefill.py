@@ -220,13 +220,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         return f"invalid planner settings: {error}"
     try:
         args.mesh_shape = parse_mesh_shape(args.mesh or "")
-        args.distributed = distributed.from_environment(
-            os.environ,
-            auto=args.auto_distributed,
-            coordinator_address=args.coordinator_address,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
+        args.distributed = distributed.from_arguments(args, os.environ)
     except ValueError as error:
         return f"--mesh or process options: {error}"
     if args.mesh_shape["data"] != 1:

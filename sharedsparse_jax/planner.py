@@ -41,17 +41,7 @@ SHARE_REASONS = (
     "vertical_far",
     "slash_far",
 )
-(
-    NOT_SHARED,
-    R_PIVOT,
-    R_SHARED,
-    R_DENSE_PROMPT,
-    R_QUERY_AWARE,
-    R_PIVOT_THIS_LAYER,
-    R_FALLBACK_COVERS,
-    R_VERTICAL_FAR,
-    R_SLASH_FAR,
-) = range(len(SHARE_REASONS))
+NOT_SHARED = SHARE_REASONS.index("not_shared")
 
 
 class SharingDecisions(NamedTuple):
@@ -302,29 +292,19 @@ def _sharing_decisions(
 ) -> SharingDecisions:
     """Each head's reason, the first rule that decided it (SHARE_REASONS order)."""
     is_short = jnp.broadcast_to(is_short, is_pivot.shape)
-    reason = jnp.select(
-        [
-            ~in_shared_cluster,
-            is_pivot,
-            is_shared,
-            is_short,
-            query_aware,
-            ~has_pivot,
-            ~below_fallback,
-            ~vertical_near,
-        ],
-        [
-            NOT_SHARED,
-            R_PIVOT,
-            R_SHARED,
-            R_DENSE_PROMPT,
-            R_QUERY_AWARE,
-            R_PIVOT_THIS_LAYER,
-            R_FALLBACK_COVERS,
-            R_VERTICAL_FAR,
-        ],
-        R_SLASH_FAR,
-    ).astype(jnp.int32)
+    # One condition per entry of SHARE_REASONS, in its order; the first that holds decides.
+    decided = [
+        ~in_shared_cluster,
+        is_pivot,
+        is_shared,
+        is_short,
+        query_aware,
+        ~has_pivot,
+        ~below_fallback,
+        ~vertical_near,
+        jnp.ones_like(is_pivot),  # slash_far: the only rule left
+    ]
+    reason = jnp.argmax(jnp.stack(decided, axis=-1), axis=-1).astype(jnp.int32)
     compared = in_shared_cluster & has_pivot
 
     def measured(x):

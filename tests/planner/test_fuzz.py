@@ -18,8 +18,7 @@ from sharedsparse_jax import planner
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingState, SharingTable
 from sharedsparse_jax.stats import layer_stats
-from tests.planner import inputs
-from tests.planner.reference_numpy import ReferencePlanner
+from tests.planner import inputs, runs
 
 BLOCK, HEAD_DIM = 16, 32
 
@@ -72,30 +71,6 @@ def _draw_case(seed: int):
     return rng, config, clusters, shared, lengths, q, k
 
 
-def _restatement(config, clusters, shared, lengths, q, k):
-    plans = []
-    for b, length in enumerate(lengths):
-        ref = ReferencePlanner(
-            clusters,
-            shared,
-            block_size=BLOCK,
-            gamma=config.gamma,
-            tau_sim=config.tau_sim,
-            tau_fb=config.tau_fb,
-            tau_qa=config.tau_qa,
-            min_budget=config.min_budget,
-            dense_below=config.dense_below,
-            quirks=config.reference_quirks,
-        )
-        layers = []
-        for layer in range(q.shape[0]):
-            q_l, k_l = q[layer, b, :length], k[layer, b, :length]
-            layers.append(ref.plan_layer(layer, q_l, k_l, length))
-            ref.absorb(inputs.dense_block_maps(q_l, k_l, BLOCK))
-        plans.append(layers)
-    return plans
-
-
 @pytest.mark.parametrize("seed", range(12))
 def test_planner_equals_restatement_on_random_padded_cases(seed):
     rng, config, clusters, shared, lengths, q, k = _draw_case(seed)
@@ -105,40 +80,16 @@ def test_planner_equals_restatement_on_random_padded_cases(seed):
         num_layers=num_layers,
         num_heads=num_heads,
     )
-    want = _restatement(config, clusters, shared, lengths, q, k)
-    lengths_array = jnp.asarray(lengths, jnp.int32)
-    tb = padded // BLOCK
-    plan_layer = jax.jit(
-        lambda q, k, state, layer: planner.plan_layer(
-            q, k, state, layer=layer, lengths=lengths_array, config=config, table=table
-        )
-    )
-    absorb = jax.jit(
-        lambda state, plan, maps, layer: planner.absorb_pivot_maps(
-            state, plan, maps, layer=layer, lengths=lengths_array, config=config, table=table
-        )
-    )
-    with jax.enable_x64(True):
-        state = SharingState.initial(batch, table.num_shared, tb, dtype=jnp.float64)
-        for layer in range(num_layers):
-            plan, state = plan_layer(jnp.asarray(q[layer]), jnp.asarray(k[layer]), state, layer)
-            maps = rng.uniform(0.0, 1.0, size=plan.block_mask.shape)  # padding rows: noise
-            for b, length in enumerate(lengths):
-                nb = -(-length // BLOCK)
-                maps[b, :, :nb] = 0.0
-                maps[b, :, :nb, :nb] = inputs.dense_block_maps(
-                    q[layer, b, :length], k[layer, b, :length], BLOCK
-                )
-            state = absorb(state, plan, jnp.asarray(maps), layer)
-            mask, category = np.asarray(plan.block_mask), np.asarray(plan.category)
-            for b, length in enumerate(lengths):
-                nb = -(-length // BLOCK)
-                want_blocks, want_category = want[b][layer]
-                got_category = [planner.CATEGORIES[c] for c in category[b]]
-                assert got_category == want_category, (seed, layer, b)
-                for h in range(num_heads):
-                    got = {(int(r), int(c)) for r, c in np.argwhere(mask[b, h, :nb, :nb])}
-                    assert got == want_blocks[h], (seed, layer, b, h, want_category[h])
+    want = runs.restatement_plans(config, clusters, shared, lengths, q, k)
+    got = runs.planner_plans(config, table, lengths, q, k, padding_noise=rng)
+    for layer, (mask, names, _) in enumerate(got):
+        for b, length in enumerate(lengths):
+            nb = -(-length // BLOCK)
+            want_blocks, want_category = want[b][layer]
+            assert names[b] == want_category, (seed, layer, b)
+            for h in range(num_heads):
+                blocks = {(int(r), int(c)) for r, c in np.argwhere(mask[b, h, :nb, :nb])}
+                assert blocks == want_blocks[h], (seed, layer, b, h, want_category[h])
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sharedsparse_jax import planner
-from sharedsparse_jax import stats as stats_module
 from sharedsparse_jax.config import SharePrefillConfig
-from sharedsparse_jax.sharing import SharingState, SharingTable
-from tests.planner import inputs
-from tests.planner.reference_numpy import ReferencePlanner
+from sharedsparse_jax.sharing import SharingTable
+from tests.planner import inputs, runs
 
 BLOCK, HEAD_DIM, GROUP, LAYERS = 16, 32, 2, 4
 # kv-head archetypes per layer; query heads 2g and 2g+1 follow kv head g.
@@ -104,68 +100,16 @@ def cached(fn):
 @cached
 def run_restatement(q, k, quirks: bool):
     """Per batch element, per layer: (block sets, categories)."""
-    config = make_config(quirks)
-    results = []
-    for b, length in enumerate(LENGTHS):
-        ref = ReferencePlanner(
-            CLUSTERS,
-            SHARED,
-            block_size=BLOCK,
-            gamma=config.gamma,
-            tau_sim=config.tau_sim,
-            tau_fb=config.tau_fb,
-            tau_qa=config.tau_qa,
-            min_budget=config.min_budget,
-            dense_below=config.dense_below,
-            quirks=quirks,
-        )
-        layers = []
-        for layer in range(LAYERS):
-            q_l, k_l = q[layer, b, :length], k[layer, b, :length]
-            blocks, category = ref.plan_layer(layer, q_l, k_l, length)
-            ref.absorb(inputs.dense_block_maps(q_l, k_l, BLOCK))
-            layers.append((blocks, category))
-        results.append(layers)
-    return results
+    return runs.restatement_plans(make_config(quirks), CLUSTERS, SHARED, LENGTHS, q, k)
 
 
 @cached
 def run_planner(q, k, quirks: bool):
     """Per layer: (block_mask [B, N, Tb, Tb], category names [B][N], stats)."""
-    config = make_config(quirks)
     table = SharingTable.from_json_dict(
         {"clusters": CLUSTERS, "shared_clusters": SHARED}, num_layers=LAYERS, num_heads=6
     )
-    lengths = jnp.asarray(LENGTHS, jnp.int32)
-    out = []
-    with jax.enable_x64(True):
-        state = SharingState.initial(
-            len(LENGTHS), table.num_shared, -(-q.shape[2] // BLOCK), dtype=jnp.float64
-        )
-        plan_layer = jax.jit(
-            lambda q_l, k_l, state, layer: planner.plan_layer(
-                q_l, k_l, state, layer=layer, lengths=lengths, config=config, table=table
-            )
-        )
-        absorb = jax.jit(
-            lambda state, plan, maps, layer: planner.absorb_pivot_maps(
-                state, plan, maps, layer=layer, lengths=lengths, config=config, table=table
-            )
-        )
-        for layer in range(LAYERS):
-            q_l, k_l = jnp.asarray(q[layer]), jnp.asarray(k[layer])
-            plan, state = plan_layer(q_l, k_l, state, jnp.int32(layer))
-            maps = np.zeros(plan.block_mask.shape)
-            for b, length in enumerate(LENGTHS):
-                nb = -(-length // BLOCK)
-                maps[b, :, :nb, :nb] = inputs.dense_block_maps(
-                    q[layer, b, :length], k[layer, b, :length], BLOCK
-                )
-            state = absorb(state, plan, jnp.asarray(maps), jnp.int32(layer))
-            names = [[planner.CATEGORIES[c] for c in row] for row in np.asarray(plan.category)]
-            stats = stats_module.layer_stats(plan, lengths, BLOCK)
-            out.append((np.asarray(plan.block_mask), names, stats))
-    return out
+    return runs.planner_plans(make_config(quirks), table, LENGTHS, q, k)
 
 
 def as_sets(block_mask: np.ndarray, nb: int):
@@ -221,18 +165,7 @@ def test_modes_differ_only_through_the_fixes(structured):
     refs = {}
     for quirks in (True, False):
         config = make_config(quirks)
-        ref = ReferencePlanner(
-            CLUSTERS,
-            SHARED,
-            block_size=BLOCK,
-            gamma=config.gamma,
-            tau_sim=config.tau_sim,
-            tau_fb=config.tau_fb,
-            tau_qa=config.tau_qa,
-            min_budget=config.min_budget,
-            dense_below=config.dense_below,
-            quirks=quirks,
-        )
+        ref = runs.reference_planner(config, CLUSTERS, SHARED)
         for layer in range(LAYERS):
             q_l, k_l = q[layer, b, :240], k[layer, b, :240]
             ref.plan_layer(layer, q_l, k_l, 240)

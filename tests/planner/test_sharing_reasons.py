@@ -129,7 +129,8 @@ def test_every_reason_in_a_planted_case():
         for name in stats.layer_stats(plans[0], lengths, BLOCK)
     }
     record = stats_record({k: v[:, 0] for k, v in per_layer.items()}, num_layers=3, num_heads=6)
-    assert record["share_reason"][1][:4] == [planner.R_SHARED] * 2 + [planner.R_FALLBACK_COVERS] * 2
+    shared, covers = (planner.SHARE_REASONS.index(r) for r in ("shared", "fallback_covers"))
+    assert record["share_reason"][1][:4] == [shared] * 2 + [covers] * 2
     assert record["sharing"]["fallback_covers"]["count"] == 2
 
 
