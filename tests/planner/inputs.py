@@ -20,6 +20,15 @@ import numpy as np
 from tests.oracle import numpy_attention
 
 ARCHETYPES = ("topic", "local", "pooled", "stripes")
+# Four layers of kv-head archetypes that the planner tests share: every layer has a topic head
+# (sharing pays), a local or stripes one (a vertical-slash pattern explains it) and, in the
+# first three, a pooled one (query-aware).
+STRUCTURED_LAYERS = (
+    ("topic", "local", "pooled"),
+    ("topic", "stripes", "pooled"),
+    ("topic", "local", "pooled"),
+    ("topic", "stripes", "local"),
+)
 
 
 def positional_features(positions: np.ndarray, num_pairs: int) -> np.ndarray:
@@ -103,3 +112,25 @@ def dense_block_maps(q: np.ndarray, k: np.ndarray, block_size: int) -> np.ndarra
     """float64[N, nb, nb]: the exact causal block-averaged attention maps of every head."""
     probs = numpy_attention.causal_probabilities(q[None], k[None])
     return numpy_attention.block_map(probs, q.shape[0], block_size)[0]
+
+
+def prompt_layers(
+    rng: np.random.Generator,
+    length: int,
+    archetypes=STRUCTURED_LAYERS,
+    *,
+    group: int = 2,
+    head_dim: int = 32,
+    block_size: int = 16,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per layer q [n, N, H], k and v [n, K, H] (float64) of one structured prompt of `length`
+    tokens, one topic per two-block chunk for all its layers."""
+    topics = chunk_topics(rng, length, block_size)
+    layers = []
+    for kinds in archetypes:
+        q, k = layer_inputs(
+            rng, list(kinds), length=length, group=group, head_dim=head_dim,
+            block_size=block_size, topics=topics,
+        )  # fmt: skip
+        layers.append((q, k, rng.standard_normal(k.shape)))
+    return layers

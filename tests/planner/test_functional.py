@@ -14,11 +14,7 @@ import sharedsparse_jax as ssp
 from tests.planner import inputs
 
 BLOCK, HEAD_DIM, GROUP = 16, 32, 2
-LAYER_ARCHETYPES = [
-    ["topic", "local", "pooled"],
-    ["topic", "stripes", "pooled"],
-    ["topic", "local", "pooled"],
-]
+NUM_LAYERS = 3
 LENGTHS = (200, 157)  # end-padded to T = 208, neither a multiple of the block
 PADDED = 208
 
@@ -40,29 +36,20 @@ def _layers(seed: int) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
     rng = np.random.default_rng(seed)
     batch = []
     for length in LENGTHS:
-        topics = inputs.chunk_topics(rng, length, BLOCK)
-        prompt = []
-        for kinds in LAYER_ARCHETYPES:
-            q, k = inputs.layer_inputs(
-                rng,
-                kinds,
-                length=length,
-                group=GROUP,
-                head_dim=HEAD_DIM,
-                block_size=BLOCK,
-                topics=topics,
-            )
-            v = rng.standard_normal(k.shape)
-            prompt.append(
-                [
-                    np.concatenate([x, rng.standard_normal((PADDED - length,) + x.shape[1:])])
-                    for x in (q, k, v)
-                ]
-            )
-        batch.append(prompt)
+        layers = inputs.prompt_layers(
+            rng, length, inputs.STRUCTURED_LAYERS[:NUM_LAYERS], group=GROUP, head_dim=HEAD_DIM,
+            block_size=BLOCK,
+        )  # fmt: skip
+        noise = rng.standard_normal  # the end padding
+        batch.append(
+            [
+                [np.concatenate([x, noise((PADDED - length,) + x.shape[1:])]) for x in layer]
+                for layer in layers
+            ]
+        )
     return [
         tuple(jnp.asarray(np.stack([p[layer][i] for p in batch]), jnp.float32) for i in range(3))
-        for layer in range(len(LAYER_ARCHETYPES))
+        for layer in range(NUM_LAYERS)
     ]
 
 

@@ -19,12 +19,6 @@ from sharedsparse_jax.sharing import SharingTable
 from tests.planner import inputs
 
 BLOCK, HEAD_DIM, GROUP = 16, 32, 2
-LAYER_ARCHETYPES = [
-    ["topic", "local", "pooled"],
-    ["topic", "stripes", "pooled"],
-    ["topic", "local", "pooled"],
-    ["topic", "stripes", "local"],
-]
 CLUSTERS = {
     "7": [[layer, h] for layer in range(4) for h in (0, 1)],
     "3": [[layer, h] for layer in range(4) for h in (2, 3)],
@@ -32,25 +26,6 @@ CLUSTERS = {
 CONFIG = SharePrefillConfig(
     block_size=BLOCK, gamma=0.9, tau_fb=0.95, tau_qa=0.1, min_budget=BLOCK, dense_below=4 * BLOCK
 )
-
-
-def _layers(rng, length):
-    """Per layer q [n, N, H], k and v [n, K, H] (float32) of one structured prompt."""
-    topics = inputs.chunk_topics(rng, length, BLOCK)
-    layers = []
-    for kinds in LAYER_ARCHETYPES:
-        q, k = inputs.layer_inputs(
-            rng,
-            kinds,
-            length=length,
-            group=GROUP,
-            head_dim=HEAD_DIM,
-            block_size=BLOCK,
-            topics=topics,
-        )
-        v = rng.standard_normal(k.shape)
-        layers.append(tuple(np.asarray(x, np.float32) for x in (q, k, v)))
-    return layers
 
 
 def _run(attention, layers, padded_length, rng):
@@ -96,7 +71,10 @@ def test_padded_prompt_equals_unpadded(length, padded_length):
         {"clusters": CLUSTERS, "shared_clusters": list(CLUSTERS)}, num_layers=4, num_heads=6
     )
     attention = SharePrefillAttention(CONFIG, table, implementation="xla")
-    layers = _layers(rng, length)
+    layers = [
+        tuple(np.asarray(x, np.float32) for x in layer)
+        for layer in inputs.prompt_layers(rng, length, block_size=BLOCK)
+    ]
     alone = _run(attention, layers, length, rng)
     padded = _run(attention, layers, padded_length, rng)
     nb = -(-length // BLOCK)

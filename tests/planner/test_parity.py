@@ -18,13 +18,7 @@ from sharedsparse_jax.sharing import SharingTable
 from tests.planner import inputs, runs
 
 BLOCK, HEAD_DIM, GROUP, LAYERS = 16, 32, 2, 4
-# kv-head archetypes per layer; query heads 2g and 2g+1 follow kv head g.
-LAYER_ARCHETYPES = [
-    ["topic", "local", "pooled"],
-    ["topic", "stripes", "pooled"],
-    ["topic", "local", "pooled"],
-    ["topic", "stripes", "local"],
-]
+# Layers of inputs.STRUCTURED_LAYERS; query heads 2g and 2g+1 follow kv head g.
 CLUSTERS = {
     # topic heads in every layer: the pivot's pattern is worth sharing
     "7": [[layer, h] for layer in range(LAYERS) for h in (0, 1)],
@@ -67,7 +61,7 @@ def make_inputs(seed: int):
                 block_size=BLOCK,
                 topics=topics,
             )
-            for kinds in LAYER_ARCHETYPES
+            for kinds in inputs.STRUCTURED_LAYERS
         ]
         per_batch.append(layers)
     q = np.zeros((LAYERS, len(LENGTHS), total, 6, HEAD_DIM))
