@@ -21,8 +21,11 @@ or `--text-file`) tokenized, repeated and cut to the target length; batch 1; log
 last position only. Per case: one warm-up call (its compile time is measured separately, from
 JAX's compile events), then ten timed calls, each waited for on the device; median, min and
 max milliseconds. SharePrefill and the other planned methods also record block density and
-head counts. Records go to `benchmarks/results/prefill_latency_<gpu>.json` (merged with the
-records of other cases already there, and rewritten after every case) and a table is printed.
+head counts. The planned methods run as shipped: below the crossover measured for the model on
+this device (`benchmarks.crossover --write-tables`, in its sharing table) they run dense; each
+record's `dense_below` says from which length they plan. Records go to
+`benchmarks/results/prefill_latency_<gpu>.json` (merged with the records of other cases already
+there, and rewritten after every case) and a table is printed.
 
 Nothing can be downloaded on the GPU machine: bring the built-in models' GGUF files
 (`<cache>/gguf/*.gguf`, 98 MB and 491 MB; `--gguf PATH`, identified by their SHA-256) and a text
@@ -454,6 +457,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "planner_overrides": planner,
     }
     records: list[dict] = []
+    device_kind = jax.devices()[0].device_kind
 
     def save() -> None:
         timing.write_records(out, merge_records(previous, records), environment)
@@ -476,10 +480,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ]
             save()
             continue
+        # As shipped: below the crossover measured for this model on this device, dense.
+        crossover = None if table is None else table.measured_dense_below(device_kind)
+        case_planner = (
+            planner if crossover is None else planner | {"dense_below": crossover["tokens"]}
+        )
         base |= {
             "description": description,
             "weights": "random" if tokenizer is None else "checkpoint",
             "num_shared_clusters": 0 if table is None else table.num_shared,
+            "dense_below": case_planner.get("dense_below", SharePrefillConfig().dense_below),
         }
         if tokenizer is not None:
             # Enough of the text for the longest prompt (about 4 characters per token).
@@ -493,7 +503,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             progress.set_postfix(seq_len=length, method=method)
             record = base | {"method": method, "seq_len": length}
             record["table"] = "shipped" if method == "shareprefill" and table else None
-            attention = make_attention(method, planner, table, args, mesh)
+            attention = make_attention(method, case_planner, table, args, mesh)
             prompt = np.tile(prompt_tokens(token_ids, length), (batch, 1))
             try:
                 record |= time_prefill(model, prompt, attention, runs)

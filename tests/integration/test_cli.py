@@ -6,6 +6,8 @@ import argparse
 import json
 from types import SimpleNamespace
 
+import jax
+import numpy as np
 import pytest
 
 from benchmarks import prefill_latency, timing
@@ -15,6 +17,8 @@ from models.compile_time import union_length
 from models.fetch import builtin_checkpoint
 from models.tokenizer import Tokenizer
 from sharedsparse_cli import prefill as prefill_cli
+from sharedsparse_jax import tables
+from sharedsparse_jax.sharing import SharingTable
 from tests.integration import helpers
 
 PROMPT = (
@@ -152,6 +156,28 @@ def test_benchmark_on_any_checkpoint(tmp_path):
         ("tiny-llama", "dense", "checkpoint"), ("tiny-llama", "vertical_slash", "checkpoint")
     }  # fmt: skip
     assert all("error" not in r and r["median_ms"] > 0 for r in records)
+
+
+def test_benchmark_runs_dense_below_the_measured_crossover(tmp_path, monkeypatch):
+    """The planned methods run as shipped: below the crossover stored in the model's table for
+    this device they run dense (no head planned), from it they plan."""
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny-llama")
+    config = read_config(checkpoint)
+    kind = jax.devices()[0].device_kind
+    table = SharingTable(
+        cluster_of=np.zeros((config.num_layers, config.num_heads), np.int32),
+        cluster_ids=("0",),
+        is_shared=np.zeros(1, bool),
+        metadata={"dense_below": {kind: {"tokens": 256, "command": "test", "date": "today"}}},
+    )
+    resolved = tables.ResolvedTable(table, "test")
+    monkeypatch.setattr(prefill_latency.tables, "resolve_table", lambda *a, **k: resolved)
+    records = prefill_latency.main(
+        ["--checkpoint", str(checkpoint), "--lengths", "200", "320", "--runs", "1", "--methods",
+         "vertical_slash", "--out", str(tmp_path / "latency.json")]
+    )  # fmt: skip
+    assert [(r["seq_len"], r["dense_below"]) for r in records] == [(200, 256), (320, 256)]
+    assert [r["num_vertical_slash"] for r in records] == [0, config.num_layers * config.num_heads]
 
 
 def test_benchmark_dry_run_on_a_mesh(tmp_path):
