@@ -217,13 +217,6 @@ def tiny_random_model(*, dtype: str = "float32", seed: int = 0) -> EvalModel:
     )
 
 
-@jax.jit
-def _chunk_log_likelihoods(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """float32[P, V], int32[P] -> float32[P] log-probabilities of the targets."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
-
-
 @dataclasses.dataclass(frozen=True)
 class TextScore:
     """One window under one attention.
@@ -247,20 +240,19 @@ def score_window(
     attention: PrefillAttention,
     *,
     kl_positions: int,
-    chunk: int = 1024,
 ) -> TextScore:
     """Runs one window and scores every next token.
 
-    The model returns logits for every position ([T, V] float32: 1.6 GB for SmolLM2 at 8K,
-    20 GB for Qwen at 32K); log-likelihoods are then taken `chunk` rows at a time so the
-    log-softmax never holds a second [T, V] array.
+    The log-likelihoods come from inside the prefill, a slice of positions at a time
+    (`models.generate.prefill(score=True)`); only the last Q positions' logits are kept, so
+    memory stays bounded whatever the window's length (Qwen's [T, V] logits at 128K would be
+    80 GB).
 
     Args:
       evaluated: the model.
       ids: int32[T] the window's tokens.
       attention: the prefill attention.
       kl_positions: Q, how many final positions' logits to keep for KL.
-      chunk: rows per log-softmax.
 
     Returns:
       The window's scores.
@@ -271,16 +263,11 @@ def score_window(
         evaluated.model,
         ids[None],
         attention=attention,
-        logit_positions=np.arange(length, dtype=np.int32),
+        logit_positions=np.arange(length - min(kl_positions, length), length, dtype=np.int32),
+        score=True,
     )
-    logits = result.logits[0]  # [T, V]
-    targets = jnp.asarray(ids[1:], jnp.int32)
-    pieces = [
-        _chunk_log_likelihoods(logits[i : min(i + chunk, length - 1)], targets[i : i + chunk])
-        for i in range(0, length - 1, chunk)
-    ]
-    log_likelihoods = np.concatenate([np.asarray(p) for p in pieces]).astype(np.float64)
-    last_logits = np.asarray(logits[length - min(kl_positions, length) :], np.float32)
+    log_likelihoods = np.asarray(result.log_likelihoods[0], np.float64)
+    last_logits = np.asarray(result.logits[0], np.float32)
     stats = {key: np.asarray(value)[:, 0] for key, value in result.stats.items()}
     return TextScore(log_likelihoods, last_logits, stats, time.perf_counter() - start)
 
