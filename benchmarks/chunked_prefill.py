@@ -121,11 +121,9 @@ def peak_memory_gib(model, tokens: np.ndarray, attention, chunk: int | None) -> 
     return max(peaks) / 2**30
 
 
-def mean_nll(result, tokens: np.ndarray) -> float:
-    logits = jnp.asarray(result.logits[0, : tokens.size - 1], jnp.float32)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(log_probs, jnp.asarray(tokens[1:, None]), axis=-1)
-    return float(-jnp.mean(picked))
+def mean_nll(result) -> float:
+    """Mean next-token NLL of a scored prefill of one unpadded prompt."""
+    return float(-jnp.mean(result.log_likelihoods[0]))
 
 
 def whole_mask(stats, chunk: int | None) -> np.ndarray:
@@ -137,10 +135,10 @@ def whole_mask(stats, chunk: int | None) -> np.ndarray:
     return np.concatenate(list(masks[:, :, 0]), axis=2)
 
 
-def accuracy(result, reference, tokens: np.ndarray, method: str, chunk: int | None) -> dict:
+def accuracy(result, reference, method: str, chunk: int | None) -> dict:
     """nll, delta_nll_vs_whole, density and block_agreement of a run against the whole prompt's."""
-    nll = mean_nll(result, tokens)
-    record = {"nll": nll, "delta_nll_vs_whole": nll - mean_nll(reference, tokens)}
+    nll = mean_nll(result)
+    record = {"nll": nll, "delta_nll_vs_whole": nll - mean_nll(reference)}
     if method == "dense":
         return record | {"density": 1.0, "block_agreement": None}
     kept = np.asarray(result.stats["kept_blocks"]).sum()
@@ -258,10 +256,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     "method": method,
                 }
                 if not args.random_weights:
-                    result = run(model, tokens, attention, chunk, logit_positions="all")
+                    result = run(model, tokens, attention, chunk, score=True)
                     if chunk is None:
                         reference = result
-                    record |= accuracy(result, reference, tokens, method, chunk)
+                    record |= accuracy(result, reference, method, chunk)
                     del result
                 measure(record, model, tokens, attention, chunk, runs)
                 records.append(record)

@@ -108,14 +108,6 @@ def attention_of(method: str, args, table, mesh) -> ShardedAttention:
     return ShardedAttention(inner, mesh)
 
 
-@jax.jit
-def _row_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """float32[B]: each row's mean next-token NLL, [B, T, V] logits against [B, T] tokens."""
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
-    return -jnp.mean(picked, axis=1)
-
-
 def window_nll(model, windows: np.ndarray, attention, batch: int) -> float:
     """Mean next-token NLL of [W, T] windows, prefilled `batch` rows at a time (the data axis
     needs whole batches: the last one is filled up with repeated windows, not counted)."""
@@ -124,8 +116,8 @@ def window_nll(model, windows: np.ndarray, attention, batch: int) -> float:
     values = []
     for start in range(0, rows.shape[0], batch):
         ids = rows[start : start + batch]
-        result = prefill(model, ids, attention=attention, logit_positions="all")
-        nll = _row_nll(result.logits, jnp.asarray(ids))  # rows may live on other processes
+        result = prefill(model, ids, attention=attention, score=True)
+        nll = -jnp.mean(result.log_likelihoods, axis=1)  # rows may live on other processes
         values.append(np.asarray(multihost_utils.process_allgather(nll, tiled=True)))
     return float(np.concatenate(values)[:count].mean())
 

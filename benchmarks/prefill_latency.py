@@ -3,6 +3,7 @@
     python -m benchmarks.prefill_latency                        # every case, on one GPU
     python -m benchmarks.prefill_latency --models llama8b       # a subset
     python -m benchmarks.prefill_latency --dry-run              # tiny lengths: a CPU smoke run
+    python -m benchmarks.prefill_latency --models qwen --yarn-factor 4 --lengths 65536 131072
 
 With `--mesh data=D,model=M` every case runs sharded over D x M devices (of one or several
 processes: `--coordinator`, `--num-processes`, `--process-id`, or `--auto-distributed` on a
@@ -15,6 +16,10 @@ Cases (`--models`, `--lengths`, `--methods` select subsets):
 - llama8b: a Llama-3.1-8B-shaped model with random bf16 weights (32 layers, D 4096, 32/8
   heads, head dim 128, FFN 14336, vocab 128256, llama3 RoPE), dense only, at 8K-128K: the
   end-to-end baseline sparse prefill has to beat.
+
+`--yarn-factor F` extends the context of smollm2, qwen or a `--checkpoint` model F times with
+YaRN (`models.config.extend_context`; qwen with 4 reaches 128K tokens); every record holds its
+`yarn_factor` (null without), and records at different factors are kept apart.
 
 Protocol: the prompt is a long text (Austen's novels from the cache, else Paul Graham's essays,
 or `--text-file`) tokenized, repeated and cut to the target length; batch 1; logits of the
@@ -70,6 +75,7 @@ from models import (
 )
 from models.checkpoint import read_config
 from models.compile_time import compile_clock
+from models.config import extend_context
 from models.random_weights import random_model
 from models.sharding import ShardedAttention, make_mesh, parse_mesh_shape
 from models.sources import load_source, resolve_source, source_name
@@ -144,9 +150,11 @@ class ModelCase:
       name: the --models key (or the --checkpoint source's name).
       builtin: the built-in model whose weights it loads, or None (random weights only).
       source: a --checkpoint source (any supported checkpoint) to load instead, or None.
-      config: the model's shape, for random weights (must match the built-in's).
+      config: the model's shape, for random weights (must match the built-in's), with its
+        context extended when `yarn_factor` is set.
       lengths: prompt lengths in tokens.
       methods: prefill methods (`dense` is the model's dense attention).
+      yarn_factor: the YaRN context extension its weights are loaded with, or None.
     """
 
     name: str
@@ -155,6 +163,13 @@ class ModelCase:
     lengths: tuple[int, ...]
     methods: tuple[str, ...]
     source: str | None = None
+    yarn_factor: float | None = None
+
+    def extended(self, yarn_factor: float) -> ModelCase:
+        """The case with its context extended `yarn_factor` times with YaRN (ValueError where
+        its rope is already scaled)."""
+        config = extend_context(self.config, yarn_factor)
+        return dataclasses.replace(self, config=config, yarn_factor=yarn_factor)
 
 
 CASES = {
@@ -317,14 +332,16 @@ def load_case_model(
     """(model, tokenizer or None, sharing table or None, description) for one case; with a
     mesh, the parameters sharded over it."""
     if case.source is not None:
-        loaded, name = load_source(case.source, dtype=dtype, mesh=mesh)
+        loaded, name = load_source(
+            case.source, dtype=dtype, mesh=mesh, yarn_factor=case.yarn_factor
+        )
         config = loaded.config
         table = tables.resolve_table(
             "builtin", name, num_layers=config.num_layers, num_heads=config.num_heads
         ).table
         return loaded.model, loaded.tokenizer, table, f"{case.source}, {_describe(config)}"
     if case.builtin is not None and not random_weights:
-        loaded = load_builtin(case.builtin, dtype=dtype, mesh=mesh)
+        loaded = load_builtin(case.builtin, dtype=dtype, mesh=mesh, yarn_factor=case.yarn_factor)
         config = loaded.config
         table = tables.resolve_table(
             "builtin", case.builtin, num_layers=config.num_layers, num_heads=config.num_heads
@@ -360,6 +377,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep only these of each model's methods (default: all of them)",
     )
     parser.add_argument("--runs", type=int, default=10, help="timed runs per case (>= 1)")
+    parser.add_argument(
+        "--yarn-factor",
+        type=float,
+        metavar="FACTOR",
+        help="extend the models' context FACTOR times with YaRN (> 1; qwen: 4 reaches 128K);"
+        " default: the trained context",
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument(
         "--implementation", help="block-sparse kernel implementation(s), comma-separated"
@@ -410,6 +434,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.runs < 1:
         raise SystemExit(f"--runs must be >= 1, got {args.runs}")
+    if args.yarn_factor is not None and not args.yarn_factor > 1:
+        raise SystemExit(f"--yarn-factor must be above 1, got {args.yarn_factor:g}")
     mesh, batch = None, 1
     if args.mesh is not None:
         distributed.initialize(distributed.from_arguments(args, os.environ))
@@ -444,6 +470,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 source=args.checkpoint,
             )
         ]
+    if args.yarn_factor is not None:
+        extended = []
+        for case in cases:
+            try:
+                extended.append(case.extended(args.yarn_factor))
+            except ValueError as error:
+                raise SystemExit(f"--yarn-factor: {case.name}: {error}") from None
+        cases = extended
     needs_text = args.text_file is not None or any(
         case.source is not None or (case.builtin is not None and not args.random_weights)
         for case in cases
@@ -466,7 +500,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lengths = args.lengths or (DRY_RUN_LENGTHS if args.dry_run else case.lengths)
         lengths = [n for n in lengths if n <= case.config.max_position_embeddings]
         methods = [m for m in case.methods if args.methods is None or m in args.methods]
-        base = {"model": case.name, "dtype": str(dtype), "mesh": args.mesh, "batch": batch}
+        base = {
+            "model": case.name,
+            "yarn_factor": case.yarn_factor,
+            "dtype": str(dtype),
+            "mesh": args.mesh,
+            "batch": batch,
+        }
         try:
             model, tokenizer, table, description = load_case_model(
                 case, dtype, random_weights=args.random_weights, dry_run=args.dry_run, mesh=mesh
@@ -519,10 +559,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return records
 
 
+def _case_key(record: dict) -> tuple:
+    """What a record measures: model (at its YaRN factor), method and length."""
+    return record["model"], record.get("yarn_factor"), record["method"], record["seq_len"]
+
+
 def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
     """`old` without the cases `new` measures again, then `new`."""
-    keys = {(r["model"], r["method"], r["seq_len"]) for r in new}
-    return [r for r in old if (r["model"], r["method"], r["seq_len"]) not in keys] + new
+    keys = {_case_key(r) for r in new}
+    return [r for r in old if _case_key(r) not in keys] + new
 
 
 def merge_results(paths: Sequence[Path], out: Path) -> list[dict]:
@@ -542,8 +587,8 @@ def merge_results(paths: Sequence[Path], out: Path) -> list[dict]:
 
 def report(records: list[dict]) -> None:
     """The summary table, then the failed cases."""
-    columns = ["model", "weights", "method", "seq_len", "median_ms", "min_ms", "max_ms"]
-    columns += ["compile_s", "density", "num_pivot", "num_shared", "num_query_aware"]
+    columns = ["model", "yarn_factor", "weights", "method", "seq_len", "median_ms", "min_ms"]
+    columns += ["max_ms", "compile_s", "density", "num_pivot", "num_shared", "num_query_aware"]
     columns += ["num_vertical_slash"]
     rows = [{c: ("-" if r.get(c) is None else r[c]) for c in columns} for r in records]
     timing.print_table(rows, columns)

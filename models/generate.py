@@ -3,8 +3,10 @@
 Prompts are padded at the end to a length bucket (a multiple of 128) so that a new prompt length
 reuses a compiled program; attention receives the real lengths. A batch may hold prompts of
 different lengths: each is end-padded to the bucket of the longest, its logits are read at its
-own last token and decoding appends at its own position. `prefill_chunked` runs a prompt
-chunk by chunk over a growing cache instead (bounded activation memory). Decoding (greedy or
+own last token and decoding appends at its own position. With `score=True` prefill also gives
+every next token's log-likelihood without ever holding [T, V] logits (text scoring at 128K
+tokens of a 152K-token vocabulary). `prefill_chunked` runs a prompt chunk by chunk over a
+growing cache instead (bounded activation memory). Decoding (greedy or
 temperature / top-p sampling, stop tokens, a token budget) runs in one `jax.lax.while_loop`
 over dense attention on the cache.
 """
@@ -22,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from models.attention import DenseAttention, PrefillAttention
-from models.llama import KVCache, Transformer
+from models.llama import SCORE_ROWS, KVCache, Transformer
 
 BUCKET_MULTIPLE = 128
 
@@ -60,6 +62,9 @@ class PrefillResult:
     Attributes:
       logits: float32[B, P, V] next-token logits at `positions`.
       positions: int32[B, P] the prompt positions the logits belong to.
+      log_likelihoods: with `score=True`, float32[B, T - 1] (T the longest prompt):
+        log p(token t + 1 | tokens <= t); NaN at t >= the row's length - 1 (no real next
+        token). None otherwise.
       cache: the KV cache, k / v [L, B, S, K, H] with S the padded (bucket) length, lengths
         int32[B] each prompt's real length.
       stats: the attention's per-layer stats, each [L, ...].
@@ -67,6 +72,7 @@ class PrefillResult:
 
     logits: jax.Array
     positions: jax.Array
+    log_likelihoods: jax.Array | None
     cache: KVCache
     stats: dict[str, jax.Array]
 
@@ -228,6 +234,25 @@ def _check_context(model: Transformer, total: int, what: str) -> None:
         )
 
 
+def _check_score_rows(score_rows: int) -> None:
+    if score_rows < 1:
+        raise ValueError(f"score_rows must be >= 1, got {score_rows}")
+
+
+def _next_tokens(padded_tokens: np.ndarray) -> np.ndarray:
+    """int32[B, S] -> int32[B, S]: the token after each position (0 after the last)."""
+    targets = np.zeros_like(padded_tokens)
+    targets[:, :-1] = padded_tokens[:, 1:]
+    return targets
+
+
+def _real_log_likelihoods(scores: jax.Array, lengths: np.ndarray, length: int) -> jax.Array:
+    """float32[B, S] scores of `_next_tokens` -> float32[B, length - 1], NaN where the target
+    is padding (t >= the row's length - 1)."""
+    has_target = np.arange(length - 1)[None, :] < (lengths - 1)[:, None]
+    return jnp.where(has_target, scores[:, : length - 1], jnp.nan)
+
+
 def _split_attention(attention: Any) -> tuple[Any, list[Any]]:
     """Separates an attention object into a hashable static part and its array leaves."""
     leaves, treedef = jax.tree.flatten(attention)
@@ -254,11 +279,21 @@ def _merge_attention(spec: Any, dynamic: list[Any]) -> Any:
     return jax.tree.unflatten(treedef, leaves)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _prefill_jit(graphdef, state, tokens, lengths, logit_positions, attention_spec, dynamic):
+@functools.partial(jax.jit, static_argnums=(0, 5), static_argnames=("score_rows",))
+def _prefill_jit(
+    graphdef,
+    state,
+    tokens,
+    lengths,
+    logit_positions,
+    attention_spec,
+    dynamic,
+    targets=None,
+    score_rows=SCORE_ROWS,
+):
     model = nnx.merge(graphdef, state)
     attention = _merge_attention(attention_spec, dynamic)
-    return model.prefill(tokens, lengths, logit_positions, attention)
+    return model.prefill(tokens, lengths, logit_positions, attention, targets, score_rows)
 
 
 def prefill(
@@ -269,6 +304,8 @@ def prefill(
     attention: PrefillAttention | None = None,
     logit_positions: Any = None,
     buckets: Sequence[int] | None = None,
+    score: bool = False,
+    score_rows: int = SCORE_ROWS,
 ) -> PrefillResult:
     """Runs a batch of prompts, of equal or different lengths, through the model.
 
@@ -283,11 +320,15 @@ def prefill(
         longest prompt (rows past their own length hold the padding's logits), or int [P] /
         [B, P] positions, each below its own row's length.
       buckets: optional padded lengths to choose from (default: `bucket_length`).
+      score: also return every next token's log-likelihood (`PrefillResult.log_likelihoods`),
+        computed `score_rows` positions at a time inside the prefill's program.
+      score_rows: positions per scoring step (>= 1): float32[B, score_rows, V] logits at most.
 
     Returns:
-      logits float32[B, P, V], the KV cache (S = padded length, per-row lengths), the
-      attention's stats.
+      logits float32[B, P, V], with `score` the log-likelihoods float32[B, T - 1], the KV
+      cache (S = padded length, per-row lengths), the attention's stats.
     """
+    _check_score_rows(score_rows)
     array, lengths = prompt_batch(model, tokens, lengths)
     batch, length = array.shape  # length: the longest prompt
     _check_context(model, length, "the prompt")
@@ -319,19 +360,46 @@ def prefill(
     attention = DenseAttention() if attention is None else attention
     spec, dynamic = _split_attention(attention)
     graphdef, state = nnx.split(model)
-    logits, cache, stats = _prefill_jit(
-        graphdef, state, padded_tokens, lengths, np.ascontiguousarray(positions), spec, dynamic
+    logits, scores, cache, stats = _prefill_jit(
+        graphdef,
+        state,
+        padded_tokens,
+        lengths,
+        np.ascontiguousarray(positions),
+        spec,
+        dynamic,
+        _next_tokens(padded_tokens) if score else None,
+        score_rows=score_rows,
     )
     if isinstance(logit_positions, str):
         logits, positions = logits[:, :length], positions[:, :length]
-    return PrefillResult(logits=logits, positions=jnp.asarray(positions), cache=cache, stats=stats)
+    return PrefillResult(
+        logits=logits,
+        positions=jnp.asarray(positions),
+        log_likelihoods=_real_log_likelihoods(scores, lengths, length) if score else None,
+        cache=cache,
+        stats=stats,
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 6), donate_argnums=(4,))
-def _chunk_jit(graphdef, state, tokens, start, cache, positions, attention_spec, dynamic):
+@functools.partial(
+    jax.jit, static_argnums=(0, 3, 6), static_argnames=("score_rows",), donate_argnums=(4,)
+)
+def _chunk_jit(
+    graphdef,
+    state,
+    tokens,
+    start,
+    cache,
+    positions,
+    attention_spec,
+    dynamic,
+    targets=None,
+    score_rows=SCORE_ROWS,
+):
     model = nnx.merge(graphdef, state)
     attention = _merge_attention(attention_spec, dynamic)
-    return model.prefill_chunk(tokens, start, cache, positions, attention)
+    return model.prefill_chunk(tokens, start, cache, positions, attention, targets, score_rows)
 
 
 def prefill_chunked(
@@ -342,6 +410,8 @@ def prefill_chunked(
     attention: PrefillAttention | None = None,
     lengths: Any = None,
     logit_positions: str | None = None,
+    score: bool = False,
+    score_rows: int = SCORE_ROWS,
 ) -> PrefillResult:
     """Prefills prompts (of equal or different lengths) chunk by chunk over a growing KV cache.
 
@@ -360,13 +430,18 @@ def prefill_chunked(
       lengths: optional int[B] real tokens per row when `tokens` is an end-padded array.
       logit_positions: None for each prompt's last position, "all" for every position of the
         longest prompt.
+      score: also return every next token's log-likelihood (`PrefillResult.log_likelihoods`);
+        a chunk's last position is scored on the next chunk's first token.
+      score_rows: positions per scoring step (>= 1): float32[B, score_rows, V] logits at most.
 
     Returns:
-      logits float32[B, P, V], the KV cache (S = the padded length), and the stats of every
-      chunk stacked along a leading axis ({name: [chunks, L, B, ...]}).
+      logits float32[B, P, V], with `score` the log-likelihoods float32[B, T - 1], the KV
+      cache (S = the padded length), and the stats of every chunk stacked along a leading
+      axis ({name: [chunks, L, B, ...]}).
     """
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    _check_score_rows(score_rows)
     if logit_positions not in (None, "all"):
         raise ValueError(f"logit_positions={logit_positions!r}: use None or 'all'")
     array, lengths = prompt_batch(model, tokens, lengths)
@@ -386,15 +461,16 @@ def prefill_chunked(
         v=jnp.zeros(shape, model.dtype),
         lengths=jnp.asarray(lengths, jnp.int32),
     )
+    targets = _next_tokens(padded_tokens) if score else None
     last = np.asarray(lengths) - 1
-    logits, chunk_stats = [], []
+    logits, scores, chunk_stats = [], [], []
     for index in range(num_chunks):
         start, end = index * chunk_tokens, (index + 1) * chunk_tokens
         if logit_positions == "all":
             positions = np.broadcast_to(np.arange(start, end, dtype=np.int32), (batch, end - start))
         else:
             positions = np.clip(last, start, end - 1).astype(np.int32)[:, None]
-        chunk_logits, cache, stats = _chunk_jit(
+        chunk_logits, chunk_scores, cache, stats = _chunk_jit(
             graphdef,
             state,
             padded_tokens[:, start:end],
@@ -403,7 +479,10 @@ def prefill_chunked(
             np.ascontiguousarray(positions),
             spec,
             dynamic,
+            None if targets is None else np.ascontiguousarray(targets[:, start:end]),
+            score_rows=score_rows,
         )
+        scores.append(chunk_scores)
         if logit_positions == "all":
             logits.append(chunk_logits)
         else:  # keep each row's logits from the chunk holding its last token
@@ -419,8 +498,15 @@ def prefill_chunked(
     else:
         result_logits, positions = logits[0], last[:, None].astype(np.int32)
     stats = jax.tree.map(lambda *xs: jnp.stack(xs), *chunk_stats) if chunk_stats[0] else {}
+    log_likelihoods = (
+        _real_log_likelihoods(jnp.concatenate(scores, axis=1), lengths, length) if score else None
+    )
     return PrefillResult(
-        logits=result_logits, positions=jnp.asarray(positions), cache=cache, stats=stats
+        logits=result_logits,
+        positions=jnp.asarray(positions),
+        log_likelihoods=log_likelihoods,
+        cache=cache,
+        stats=stats,
     )
 
 

@@ -4,6 +4,8 @@ The whole forward pass is in this file. Layers are stacked (every per-layer para
 leading L axis) and run by `jax.lax.scan`, so one layer body is compiled whatever the depth.
 Attention is a parameter of each call (`models.attention.PrefillAttention`); its state rides in
 the scan carry and its per-layer stats come back stacked to [L, ...].
+Prefill returns the logits of chosen positions and, given target tokens, the log-likelihood of
+every position's target, computed a slice of positions at a time (never [T, V] logits).
 
 Parameter tree (see `parameter_shapes`), dim letters as in DESIGN.md:
   embed [V, D]; final_norm [D]; lm_head [D, V] (untied models only)
@@ -27,6 +29,10 @@ from models.config import ModelConfig
 from models.rope import apply_rope, inverse_frequencies, rope_tables
 
 PyTree = Any
+
+# Positions per row scored at a time by `Transformer._log_likelihoods`: each step holds
+# float32[B, SCORE_ROWS, V] logits (1.2 GB per row for Qwen's 151,936 tokens), never [B, T, V].
+SCORE_ROWS = 2048
 
 
 def parameter_shapes(config: ModelConfig) -> dict[str, Any]:
@@ -134,13 +140,70 @@ class Transformer(nnx.Module):
             return jnp.einsum("bpd,vd->bpv", x, self.embed[...], preferred_element_type=jnp.float32)
         return jnp.einsum("bpd,dv->bpv", x, self.lm_head[...], preferred_element_type=jnp.float32)
 
+    def _log_likelihoods(self, x: jax.Array, targets: jax.Array, rows: int) -> jax.Array:
+        """log p(targets) under the head's next-token distribution, `rows` positions at a time.
+
+        Final norm, output head and log-softmax run on one slice of positions per step of a
+        `jax.lax.map`, so only float32[B, rows, V] logits are ever live.
+
+        Args:
+          x: [B, T, D] the last layer's output.
+          targets: int32[B, T] the token each position's distribution is scored on.
+          rows: positions per step (T need not be a multiple).
+
+        Returns:
+          float32[B, T] log-likelihoods.
+        """
+        batch, length, dim = x.shape
+        rows = min(rows, length)
+        num_steps = -(-length // rows)
+        pad = num_steps * rows - length
+        # [B, T, D] -> [steps, B, rows, D]; padded positions are zeros (their norm stays finite).
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(batch, num_steps, rows, dim)
+        targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(batch, num_steps, rows)
+
+        def score_step(step_inputs):
+            x, targets = step_inputs
+            logits = self._logits(x)  # float32[B, rows, V]
+            picked = jnp.take_along_axis(logits, targets[:, :, None], axis=-1)[:, :, 0]
+            return picked - jax.nn.logsumexp(logits, axis=-1)
+
+        scores = jax.lax.map(score_step, (x.swapaxes(0, 1), targets.swapaxes(0, 1)))
+        return scores.swapaxes(0, 1).reshape(batch, num_steps * rows)[:, :length]
+
+    def _head(
+        self,
+        x: jax.Array,
+        logit_positions: jax.Array,
+        targets: jax.Array | None,
+        score_rows: int,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """The outputs of a prefill from the last layer's [B, T, D].
+
+        Args:
+          x: [B, T, D] the last layer's output.
+          logit_positions: int32[B, P] indices into T whose logits are wanted.
+          targets: optional int32[B, T] tokens to score every position on.
+          score_rows: positions per scoring step (see `_log_likelihoods`).
+
+        Returns:
+          logits float32[B, P, V] and log-likelihoods float32[B, T] (None without targets).
+        """
+        with jax.named_scope("head"):
+            logits = self._logits(jnp.take_along_axis(x, logit_positions[:, :, None], axis=1))
+            if targets is None:
+                return logits, None
+            return logits, self._log_likelihoods(x, targets, score_rows)
+
     def prefill(
         self,
         tokens: jax.Array,
         lengths: jax.Array,
         logit_positions: jax.Array,
         attention: PrefillAttention,
-    ) -> tuple[jax.Array, KVCache, dict[str, jax.Array]]:
+        targets: jax.Array | None = None,
+        score_rows: int = SCORE_ROWS,
+    ) -> tuple[jax.Array, jax.Array | None, KVCache, dict[str, jax.Array]]:
         """Runs the prompt through every layer, keeping the KV cache.
 
         Args:
@@ -148,9 +211,13 @@ class Transformer(nnx.Module):
           lengths: int32[B] real tokens per sequence.
           logit_positions: int32[B, P] positions whose next-token logits are wanted.
           attention: the prefill attention (dense or sparse).
+          targets: optional int32[B, T], the token each position's next-token distribution is
+            scored on (tokens shifted by one for a language model's log-likelihoods).
+          score_rows: positions per scoring step; float32[B, score_rows, V] logits at most.
 
         Returns:
-          logits float32[B, P, V], the cache (k, v [L, B, T, K, H]), stats {name: [L, ...]}.
+          logits float32[B, P, V], log-likelihoods float32[B, T] of `targets` (None without
+          them), the cache (k, v [L, B, T, K, H]), stats {name: [L, ...]}.
         """
         config = self.config
         attention.check_model(config.num_layers, config.num_heads)
@@ -178,10 +245,8 @@ class Transformer(nnx.Module):
         (x, _), (k_cache, v_cache, stats) = jax.lax.scan(
             layer_body, (x, state), (self._layer_params(), layer_index)
         )
-        with jax.named_scope("head"):
-            x = jnp.take_along_axis(x, logit_positions[:, :, None], axis=1)
-            logits = self._logits(x)
-        return logits, KVCache(k=k_cache, v=v_cache, lengths=lengths), stats
+        logits, log_likelihoods = self._head(x, logit_positions, targets, score_rows)
+        return logits, log_likelihoods, KVCache(k=k_cache, v=v_cache, lengths=lengths), stats
 
     def prefill_chunk(
         self,
@@ -190,7 +255,9 @@ class Transformer(nnx.Module):
         cache: KVCache,
         logit_positions: jax.Array,
         attention: PrefillAttention,
-    ) -> tuple[jax.Array, KVCache, dict[str, jax.Array]]:
+        targets: jax.Array | None = None,
+        score_rows: int = SCORE_ROWS,
+    ) -> tuple[jax.Array, jax.Array | None, KVCache, dict[str, jax.Array]]:
         """Runs one chunk of a prompt through every layer over the keys cached before it.
 
         The chunk's keys and values are written into the cache at [start, start + C); its
@@ -204,9 +271,13 @@ class Transformer(nnx.Module):
           logit_positions: int32[B, P] positions (absolute) inside the chunk whose logits are
             wanted.
           attention: the prefill attention (its state covers this chunk only).
+          targets: optional int32[B, C], the token each chunk position's next-token
+            distribution is scored on (the last one's is the next chunk's first token).
+          score_rows: positions per scoring step; float32[B, score_rows, V] logits at most.
 
         Returns:
-          logits float32[B, P, V], the cache with the chunk written, stats {name: [L, ...]}.
+          logits float32[B, P, V], log-likelihoods float32[B, C] of `targets` (None without
+          them), the cache with the chunk written, stats {name: [L, ...]}.
         """
         config = self.config
         attention.check_model(config.num_layers, config.num_heads)
@@ -245,10 +316,9 @@ class Transformer(nnx.Module):
         (x, _, k_cache, v_cache), stats = jax.lax.scan(
             layer_body, (x, state, cache.k, cache.v), (self._layer_params(), layer_index)
         )
-        with jax.named_scope("head"):
-            x = jnp.take_along_axis(x, logit_positions[:, :, None] - start, axis=1)
-            logits = self._logits(x)
-        return logits, KVCache(k=k_cache, v=v_cache, lengths=cache.lengths), stats
+        logits, log_likelihoods = self._head(x, logit_positions - start, targets, score_rows)
+        cache = KVCache(k=k_cache, v=v_cache, lengths=cache.lengths)
+        return logits, log_likelihoods, cache, stats
 
     def decode_step(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """Appends one token per sequence at position `cache.lengths` with dense attention.

@@ -9,6 +9,9 @@ figures (by default `report.md` and `figures/` in --out-dir). Examples:
     # your own checkpoint (HF directory or GGUF file, converted once), two methods
     sharedsparse-evaluate --out-dir eval/ --checkpoint path/to/model --method flexprefill \\
         shareprefill --tasks text passkey --lengths 8K 16K
+    # Qwen beyond its trained 32K: YaRN factor 4 (results named qwen2.5-coder-0.5b-instruct+yarn4)
+    sharedsparse-evaluate --out-dir eval/ --checkpoint qwen2.5-coder-0.5b-instruct \\
+        --yarn-factor 4 --tasks text --lengths 64K 128K
     # a quick end-to-end check (a temporary results directory, a few minutes on a CPU)
     sharedsparse-evaluate --smoke
     # only rebuild summary, tables and plots from what is on disk
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flags.add_dtype(parser)
     flags.add_table(parser)
+    flags.add_yarn_factor(parser)
     parser.add_argument(
         "--device-budget",
         type=parse_duration,
@@ -231,7 +235,7 @@ def build_options(args: argparse.Namespace):
     for task in samples:
         if task != "default" and task not in args.tasks:
             raise ValueError(f"--samples {task}=...: {task!r} is not among --tasks")
-    problem = flags.table_problem(args.table)
+    problem = flags.table_problem(args.table) or flags.yarn_factor_problem(args.yarn_factor)
     if problem is not None:
         raise ValueError(problem)
     return EvalOptions(
@@ -250,6 +254,7 @@ def build_options(args: argparse.Namespace):
         seed=args.seed,
         dtype=args.dtype,
         table=args.table,
+        yarn_factor=args.yarn_factor,
         device_budget_s=args.device_budget,
     )
 

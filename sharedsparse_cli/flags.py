@@ -159,6 +159,25 @@ def table_problem(table: str) -> str | None:
     return None
 
 
+def add_yarn_factor(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--yarn-factor FACTOR`: extend the models' context with YaRN (check with
+    yarn_factor_problem)."""
+    parser.add_argument(
+        "--yarn-factor",
+        type=float,
+        metavar="FACTOR",
+        help="extend each model's context FACTOR times with YaRN (4 takes Qwen2.5-Coder from"
+        " 32K to 128K tokens; experimental, docs/models.md); default: the trained context",
+    )
+
+
+def yarn_factor_problem(factor: float | None) -> str | None:
+    """What is wrong with a --yarn-factor value (None: nothing)."""
+    if factor is not None and not factor > 1:
+        return f"--yarn-factor must be above 1, got {factor:g}"
+    return None
+
+
 def add_kernels(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """`--implementation` and `--interpret`: which block-sparse kernels run."""
     parser.add_argument(

@@ -16,6 +16,7 @@ import numpy as np
 
 from evaluation.harness.compare import ComparedAttention
 from evaluation.harness.settings import Setting
+from evaluation.harness.store import model_label
 from models.attention import DenseAttention, PrefillAttention
 from models.generate import SamplingConfig, decode, prefill
 from models.llama import Transformer
@@ -44,7 +45,8 @@ class EvalModel:
     """A model with what the harness needs around it.
 
     Attributes:
-      name: the model's name in results (a built-in model name, or `tiny-random`).
+      name: the model's name in results (a built-in model name, or `tiny-random`; with its
+        YaRN factor when its context is extended, `store.model_label`).
       model: the decoder.
       encode: text -> token ids (no special tokens added).
       decode: token ids -> text.
@@ -131,31 +133,39 @@ def _resolve_table(
     return table, f"{choice}, {table.num_shared} shared"
 
 
-def load_eval_model(name: str, *, dtype: str = "auto", table: str = "builtin") -> EvalModel:
+def load_eval_model(
+    name: str,
+    *,
+    dtype: str = "auto",
+    table: str = "builtin",
+    yarn_factor: float | None = None,
+) -> EvalModel:
     """Loads a built-in model (fetched and converted once) or the tiny random test model.
 
     Args:
       name: a key of `models.BUILTIN_MODELS`, or `tiny-random`.
       dtype: `auto` (bfloat16 on GPU/TPU, float32 on CPU), `float32`, `bfloat16`, `float16`.
       table: `builtin` (the model's shipped table, if any), `none`, or a table JSON path.
+      yarn_factor: extend the context this many times with YaRN
+        (`models.config.extend_context`); None: the context the model was trained for.
 
     Returns:
       The model with its tokenizer functions, prompt format and table.
     """
     dtype = _resolve_dtype(dtype)
     if name == TINY_MODEL:
-        evaluated = tiny_random_model(dtype=dtype)
+        evaluated = tiny_random_model(dtype=dtype, yarn_factor=yarn_factor)
     else:
         from models.fetch import load_builtin
 
-        loaded = load_builtin(name, dtype=jnp.dtype(dtype))
+        loaded = load_builtin(name, dtype=jnp.dtype(dtype), yarn_factor=yarn_factor)
         tokenizer = loaded.tokenizer
         stops = set(loaded.config.eos_token_ids)
         if tokenizer.eos_token is not None:
             stops.add(tokenizer.eos_token_id)
         prompt_format = tokenizer.apply_chat_template([{"role": "user", "content": "{prompt}"}])
         evaluated = EvalModel(
-            name=name,
+            name=model_label(name, yarn_factor),
             model=loaded.model,
             encode=functools.partial(tokenizer.encode, add_special_tokens=False),
             decode=tokenizer.decode,
@@ -171,17 +181,20 @@ def load_eval_model(name: str, *, dtype: str = "auto", table: str = "builtin") -
     return evaluated
 
 
-def tiny_random_model(*, dtype: str = "float32", seed: int = 0) -> EvalModel:
+def tiny_random_model(
+    *, dtype: str = "float32", seed: int = 0, yarn_factor: float | None = None
+) -> EvalModel:
     """A 2-layer random decoder over bytes, for tests and smoke runs of the harness.
 
     Args:
       dtype: parameter dtype.
       seed: initialisation seed.
+      yarn_factor: extend its 8K context this many times with YaRN (None: 8K).
 
     Returns:
       The model with a byte tokenizer (ids 0..255 are bytes, 256 ends a reply).
     """
-    from models.config import ModelConfig
+    from models.config import ModelConfig, extend_context
     from models.random_weights import random_model
 
     config = ModelConfig(
@@ -196,6 +209,8 @@ def tiny_random_model(*, dtype: str = "float32", seed: int = 0) -> EvalModel:
         max_position_embeddings=8192,
         rms_norm_eps=1e-5,
     )
+    if yarn_factor is not None:
+        config = extend_context(config, yarn_factor)
     model = random_model(config, seed, dtype=jnp.dtype(dtype))
 
     def encode(text: str) -> list[int]:
@@ -205,7 +220,7 @@ def tiny_random_model(*, dtype: str = "float32", seed: int = 0) -> EvalModel:
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
     return EvalModel(
-        name=TINY_MODEL,
+        name=model_label(TINY_MODEL, yarn_factor),
         model=model,
         encode=encode,
         decode=decode,
@@ -215,13 +230,6 @@ def tiny_random_model(*, dtype: str = "float32", seed: int = 0) -> EvalModel:
         table_source="none",
         dtype=dtype,
     )
-
-
-@jax.jit
-def _chunk_log_likelihoods(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """float32[P, V], int32[P] -> float32[P] log-probabilities of the targets."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,20 +255,19 @@ def score_window(
     attention: PrefillAttention,
     *,
     kl_positions: int,
-    chunk: int = 1024,
 ) -> TextScore:
     """Runs one window and scores every next token.
 
-    The model returns logits for every position ([T, V] float32: 1.6 GB for SmolLM2 at 8K,
-    20 GB for Qwen at 32K); log-likelihoods are then taken `chunk` rows at a time so the
-    log-softmax never holds a second [T, V] array.
+    The log-likelihoods come from inside the prefill, a slice of positions at a time
+    (`models.generate.prefill(score=True)`); only the last Q positions' logits are kept, so
+    memory stays bounded whatever the window's length (Qwen's [T, V] logits at 128K would be
+    80 GB).
 
     Args:
       evaluated: the model.
       ids: int32[T] the window's tokens.
       attention: the prefill attention.
       kl_positions: Q, how many final positions' logits to keep for KL.
-      chunk: rows per log-softmax.
 
     Returns:
       The window's scores.
@@ -271,16 +278,11 @@ def score_window(
         evaluated.model,
         ids[None],
         attention=attention,
-        logit_positions=np.arange(length, dtype=np.int32),
+        logit_positions=np.arange(length - min(kl_positions, length), length, dtype=np.int32),
+        score=True,
     )
-    logits = result.logits[0]  # [T, V]
-    targets = jnp.asarray(ids[1:], jnp.int32)
-    pieces = [
-        _chunk_log_likelihoods(logits[i : min(i + chunk, length - 1)], targets[i : i + chunk])
-        for i in range(0, length - 1, chunk)
-    ]
-    log_likelihoods = np.concatenate([np.asarray(p) for p in pieces]).astype(np.float64)
-    last_logits = np.asarray(logits[length - min(kl_positions, length) :], np.float32)
+    log_likelihoods = np.asarray(result.log_likelihoods[0], np.float64)
+    last_logits = np.asarray(result.logits[0], np.float32)
     stats = {key: np.asarray(value)[:, 0] for key, value in result.stats.items()}
     return TextScore(log_likelihoods, last_logits, stats, time.perf_counter() - start)
 

@@ -28,6 +28,9 @@ class EvalOptions:
       seed: seed of the retrieval samples.
       dtype: `auto`, `float32`, `bfloat16` or `float16`.
       table: `builtin`, `none` or a table JSON path (shareprefill's sharing table).
+      yarn_factor: extend every model's context this many times with YaRN (> 1; results are
+        kept under the model's name with the factor, `store.model_label`); None: the trained
+        context.
       device_budget_s: stop starting new units after this many seconds (None: no limit).
       documents: texts to cut windows from (None: Jane Austen's novels).
       haystack_text: prose for essay haystacks (None: Paul Graham's essays).
@@ -46,6 +49,7 @@ class EvalOptions:
     seed: int = 0
     dtype: str = "auto"
     table: str = "builtin"
+    yarn_factor: float | None = None
     device_budget_s: float | None = None
     documents: Mapping[str, str] | None = None
     haystack_text: str | None = None
@@ -60,6 +64,8 @@ class EvalOptions:
             )
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.yarn_factor is not None and not self.yarn_factor > 1:
+            raise ValueError(f"yarn_factor must be above 1, got {self.yarn_factor}")
         if any(n < 1 for n in self.samples.values()):
             raise ValueError(f"samples per cell must be >= 1, got {dict(self.samples)}")
 

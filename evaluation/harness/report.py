@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.harness.settings import DEFAULT_METHODS, DENSE
-from evaluation.harness.store import TEXT, ResultStore
+from evaluation.harness.store import TEXT, ResultStore, split_model_label
 
 __all__ = ["write_report"]
 
@@ -93,18 +93,22 @@ def _is_run(summary: dict) -> bool:
 
 
 def _runs_of(runs: list[dict], model: str) -> list[dict]:
-    """The invocations that could have run `model`: those listing it (or a source of that name)
-    after `--checkpoint` (`--models` in older logs), and those that chose no models (every
-    model)."""
+    """The invocations that could have run `model` (a `store.model_label`): those with its YaRN
+    factor (or none) listing it (or a source of that name) after `--checkpoint` (`--models` in
+    older logs), and those that chose no models (every model)."""
+    name, yarn_factor = split_model_label(model)
 
     def could_run(argv: list[str]) -> bool:
+        factor = float(argv[argv.index("--yarn-factor") + 1]) if "--yarn-factor" in argv else None
+        if factor != yarn_factor:
+            return False
         option = next((o for o in ("--checkpoint", "--models") if o in argv), None)
         if option is None:
             return True
         listed = itertools.takewhile(
             lambda arg: not arg.startswith("--"), argv[argv.index(option) + 1 :]
         )
-        return any(Path(source).name.removesuffix(".gguf") == model for source in listed)
+        return any(Path(source).name.removesuffix(".gguf") == name for source in listed)
 
     return [r for r in runs if could_run(r.get("argv", []))]
 

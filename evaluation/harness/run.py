@@ -178,7 +178,10 @@ class _Runner:
             if self.out_of_time():
                 break
             evaluated = self.injected_models.get(name) or load_eval_model(
-                name, dtype=self.options.dtype, table=self.options.table
+                name,
+                dtype=self.options.dtype,
+                table=self.options.table,
+                yarn_factor=self.options.yarn_factor,
             )
             self.log(f"{name}: dtype {evaluated.dtype}, sharing table: {evaluated.table_source}")
             tokens: dict[str, np.ndarray] | None = None

@@ -1,7 +1,9 @@
 """The results directory: one JSON Lines file per cell, appended unit by unit, so runs resume.
 
 A *cell* is (model, task, length, setting); its *units* are text windows (task `text`) or
-retrieval samples. Layout under the root:
+retrieval samples. A model run with its context extended by YaRN is named with its factor
+(`model_label`: `qwen2.5-coder-0.5b-instruct+yarn4`), so results and cached logits at different
+factors never share a file. Layout under the root:
 
     runs.jsonl                                   one line per invocation: hardware, commit, options
     units/<model>/<task>/L<length>/<setting>.jsonl   one record per finished unit
@@ -23,9 +25,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CellKey", "CellMismatchError", "ResultStore"]
+__all__ = ["CellKey", "CellMismatchError", "ResultStore", "model_label", "split_model_label"]
 
 TEXT = "text"
+_YARN_MARK = "+yarn"
+
+
+def model_label(name: str, yarn_factor: float | None) -> str:
+    """A model's name in results: `name`, or `name+yarn<factor>` with its context extended."""
+    return name if yarn_factor is None else f"{name}{_YARN_MARK}{yarn_factor:g}"
+
+
+def split_model_label(label: str) -> tuple[str, float | None]:
+    """The model's name and YaRN factor (None: none) of a `model_label`."""
+    name, mark, factor = label.partition(_YARN_MARK)
+    return name, float(factor) if mark else None
 
 
 class CellMismatchError(RuntimeError):

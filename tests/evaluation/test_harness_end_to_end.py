@@ -125,7 +125,50 @@ def test_a_models_caption_names_only_the_invocations_that_could_run_it():
         {"argv": ["--models", "a", "b", "--tasks", "text"], "id": 1},  # an older log's option
         {"argv": ["--tasks", "text", "--checkpoint", "dir/b"], "id": 2},
         {"argv": ["--tasks", "passkey"], "id": 3},  # no --models: every model
+        {"argv": ["--checkpoint", "b", "--yarn-factor", "4.0"], "id": 4},
     ]
     assert [r["id"] for r in _runs_of(runs, "a")] == [1, 3]
     assert [r["id"] for r in _runs_of(runs, "b")] == [1, 2, 3]
+    assert [r["id"] for r in _runs_of(runs, "b+yarn4")] == [4]
     assert [r["id"] for r in _runs_of(runs, "text")] == [3]  # a task name is not a model
+
+
+def test_yarn_factor_results_never_mix_with_the_trained_context(tmp_path):
+    """The tiny model (8K context) loaded plain and with YaRN factor 2: separate cells and
+    cached logits; beyond 8K the plain model is skipped."""
+    options = dict(
+        models=[MODEL],
+        tasks=["text"],
+        retrieval_lengths={},
+        methods=["dense"],
+        variants=[],
+        windows=1,
+        kl_positions=8,
+        documents={"first": TEXT},
+    )
+    store = ResultStore(tmp_path)
+    plain = run_evaluation(EvalOptions(**options, text_lengths={MODEL: [256, 9000]}), store)
+    assert plain.units_run == 1
+    assert plain.skipped == ["tiny-random text L9000: beyond the model's context (8192 tokens)"]
+    extended = run_evaluation(
+        EvalOptions(**options, text_lengths={MODEL: [256]}, yarn_factor=2), store
+    )
+    assert extended.units_run == 1 and extended.units_done_before == 0
+    cells = {cell.model: cell for cell in store.cells()}
+    assert set(cells) == {"tiny-random", "tiny-random+yarn2"}
+    assert store.parameters(cells["tiny-random+yarn2"])["model"] == "tiny-random+yarn2"
+    (plain_record,) = store.units(cells["tiny-random"]).values()
+    (yarn_record,) = store.units(cells["tiny-random+yarn2"]).values()
+    assert plain_record["unit"] == yarn_record["unit"]
+    assert plain_record["nll_sum"] != yarn_record["nll_sum"]  # YaRN changes every rope frequency
+    unit = plain_record["unit"]
+    for model in cells:
+        assert store.load_dense_logits(model, 256, unit) is not None
+    with pytest.raises(ValueError, match="yarn_factor must be above 1"):
+        EvalOptions(**options, text_lengths={}, yarn_factor=1.0)
+
+
+def test_cli_passes_the_yarn_factor_on():
+    script = _script()
+    argv = ["--checkpoint", "tiny-random", "--tasks", "text", "--yarn-factor", "4"]
+    assert script.build_options(script.build_parser().parse_args(argv)).yarn_factor == 4.0

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from evaluation.harness.store import CellKey, CellMismatchError, ResultStore
+from evaluation.harness.store import (
+    CellKey,
+    CellMismatchError,
+    ResultStore,
+    model_label,
+    split_model_label,
+)
 
 
 def test_append_and_reopen(tmp_path):
@@ -16,6 +22,14 @@ def test_append_and_reopen(tmp_path):
     assert reopened.has(cell, "1") and not reopened.has(cell, "2")
     assert reopened.units(cell)["0"]["score"] == 1.0
     assert list(reopened.cells()) == [cell]
+
+
+@pytest.mark.parametrize(
+    "factor,label", [(None, "qwen"), (4.0, "qwen+yarn4"), (2.5, "qwen+yarn2.5")]
+)
+def test_model_labels_carry_the_yarn_factor(factor, label):
+    assert model_label("qwen", factor) == label
+    assert split_model_label(label) == ("qwen", factor)
 
 
 def test_torn_last_line_is_ignored_and_repaired(tmp_path):

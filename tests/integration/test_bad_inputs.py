@@ -144,6 +144,8 @@ CASES = [
     ("evaluate", EVALUATE + " --samples 0", "--samples '0': write N or TASK=N with N >= 1"),
     ("evaluate", EVALUATE + " --samples vt=5", r"--samples vt=\.\.\.: 'vt' is not among --tasks"),
     ("evaluate", EVALUATE + " --windows 0", "--windows must be >= 1, got 0"),
+    ("evaluate", EVALUATE + " --yarn-factor 1", "--yarn-factor must be above 1, got 1"),
+    ("evaluate", EVALUATE + " --yarn-factor -4", "--yarn-factor must be above 1, got -4"),
     ("evaluate", EVALUATE + " --table {nowhere.json}", r"--table .*: no such file"),
     ("evaluate", EVALUATE.replace("{results}", "{a-file}"), r"--out-dir .* is a file"),
     ("evaluate", "--report-only --out-dir {nowhere}", "--report-only: .* holds no results"),

@@ -180,6 +180,43 @@ def test_benchmark_runs_dense_below_the_measured_crossover(tmp_path, monkeypatch
     assert [r["num_vertical_slash"] for r in records] == [0, config.num_layers * config.num_heads]
 
 
+def test_benchmark_with_yarn_factor_keeps_its_records_apart(tmp_path):
+    """The tiny checkpoint (1024-token context) at YaRN factor 2 reaches 1200 tokens; its
+    records carry the factor and do not replace the trained context's."""
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny-llama")
+    out = tmp_path / "latency.json"
+    argv = ["--checkpoint", str(checkpoint), "--runs", "1", "--methods", "dense", "--out", str(out)]
+    assert prefill_latency.main([*argv, "--lengths", "200", "1200"])[0]["yarn_factor"] is None
+    records = prefill_latency.main([*argv, "--lengths", "200", "1200", "--yarn-factor", "2"])
+    assert [(r["yarn_factor"], r["seq_len"]) for r in records] == [(2.0, 200), (2.0, 1200)]
+    assert all("error" not in r and r["median_ms"] > 0 for r in records)
+    saved = json.loads(out.read_text())["records"]
+    assert [(r["yarn_factor"], r["seq_len"]) for r in saved] == [
+        (None, 200),
+        (2.0, 200),
+        (2.0, 1200),
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--yarn-factor", "1"], "--yarn-factor must be above 1, got 1"),
+        (
+            ["--models", "llama8b", "--yarn-factor", "2"],
+            "--yarn-factor: llama8b: the model already uses 'llama3' rope scaling",
+        ),
+    ],
+)
+def test_benchmark_refuses_a_bad_yarn_factor_before_loading(monkeypatch, tmp_path, argv, message):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a bad --yarn-factor got as far as loading")
+
+    monkeypatch.setattr(prefill_latency, "load_case_model", refuse)
+    with pytest.raises(SystemExit, match=message):
+        prefill_latency.main([*argv, "--dry-run", "--out", str(tmp_path / "latency.json")])
+
+
 def test_benchmark_dry_run_on_a_mesh(tmp_path):
     """The test session's 4 CPU devices as a 2 x 2 mesh: the sharded path runs and records it."""
     records = prefill_latency.main(
