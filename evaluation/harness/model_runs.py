@@ -140,10 +140,11 @@ def load_eval_model(
     table: str = "builtin",
     yarn_factor: float | None = None,
 ) -> EvalModel:
-    """Loads a built-in model (fetched and converted once) or the tiny random test model.
+    """Loads a model from any source (converted once) or the tiny random test model.
 
     Args:
-      name: a key of `models.BUILTIN_MODELS`, or `tiny-random`.
+      name: a model source (`models.sources.resolve_source`: a built-in model, a converted
+        checkpoint directory, an HF safetensors directory or a GGUF file), or `tiny-random`.
       dtype: `auto` (bfloat16 on GPU/TPU, float32 on CPU), `float32`, `bfloat16`, `float16`.
       table: `builtin` (the model's shipped table, if any), `none`, or a table JSON path.
       yarn_factor: extend the context this many times with YaRN
@@ -153,19 +154,22 @@ def load_eval_model(
       The model with its tokenizer functions, prompt format and table.
     """
     dtype = _resolve_dtype(dtype)
+    model_name = name
     if name == TINY_MODEL:
         evaluated = tiny_random_model(dtype=dtype, yarn_factor=yarn_factor)
     else:
-        from models.fetch import load_builtin
+        from models.sources import load_source
 
-        loaded = load_builtin(name, dtype=jnp.dtype(dtype), yarn_factor=yarn_factor)
+        loaded, model_name = load_source(name, dtype=jnp.dtype(dtype), yarn_factor=yarn_factor)
         tokenizer = loaded.tokenizer
         stops = set(loaded.config.eos_token_ids)
         if tokenizer.eos_token is not None:
             stops.add(tokenizer.eos_token_id)
-        prompt_format = tokenizer.apply_chat_template([{"role": "user", "content": "{prompt}"}])
+        prompt_format = "{prompt}"  # a model without a chat template reads the bare prompt
+        if tokenizer.chat_template is not None:
+            prompt_format = tokenizer.apply_chat_template([{"role": "user", "content": "{prompt}"}])
         evaluated = EvalModel(
-            name=model_label(name, yarn_factor),
+            name=model_label(model_name, yarn_factor),
             model=loaded.model,
             encode=functools.partial(tokenizer.encode, add_special_tokens=False),
             decode=tokenizer.decode,
@@ -176,7 +180,7 @@ def load_eval_model(
             dtype=dtype,
         )
     evaluated.table, evaluated.table_source = _resolve_table(
-        table, name, evaluated.num_layers, evaluated.num_heads
+        table, model_name, evaluated.num_layers, evaluated.num_heads
     )
     return evaluated
 

@@ -172,3 +172,30 @@ def test_cli_passes_the_yarn_factor_on():
     script = _script()
     argv = ["--checkpoint", "tiny-random", "--tasks", "text", "--yarn-factor", "4"]
     assert script.build_options(script.build_parser().parse_args(argv)).yarn_factor == 4.0
+
+
+def test_runs_a_checkpoint_given_by_its_path(tmp_path):
+    """`--checkpoint path/to/model`: any source loads (here a converted directory whose byte
+    tokenizer has no chat template), named after its directory, with no shipped table."""
+    from tests.integration import helpers
+
+    source = str(helpers.save_tiny_checkpoint(tmp_path / "my-model"))
+    options = EvalOptions(
+        models=[source],
+        tasks=["text", "passkey"],
+        text_lengths={source: [256]},
+        retrieval_lengths={source: [320]},
+        methods=["dense"],
+        variants=[],
+        windows=1,
+        samples={"default": 1},
+        kl_positions=8,
+        max_new_tokens=4,
+        documents={"first": TEXT},
+    )
+    store = ResultStore(tmp_path / "results")
+    report = run_evaluation(options, store)
+    assert report.units_run == 2
+    assert {(cell.model, cell.task) for cell in store.cells()} == {
+        ("my-model", "text"), ("my-model", "passkey")
+    }  # fmt: skip
