@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import attention as bench
@@ -59,6 +60,33 @@ def test_default_checks_on_the_cpu():
         "default vs xla (float32)",
     ]
     assert all(r["max_abs_err"] == 0.0 for r in records)
+
+
+def test_shapes_parse_as_n_k_h():
+    assert bench.Shape.parse("14/2/64") == bench.Shape(num_heads=14, num_kv_heads=2, head_dim=64)
+    assert str(bench.Shape.parse("9/3/64")) == "9/3/64"
+    run = mosaic_gpu_check.ShapeRun.parse("9/3/64:8192,32768")
+    assert run.seq_lens == (8192, 32768) and run.lengths([1]) == (8192, 32768)
+    assert mosaic_gpu_check.ShapeRun.parse("9/3/64").lengths([4096]) == (4096,)
+    for bad in ("14/3/64", "14-2-64", "14/2"):
+        with pytest.raises(ValueError):
+            bench.Shape.parse(bad)
+
+
+@pytest.mark.parametrize("density", [0.4, 0.1])
+def test_random_layouts_list_sink_diagonal_and_their_density(density):
+    geometry = BlockGeometry(num_queries=16384, num_keys=16384, block_size=bench.BLOCK)
+    mask = np.asarray(bench.random_mask(geometry, 3, density, seed=7))[0]  # [N, Tb, Sb]
+    diagonal = geometry.diagonal_blocks()
+    causal = np.arange(geometry.num_k_blocks)[None, :] <= diagonal[:, None]
+    assert not (mask & ~causal).any()
+    assert mask[:, :, 0].all() and mask[:, np.arange(len(diagonal)), diagonal].all()
+    assert mask.sum() / (3 * causal.sum()) == pytest.approx(density, abs=0.01)
+    layout, _ = bench.make_layout(
+        geometry, density, num_heads=3, pattern="random", max_blocks=geometry.num_k_blocks
+    )
+    assert layout.max_blocks == geometry.num_k_blocks
+    assert float(layout.density(geometry).mean()) == pytest.approx(density, abs=0.01)
 
 
 SHAPE_KEYS = {"num_heads", "num_kv_heads", "head_dim", "shape"}
