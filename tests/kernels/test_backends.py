@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import mosaic_gpu_check
 from pallas_kernels.block_sparse_attention import (
     MASK_VALUE,
     BlockGeometry,
@@ -18,6 +19,7 @@ from tests.kernels.battery import (
     TINY_CASES,
     TOLERANCES,
     Battery,
+    Case,
     as_np,
     make_inputs,
     random_block_mask,
@@ -160,6 +162,56 @@ def test_mosaic_gpu_empty_rows(launch, on_gpu, rng):
     kept = ~empty_queries
     np.testing.assert_allclose(out_by_query[kept], want_by_query[kept], atol=tol["out"], rtol=0)
     np.testing.assert_allclose(lse[kept], want_lse[kept], atol=tol["lse"], rtol=0)
+
+
+def _head_dim_64(name, **fields):
+    return Case(name, batch=1, head_dim=64, block_size=128, dtype=jnp.bfloat16, **fields)
+
+
+# The GQA groups and head dim of SmolLM2 (9 query heads over 3 kv heads) and Qwen2.5-Coder
+# (14 over 2) at the benchmarks' block of 128, ragged rows of up to two blocks (fewer than the
+# stages: the K/V ring wraps across items), slow in interpret mode; and in the default suite a
+# group of 3 whose 300 queries end 900 keys, full causal rows of 6 to 8 blocks (more than any
+# ring holds).
+HEAD_DIM_64_CASES = (
+    pytest.param(
+        _head_dim_64("smollm2_9_3", num_queries=200, num_keys=200, num_heads=9, num_kv_heads=3),
+        marks=pytest.mark.slow,
+        id="smollm2_9_3",
+    ),
+    pytest.param(
+        _head_dim_64(
+            "qwen_coder_14_2", num_queries=200, num_keys=200, num_heads=14, num_kv_heads=2
+        ),
+        marks=pytest.mark.slow,
+        id="qwen_coder_14_2",
+    ),
+    pytest.param(
+        _head_dim_64(
+            "gqa3_long_rows",
+            num_queries=300,
+            num_keys=900,
+            num_heads=3,
+            num_kv_heads=1,
+            pattern="full",
+        ),
+        id="gqa3_long_rows",
+    ),
+)
+
+
+@ON_GPU
+@pytest.mark.parametrize("shape_case", HEAD_DIM_64_CASES)
+@pytest.mark.parametrize("launch", mosaic_gpu_check.HEAD_DIM_64_CONFIGS)
+def test_mosaic_gpu_head_dim_64_launches(shape_case, launch, on_gpu, rng):
+    """Every launch the head-dim-64 sweep times (benchmarks/mosaic_gpu_check.py) against the
+    float64 oracle."""
+    config = dict(mosaic_gpu_check.SWEEP_CONFIGS)[launch]
+    mask = random_block_mask(rng, shape_case)
+    out, lse, want_out, want_lse = _mosaic_gpu_items(shape_case, mask, config, on_gpu, rng)
+    tol = TOLERANCES[shape_case.dtype]
+    np.testing.assert_allclose(out, want_out, atol=tol["out"], rtol=0)
+    np.testing.assert_allclose(lse, want_lse, atol=tol["lse"], rtol=0)
 
 
 def test_mosaic_gpu_default_is_persistent_where_two_q_tiles_fit():

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import AbstractDevice, AbstractMesh
 
+from benchmarks import mosaic_gpu_check
 from pallas_kernels.block_sparse_attention import (
     BlockGeometry,
     BlockLayout,
@@ -116,6 +117,13 @@ def lower_mosaic_gpu(monkeypatch):
 def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, lower_mosaic_gpu):
     """Pallas-to-Mosaic-GPU lowering (layouts, wgmma shapes, transforms) of the hardware path."""
     assert "mosaic_gpu" in lower_mosaic_gpu(H, bs, dtype, config)
+
+
+@pytest.mark.parametrize("launch", mosaic_gpu_check.HEAD_DIM_64_CONFIGS)
+def test_mosaic_gpu_head_dim_64_launches_lower_for_hopper(launch, lower_mosaic_gpu):
+    """Every launch the head-dim-64 sweep times (benchmarks/mosaic_gpu_check.py), H 64, bs 128."""
+    config = dict(mosaic_gpu_check.SWEEP_CONFIGS)[launch]
+    assert "mosaic_gpu" in lower_mosaic_gpu(64, 128, jnp.bfloat16, config)
 
 
 @pytest.mark.parametrize(
