@@ -2,6 +2,7 @@
 
     python -m benchmarks.chunked_prefill                      # Qwen 32K-128K, on one GPU
     python -m benchmarks.chunked_prefill --lengths 32768 --chunks 4096 8192
+    python -m benchmarks.chunked_prefill --model smollm2 --lengths 8192 --chunks 2048
     python -m benchmarks.chunked_prefill --dry-run            # the tiny model: a CPU check
 
 For each length, method (dense, SharePrefill) and chunk size (whole prompt = no chunking) one
@@ -10,7 +11,8 @@ the number of chunks), peak device memory of the compiled programs (XLA's memory
 arguments, outputs and temporaries of the largest program, the whole prompt's or a chunk's),
 delta NLL of the window's next-token predictions against whole-prompt prefill with the same
 method, and for SharePrefill the agreement of the blocks (kept by both, over kept by either)
-and the density. The built-in Qwen runs with YaRN factor 4 beyond 32K (`--yarn-factor`).
+and the density. The model is a built-in one (`--model`, Qwen by default), with YaRN factor 4
+beyond its context (`--yarn-factor`).
 Records: benchmarks/results/chunked_prefill_<gpu>.json with model, seq_len, chunk_tokens (null
 for whole-prompt), method, time_ms, time_per_chunk_ms, peak_memory_gib, delta_nll_vs_whole,
 block_agreement, density.
@@ -39,7 +41,8 @@ from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import SharePrefillConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-MODEL = "qwen2.5-coder-0.5b-instruct"
+# --model key -> the built-in model (its random-weights shape: prefill_latency.CASES[key]).
+MODELS = {"qwen": "qwen2.5-coder-0.5b-instruct", "smollm2": "smollm2-135m-instruct"}
 LENGTHS = (32768, 65536, 131072)
 CHUNKS = (4096, 16384)
 DRY_RUN = {"lengths": (256,), "chunks": (64,), "planner": {"block_size": 16, "min_budget": 16,
@@ -168,6 +171,7 @@ def measure(record: dict, model, tokens: np.ndarray, attention, chunk: int | Non
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=tuple(MODELS), default="qwen")
     parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
     parser.add_argument("--chunks", nargs="+", type=int, default=list(CHUNKS))
     parser.add_argument(
@@ -188,7 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--random-weights",
         action="store_true",
-        help="random weights of Qwen's shape (no GGUF needed): time and memory only",
+        help="random weights of the model's shape (no GGUF needed): time and memory only",
     )
     parser.add_argument(
         "--dry-run",
@@ -210,17 +214,18 @@ def load(args) -> tuple[Any, Any, Any, dict]:
         return tiny.model, tiny.encode, None, DRY_RUN["planner"]
     context = max(args.lengths)
     if args.random_weights:
-        config = prefill_latency.QWEN2_5_0_5B
+        config = prefill_latency.CASES[args.model].config
         if context > config.max_position_embeddings:
             config = extend_context(config, args.yarn_factor)
         model = prefill_latency.random_model(config, jnp.bfloat16)
         return model, lambda text: list(text.encode("utf-8")), None, {}
-    base = load_builtin(MODEL, dtype=jnp.bfloat16)
+    name = MODELS[args.model]
+    base = load_builtin(name, dtype=jnp.bfloat16)
     factor = None if context <= base.config.max_position_embeddings else args.yarn_factor
-    loaded = load_builtin(MODEL, dtype=jnp.bfloat16, yarn_factor=factor) if factor else base
+    loaded = load_builtin(name, dtype=jnp.bfloat16, yarn_factor=factor) if factor else base
     config = loaded.config
     table = tables.resolve_table(
-        "builtin", MODEL, num_layers=config.num_layers, num_heads=config.num_heads
+        "builtin", name, num_layers=config.num_layers, num_heads=config.num_heads
     ).table
     encode = lambda text: loaded.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     return loaded.model, encode, table, {}
@@ -249,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             reference = None
             for chunk in [None, *chunks]:
                 record = {
-                    "model": "tiny-random" if args.dry_run else MODEL,
+                    "model": "tiny-random" if args.dry_run else MODELS[args.model],
                     "weights": "random" if args.random_weights else "checkpoint",
                     "seq_len": length,
                     "chunk_tokens": chunk,
