@@ -8,6 +8,8 @@
 #   kernels   block-sparse kernels against cuDNN (benchmarks.attention)
 #   hopper    the kernel battery on the GPU (pytest -m gpu), then the mosaic_gpu check:
 #             Llama-shape checks, timing, launch sweep
+#   hopper_d64 the kernel at the real models' shapes (head dim 64; 14/2 and 9/3 heads): every
+#             candidate launch checked, then timed against cuDNN, a 32/8/128 control beside
 #   planner   planner overhead on a Llama-3.1-8B-shaped layer
 #   methods   attention-level time of every method on profile-matched synthetic layers
 #   latency   end-to-end prefill latency of the built-in models and the 8B-shaped model
@@ -46,6 +48,13 @@ stage_hopper() {
     --out "$RESULTS/mosaic_gpu_repeats_h200.json"
   "$PYTHON" -m benchmarks.diagnostics.mosaic_gpu_timeline --out "$RESULTS/mosaic_gpu_timeline_h200.json"
   "$PYTHON" -m benchmarks.diagnostics.mosaic_gpu_schedule_model  # CPU: the makespan model on that timeline
+}
+stage_hopper_d64() {
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip checks compare \
+    --shapes 14/2/64:8192,32768 9/3/64:8192,32768 14/2/64:131072 32/8/128:32768 \
+    --check-shapes 14/2/64 9/3/64 --layout random --sweep-densities 1.0 0.4 0.3 0.1 \
+    --sweep-configs default q2_s2 q2_s4 q2_s6 q3_s3 q3_s5 q2_s3_nosched q2_s3_wg1 one_item \
+    --rounds 7 --out "$RESULTS/mosaic_gpu_d64_h200.json"
 }
 stage_planner() { "$PYTHON" -m benchmarks.planner_overhead --profile-launches; }
 stage_methods() {
@@ -118,7 +127,7 @@ stage_scaleout() {
     --out "$RESULTS/scaleout_mesh1x1_h200.json"
 }
 
-ALL=(kernels hopper planner methods latency accuracy qwen_more calibrate sharing crossover chunked
+ALL=(kernels hopper hopper_d64 planner methods latency accuracy qwen_more calibrate sharing crossover chunked
   scaleout)
 STAGES=("${@:-${ALL[@]}}")
 for stage in "${STAGES[@]}"; do
