@@ -64,6 +64,8 @@ CELLS = {
 }
 GAMMAS = (0.9, 0.98, 0.99)  # beside the default 0.95
 TAU_SIMS = (0.3, 0.7)  # beside the default 0.5
+# SharePrefill's variants off its gamma curve, marked apart in the figure.
+ABLATION_VARIANTS = ("no_exclusion", *(f"tau_sim_{t}" for t in TAU_SIMS))
 DRY_RUN = {"lengths": (512,), "planner": {"block_size": 64, "min_budget": 64, "dense_below": 128}}
 
 
@@ -292,7 +294,9 @@ def plot(results: Path, figure: Path) -> None:
 
     records = json.loads(results.read_text())["records"]
     cells = sorted({(r["model"], r["seq_len"]) for r in records})
-    fig, axes = plt.subplots(2, len(cells), figsize=(4.8 * len(cells), 7.5), squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(cells), figsize=(max(6.0, 4.8 * len(cells)), 7.5), squeeze=False
+    )
     colors = {"shareprefill": "C0", "flexprefill": "C1", "vertical_slash": "C2"}
     for column, (model, length) in enumerate(cells):
         cell = [r for r in records if (r["model"], r["seq_len"]) == (model, length)]
@@ -313,21 +317,30 @@ def plot(results: Path, figure: Path) -> None:
                     color=color,
                     label=method,
                 )
+            # Ablation variants, those at the same point (e.g. equal to `full`) labelled once.
+            at_point: dict[tuple[float, float], list[str]] = {}
             for r in cell:
-                if (
-                    r["method"] == "shareprefill"
-                    and r["variant"] in ("no_exclusion",)
-                    or (r["method"] == "shareprefill" and r["variant"].startswith("tau_sim"))
-                ):
-                    ax.plot(r["density"], r[key], "x", color="C0")
-                    ax.annotate(r["variant"], (r["density"], r[key]), fontsize=7)
+                if r["method"] == "shareprefill" and r["variant"] in ABLATION_VARIANTS:
+                    at_point.setdefault((r["density"], r[key]), []).append(r["variant"])
+            full = {
+                (r["density"], r[key])
+                for r in cell
+                if (r["method"], r["variant"]) == ("shareprefill", "full")
+            }
+            for i, ((density, value), names) in enumerate(sorted(at_point.items())):
+                label = " = ".join(names + (["full"] if (density, value) in full else []))
+                ax.plot(density, value, "x", color="C0", markersize=8)
+                ax.annotate(label, (density, value), xytext=(8, -12 - 12 * i),
+                            textcoords="offset points", fontsize=7)  # fmt: skip
             ax.set_xlabel("block density")
             ax.set_ylabel("delta NLL (nats/token)" if key == "delta_nll" else "KL (nats)")
             ax.set_title(f"{model} at {length // 1024}K")
             ax.grid(alpha=0.3)
             if row == 0 and column == 0:
                 ax.legend(fontsize=8)
-    fig.suptitle("Accuracy against density: gamma swept (lines); sharing ablation (x)")
+    fig.suptitle(
+        "Accuracy against density\ngamma swept (lines), SharePrefill ablation (x)", fontsize=10
+    )
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=110)
