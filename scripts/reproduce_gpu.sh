@@ -23,6 +23,8 @@
 #   crossover the length from which planned prefill pays, stored in the shipped tables, and the
 #             planner's cost per layer (benchmarks.crossover)
 #   chunked   chunked against whole-prompt prefill, 32K-128K (benchmarks.chunked_prefill)
+#   long      Qwen with YaRN x4 (docs/models.md): dense quality and every method's accuracy at
+#             64K and 128K, then every method's end-to-end latency there
 #   scaleout  the sharded code path on one GPU (mesh data=1,model=1) against the plain one
 # Every stage shows progress bars. `accuracy` resumes where it stopped (finished units are
 # skipped); `methods` is rerun with --resume; `latency` merges into its results file.
@@ -119,6 +121,13 @@ stage_crossover() {
 stage_chunked() {
   "$PYTHON" -m benchmarks.chunked_prefill --out "$RESULTS/chunked_prefill_h200.json"
 }
+stage_long() {
+  "$PYTHON" -m sharedsparse_cli.evaluate --out-dir "$RESULTS/accuracy" --no-report \
+    --checkpoint "$QWEN" --yarn-factor 4 --tasks text passkey niah_single_2 niah_multikey_1 \
+    --text-lengths 64K 128K --retrieval-lengths 64K 128K --windows 2 --samples 20
+  "$PYTHON" -m benchmarks.prefill_latency --models qwen --yarn-factor 4 --lengths 65536 131072 \
+    --out "$RESULTS/prefill_latency_h200.json"
+}
 stage_scaleout() {
   local common=(--models qwen llama8b --lengths 8192 32768 --methods dense shareprefill \
     vertical_slash --fresh)
@@ -128,7 +137,7 @@ stage_scaleout() {
 }
 
 ALL=(kernels hopper hopper_d64 planner methods latency accuracy qwen_more calibrate sharing crossover chunked
-  scaleout)
+  long scaleout)
 STAGES=("${@:-${ALL[@]}}")
 for stage in "${STAGES[@]}"; do
   if ! declare -F "stage_$stage" >/dev/null; then
