@@ -36,6 +36,7 @@ from flax import nnx
 from benchmarks import prefill_latency, timing
 from models import DenseAttention, generate, load_builtin
 from models.config import extend_context
+from models.random_weights import random_model
 from sharedsparse_jax import planner, tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import SharePrefillConfig
@@ -217,7 +218,7 @@ def load(args) -> tuple[Any, Any, Any, dict]:
         config = prefill_latency.CASES[args.model].config
         if context > config.max_position_embeddings:
             config = extend_context(config, args.yarn_factor)
-        model = prefill_latency.random_model(config, jnp.bfloat16)
+        model = random_model(config, dtype=jnp.bfloat16)
         return model, lambda text: list(text.encode("utf-8")), None, {}
     name = MODELS[args.model]
     base = load_builtin(name, dtype=jnp.bfloat16)

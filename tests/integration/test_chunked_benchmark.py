@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import chunked_prefill
+import jax.numpy as jnp
+
+from benchmarks import chunked_prefill, prefill_latency
 
 
 def test_dry_run(tmp_path):
@@ -24,3 +26,17 @@ def test_dry_run(tmp_path):
     assert dense_chunked["time_per_chunk_ms"] * 4 == dense_chunked["time_ms"]
     assert all(r["peak_memory_gib"] > 0 for r in records)
     assert json.loads(out.read_text())["records"] == records
+
+
+def test_random_weights_take_the_models_shape_and_extend_its_context():
+    """--random-weights builds the chosen model's shape, YaRN-extended beyond its context."""
+    args = chunked_prefill.parse_args(
+        ["--model", "smollm2", "--random-weights", "--lengths", "16384"]
+    )
+    model, encode, table, knobs = chunked_prefill.load(args)
+    shape = prefill_latency.CASES["smollm2"].config
+    assert model.config.num_layers == shape.num_layers
+    assert model.config.max_position_embeddings == 4 * shape.max_position_embeddings
+    assert model.config.rope.rope_type == "yarn"
+    assert model.dtype == jnp.bfloat16 and table is None and knobs == {}
+    assert encode("ab") == [97, 98]
