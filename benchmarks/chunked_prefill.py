@@ -213,17 +213,15 @@ def load(args) -> tuple[Any, Any, Any, dict]:
 
         tiny = tiny_random_model()
         return tiny.model, tiny.encode, None, DRY_RUN["planner"]
-    context = max(args.lengths)
+    # The random-weights shape has the built-in model's context (a test checks it).
+    shape = prefill_latency.CASES[args.model].config
+    factor = None if max(args.lengths) <= shape.max_position_embeddings else args.yarn_factor
     if args.random_weights:
-        config = prefill_latency.CASES[args.model].config
-        if context > config.max_position_embeddings:
-            config = extend_context(config, args.yarn_factor)
+        config = shape if factor is None else extend_context(shape, factor)
         model = random_model(config, dtype=jnp.bfloat16)
         return model, lambda text: list(text.encode("utf-8")), None, {}
     name = MODELS[args.model]
-    base = load_builtin(name, dtype=jnp.bfloat16)
-    factor = None if context <= base.config.max_position_embeddings else args.yarn_factor
-    loaded = load_builtin(name, dtype=jnp.bfloat16, yarn_factor=factor) if factor else base
+    loaded = load_builtin(name, dtype=jnp.bfloat16, yarn_factor=factor)
     config = loaded.config
     table = tables.resolve_table(
         "builtin", name, num_layers=config.num_layers, num_heads=config.num_heads
