@@ -188,19 +188,20 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table, head_ax
     causal = patterns.causal_blocks(tb, sb)
     quirks = config.reference_quirks
     nb_heads = nb[:, None]
-    own_vertical, own_slash = patterns.vertical_slash_selection(
-        est.vertical, est.slash, est.num_vertical, est.num_slash, nb_heads
-    )
     decisions = SharingDecisions.none(batch, num_heads)
     if config.method == "vertical_slash":
-        mask = patterns.expand_vertical_slash(own_vertical, own_slash, tb)
+        vertical_sel, slash_sel = patterns.vertical_slash_selection(
+            est.vertical, est.slash, est.num_vertical, est.num_slash, nb_heads
+        )
+        mask = patterns.expand_vertical_slash(vertical_sel, slash_sel, tb)
         category = jnp.full((batch, num_heads), VERTICAL_SLASH, jnp.int32)
         return LayerPlan(mask, category, decisions), state
 
     query_aware = est.query_aware
     is_pivot = is_shared = jnp.zeros((batch, num_heads), bool)
     is_short = _runs_dense(lengths, num_queries, num_keys, config)[:, None]
-    if config.method == "shareprefill" and table is not None and table.num_shared:
+    shares = config.method == "shareprefill" and table is not None and table.num_shared > 0
+    if shares:
         slot = _local_slots(table, layer, num_heads, head_axis)  # [N], -1: no shared cluster
         member = slot[:, None] == jnp.arange(table.num_shared)[None, :]  # [N, C]
         # The length band of each prompt decides which clusters share.
@@ -249,8 +250,9 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table, head_ax
             slash_distance=slash_distance,
             fallback_coverage=fallback_coverage,
         )
-        state = _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash, head_axis)
 
+    # Query-aware and shared heads keep the fewest verticals and slashes; every other head (a
+    # pivot among them) its own budgets, so a pivot's selection here is its own pattern.
     b_min = config.min_blocks
     at_floor = query_aware | is_shared
     vertical_sel, slash_sel = patterns.vertical_slash_selection(
@@ -262,7 +264,8 @@ def _plan_estimated(q, k, est, state, layer, lengths, nb, config, table, head_ax
     )
     mask = patterns.expand_vertical_slash(vertical_sel, slash_sel, tb)
     mask |= is_pivot[..., None, None] & causal
-    if table is not None and table.num_shared and config.method == "shareprefill":
+    if shares:
+        state = _enter_pivots(state, becomes_pivot, est, vertical_sel, slash_sel, head_axis)
         mask |= is_shared[..., None, None] & of_own_cluster(state.pattern)
     selected = patterns.query_aware_selection(
         q, k, lengths, config.block_size, config.gamma, quirks=quirks
@@ -315,8 +318,9 @@ def _sharing_decisions(
     )
 
 
-def _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash, head_axis) -> SharingState:
-    """Records each new pivot's profiles and own vertical-slash selection in its slot."""
+def _enter_pivots(state, becomes_pivot, est, vertical_sel, slash_sel, head_axis) -> SharingState:
+    """Records each new pivot's profiles and vertical-slash selection (its own budgets: a pivot
+    is neither shared nor query-aware) in its slot."""
     local_new = becomes_pivot.any(axis=1).astype(jnp.int32)  # [B, C]
     has_new = heads.sum_over_heads(local_new, head_axis) > 0
     weight = becomes_pivot.astype(est.vertical.dtype)
@@ -335,8 +339,8 @@ def _enter_pivots(state, becomes_pivot, est, own_vertical, own_slash, head_axis)
         has_pivot=state.has_pivot | has_new,
         vertical=put(state.vertical, from_pivot(est.vertical)),
         slash=put(state.slash, from_pivot(est.slash)),
-        vs_vertical=put(state.vs_vertical, from_pivot(own_vertical) > 0.5),
-        vs_slash=put(state.vs_slash, from_pivot(own_slash) > 0.5),
+        vs_vertical=put(state.vs_vertical, from_pivot(vertical_sel) > 0.5),
+        vs_slash=put(state.vs_slash, from_pivot(slash_sel) > 0.5),
     )
 
 
