@@ -88,6 +88,18 @@ class SharePrefillAttention:
         """
         self._check_inputs(q, k, v, state)
         bs = self.config.block_size
+        if k.shape[1] < self.config.dense_below:
+            # Every prompt of this bucket is short: no planning (its plan would keep every
+            # block), cuDNN's dense attention.
+            layer_stats = stats.dense_layer_stats(
+                lengths,
+                num_heads=q.shape[2],
+                num_queries=q.shape[1],
+                num_keys=k.shape[1],
+                block_size=bs,
+                head_axis=self.head_axis,
+            )
+            return dense_causal_attention(q, k, v), state, layer_stats
         plan, state = planner.plan_layer(
             q,
             k,
@@ -99,10 +111,6 @@ class SharePrefillAttention:
             interpret=self.interpret,
             head_axis=self.head_axis,
         )
-        if k.shape[1] < self.config.dense_below:
-            # Every prompt of this bucket is short: the plan is dense, so is the attention.
-            out = dense_causal_attention(q, k, v)
-            return out, state, stats.layer_stats(plan, lengths, bs, self.head_axis)
         layout = layout_from_mask(plan.block_mask, block_size=bs)
         if self.num_shared:
             batch, _, num_heads, _ = q.shape

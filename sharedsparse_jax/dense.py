@@ -2,7 +2,8 @@
 
 cuDNN's flash attention on GPU for bf16/f16 inputs, XLA elsewhere. SharePrefill runs it for
 prompts shorter than `dense_below`, the models for their dense prefill, the benchmarks as the
-reference time.
+reference time. cuDNN aligns a causal mask with the first key only, so a chunk of queries over
+a longer cache (T < S) runs the project's block-sparse kernel with every causal block instead.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.block_sparse_attention import block_sparse_attention, layout_from_mask
+
 IMPLEMENTATIONS = (None, "xla", "cudnn")
+# Block size of the kernel that runs cuDNN's chunks: queries and cache split on its boundaries.
+CHUNK_BLOCK_SIZE = 128
 
 
 def dense_causal_attention(
@@ -33,9 +38,27 @@ def dense_causal_attention(
     num_queries, num_keys = q.shape[1], k.shape[1]
     if num_keys == num_queries:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    if implementation == "cudnn":
+        return _chunk_with_kernel(q, k, v)
     # is_causal aligns query i with key i; a window reaching S - T keys to the right aligns the
-    # queries with the end of the keys instead.
+    # queries with the end of the keys instead (cuDNN refuses such a window).
     window = (num_keys, num_keys - num_queries)
     return jax.nn.dot_product_attention(
         q, k, v, local_window_size=window, implementation=implementation
     )
+
+
+def _chunk_with_kernel(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """The last T of S positions attending causally, by the block-sparse kernel keeping every
+    causal block (the backend's best implementation)."""
+    batch, num_queries, num_heads, _ = q.shape
+    num_keys, bs = k.shape[1], CHUNK_BLOCK_SIZE
+    if (num_keys - num_queries) % bs:
+        raise ValueError(
+            f"a chunk of {num_queries} queries over {num_keys} keys must start on a multiple of"
+            f" {bs} tokens for cuDNN's dense attention (use implementation='xla')"
+        )
+    tb, sb = -(-num_queries // bs), -(-num_keys // bs)
+    causal = (sb - tb) + jnp.arange(tb)[:, None] >= jnp.arange(sb)[None, :]
+    mask = jnp.broadcast_to(causal, (batch, num_heads, tb, sb))
+    return block_sparse_attention(q, k, v, layout_from_mask(mask, block_size=bs))

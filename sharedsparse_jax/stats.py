@@ -15,7 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from sharedsparse_jax import estimate, heads
-from sharedsparse_jax.planner import CATEGORIES, SHARE_REASONS, LayerPlan
+from sharedsparse_jax.planner import (
+    CATEGORIES,
+    DENSE,
+    SHARE_REASONS,
+    LayerPlan,
+    SharingDecisions,
+)
 
 # The measured value each refusal reason was decided on (the stat holding it).
 REASON_VALUES = {
@@ -49,18 +55,43 @@ def layer_stats(
       not compared).
     """
     tb, sb = plan.block_mask.shape[-2:]
-    first_row = sb - tb  # the key block of the first query block
     nb = estimate.num_blocks(lengths, block_size)
-    real_rows = (jnp.arange(tb)[None, :] + first_row < nb[:, None])[:, None, :, None]
+    real_rows = (jnp.arange(tb)[None, :] + sb - tb < nb[:, None])[:, None, :, None]
     kept = jnp.sum(plan.block_mask & real_rows, axis=(1, 2, 3), dtype=jnp.int32)
     kept = heads.sum_over_heads(kept, head_axis).astype(jnp.float32)
-    decisions = jax.tree.map(lambda x: heads.gather_heads(x, head_axis), plan.decisions)
+    return _stats(kept, plan.category, plan.decisions, nb, tb, sb, head_axis)
+
+
+def dense_layer_stats(
+    lengths: jax.Array,
+    *,
+    num_heads: int,
+    num_queries: int,
+    num_keys: int,
+    block_size: int,
+    head_axis: str | None = None,
+) -> dict[str, jax.Array]:
+    """layer_stats of a layer that ran dense (every head keeps every causal block), without a
+    plan: num_heads this shard's query heads, num_queries and num_keys T and S."""
+    batch = lengths.shape[0]
+    tb, sb = -(-num_queries // block_size), -(-num_keys // block_size)
+    category = jnp.full((batch, num_heads), DENSE, jnp.int32)
+    decisions = SharingDecisions.none(batch, num_heads)
+    nb = estimate.num_blocks(lengths, block_size)
+    return _stats(None, category, decisions, nb, tb, sb, head_axis)
+
+
+def _stats(kept, category, decisions, nb, tb, sb, head_axis) -> dict[str, jax.Array]:
+    """The stats dict from the kept blocks (None: every causal block) and the heads' outcomes."""
+    decisions = jax.tree.map(lambda x: heads.gather_heads(x, head_axis), decisions)
     num_heads = decisions.reason.shape[1]
     # Causal blocks of the real rows, rows first_row .. nb - 1 seeing 1 + their index each.
+    first_row = sb - tb  # the key block of the first query block
     rows_seen = jnp.maximum(nb, first_row)
     seen = rows_seen * (rows_seen + 1) // 2 - first_row * (first_row + 1) // 2
     causal = seen.astype(jnp.float32) * num_heads
-    category = heads.gather_heads(plan.category, head_axis)
+    kept = causal if kept is None else kept
+    category = heads.gather_heads(category, head_axis)
     stats = {
         f"num_{name}": jnp.sum(category == code, axis=1, dtype=jnp.int32)
         for code, name in enumerate(CATEGORIES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from models import SamplingConfig, decode, prefill, prefill_chunked
 from models.random_weights import random_model
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import SharePrefillConfig
+from sharedsparse_jax.dense import dense_causal_attention
 from sharedsparse_jax.sharing import SharingTable
 from tests.models.helpers import tiny_config
 
@@ -81,3 +84,23 @@ def test_shareprefill_chunks_plan_sparsely(model, prompts):
 def test_chunk_size_is_checked(model, prompts):
     with pytest.raises(ValueError, match="chunk_tokens must be >= 1"):
         prefill_chunked(model, prompts, chunk_tokens=0)
+
+
+@pytest.mark.parametrize("num_queries, num_keys", [(256, 640), (200, 584), (384, 384 + 128)])
+def test_cudnn_chunks_run_the_kernel_with_every_causal_block(num_queries, num_keys):
+    # cuDNN aligns causal masks with the first key: a chunk (T < S) takes the block-sparse
+    # kernel with every causal block, which must equal XLA's end-aligned window.
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    q = jax.random.normal(keys[0], (2, num_queries, 6, 64), jnp.float32)
+    k = jax.random.normal(keys[1], (2, num_keys, 2, 64), jnp.float32)
+    v = jax.random.normal(keys[2], (2, num_keys, 2, 64), jnp.float32)
+    want = dense_causal_attention(q, k, v, implementation="xla")
+    got = dense_causal_attention(q, k, v, implementation="cudnn")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+
+
+def test_cudnn_chunks_must_start_on_a_block_boundary():
+    q = jnp.zeros((1, 100, 2, 64))
+    k = v = jnp.zeros((1, 300, 2, 64))
+    with pytest.raises(ValueError, match="must start on a multiple of 128"):
+        dense_causal_attention(q, k, v, implementation="cudnn")
