@@ -37,7 +37,7 @@ the cell's first kernel's (sparse layouts): `max_abs_diff` against `diff_against
     python -m benchmarks.mosaic_gpu_check --skip checks compare \\
         --shapes 14/2/64:8192,32768 9/3/64:8192,32768 14/2/64:131072 32/8/128:32768 \\
         --check-shapes 14/2/64 9/3/64 --layout random --sweep-densities 1.0 0.4 0.3 0.1 \\
-        --sweep-configs default q2_s2 q2_s4 q2_s6 q3_s3 q3_s5 q2_s3_nosched q2_s3_wg1 one_item \\
+        --sweep-configs default q2_s2 q2_s3 q2_s4 q2_s6 q3_s3 q3_s5 q2_s3_nosched q2_s3_wg1 one_item \\
         --rounds 7 --budget-s 190                            # head dim 64 launches (issue 26)
     python -m benchmarks.mosaic_gpu_check ... --dry-run     # the same sections, tiny, on a CPU
 
@@ -77,8 +77,10 @@ SWEEP_CONFIGS = (
     ("s3_one_item", Launch(num_stages=3)),
     # Head dim 64 (issue 26): a K/V block is half the matmul work of H=128 for the same
     # per-block and per-item costs, and a 16 KB tile, so deeper rings and a third Q tile fit
-    # (default_config(64, 128) is q2_s3; q2_s6 and q3_s5 are the deepest that fit).
+    # (q2_s6 and q3_s5 are the deepest that fit). default_config(64, 128) was q2_s3 until the
+    # H100 sweep chose one_item up to 8K and q2_s4 beyond.
     ("q2_s2", Launch(num_stages=2, q_tiles=2)),
+    ("q2_s3", Launch(num_stages=3, q_tiles=2)),
     ("q2_s4", Launch(num_stages=4, q_tiles=2)),
     ("q2_s6", Launch(num_stages=6, q_tiles=2)),
     ("q3_s3", Launch(num_stages=3, q_tiles=3)),
@@ -90,6 +92,7 @@ SWEEP_CONFIGS = (
 HEAD_DIM_64_CONFIGS = (
     "default",
     "q2_s2",
+    "q2_s3",
     "q2_s4",
     "q2_s6",
     "q3_s3",
@@ -178,9 +181,11 @@ def unsupported(shape: bench.Shape, config) -> str | None:
     return None
 
 
-def launch_keys(shape: bench.Shape, config) -> dict:
-    """The launch a config (None: the default) resolves to at a shape: its record keys."""
-    config = config or mosaic_gpu_config.default_config(shape.head_dim, bench.BLOCK)
+def launch_keys(shape: bench.Shape, config, seq_len: int) -> dict:
+    """The launch a config (None: the default) resolves to at a shape and length: its record
+    keys."""
+    num_q_blocks = -(-seq_len // bench.BLOCK)
+    config = config or mosaic_gpu_config.default_config(shape.head_dim, bench.BLOCK, num_q_blocks)
     return {
         "num_stages": config.num_stages,
         "q_tiles": config.q_tiles,
@@ -341,7 +346,7 @@ def sweep(shape_runs, seq_lens, densities, names, pattern, how: cudnn_rounds.Tim
         cell = (shape, inputs, geometry, layout, density)
         for row in cudnn_rounds.paired_rows("sweep", kernels, *cell, how, records):
             # The row is also in records: the keys reach both.
-            row |= launch_keys(shape, dict(SWEEP_CONFIGS)[row["config"]])
+            row |= launch_keys(shape, dict(SWEEP_CONFIGS)[row["config"]], row["seq_len"])
             rows.append(row)
         save()
     return rows

@@ -55,7 +55,7 @@ stage_hopper_d64() {
   "$PYTHON" -m benchmarks.mosaic_gpu_check --skip checks compare \
     --shapes 14/2/64:8192,32768 9/3/64:8192,32768 14/2/64:131072 32/8/128:32768 \
     --check-shapes 14/2/64 9/3/64 --layout random --sweep-densities 1.0 0.4 0.3 0.1 \
-    --sweep-configs default q2_s2 q2_s4 q2_s6 q3_s3 q3_s5 q2_s3_nosched q2_s3_wg1 one_item \
+    --sweep-configs default q2_s2 q2_s3 q2_s4 q2_s6 q3_s3 q3_s5 q2_s3_nosched q2_s3_wg1 one_item \
     --rounds 7 --out "$RESULTS/mosaic_gpu_d64_h200.json"
 }
 stage_planner() { "$PYTHON" -m benchmarks.planner_overhead --profile-launches; }

@@ -446,7 +446,7 @@ def attention(
     """
     bs = geometry.block_size
     head_dim = q.shape[-1]
-    config = config or default_config(head_dim, bs)
+    config = config or default_config(head_dim, bs, geometry.num_q_blocks)
     check_supported(q, bs, config, interpret)
     if with_block_lse:
         return triton_backend.attention(

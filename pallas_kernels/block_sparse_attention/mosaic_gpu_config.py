@@ -91,15 +91,33 @@ def device_sms() -> int:
     return getattr(jax.devices()[0], "core_count", None) or HOPPER_SMS
 
 
-def default_config(head_dim: int, block_size: int) -> MosaicGpuConfig:
-    """The default launch: persistent with two Q tiles where they fit beside two K/V stages,
-    else one item per CTA; as many stages as fit, up to 3.
+# Query blocks up to which head dim 64 at block size 128 runs one item per CTA (8K tokens).
+HEAD_DIM_64_ONE_ITEM_Q_BLOCKS = 64
 
-    On the H200 (bs 128, H 128, cuDNN timed in the same rounds; docs/results.md section 7) two
-    and three Q tiles are within a point of each other at 32K and 10 % density (about 92-93 %
-    of cuDNN's rate); two lead at 128K and on full rows, three at 32K and 5 %; one item per CTA
-    reaches about 84 % at 32K and 10 %.
+
+def default_config(
+    head_dim: int, block_size: int, num_q_blocks: int | None = None
+) -> MosaicGpuConfig:
+    """The default launch for a head dim, block size and (where known) Tb query blocks.
+
+    Head dim 64 at block size 128, the real models' shape, has its own rule, measured on the
+    H100 against cuDNN in the same rounds (docs/results.md section 7, 9/3 and 14/2 heads, random
+    layouts): up to 64 query blocks one item per CTA (99 % of cuDNN's rate on full rows at 8K
+    against 85 % for two Q tiles and three stages; 77-84 % against 71-76 % at 30-40 % density;
+    3 points behind at 10 %); beyond, and where Tb is not given, two Q tiles beside four K/V
+    stages (ahead of three stages in every cell but two within a point, up to 14 points at
+    128K).
+
+    Otherwise: persistent with two Q tiles where they fit beside two K/V stages, else one item
+    per CTA; as many stages as fit, up to 3. On the H200 (bs 128, H 128) two and three Q tiles
+    are within a point of each other at 32K and 10 % density (about 92-93 % of cuDNN's rate);
+    two lead at 128K and on full rows, three at 32K and 5 %; one item per CTA reaches about
+    84 % at 32K and 10 %.
     """
+    if (head_dim, block_size) == (64, 128):
+        if num_q_blocks is not None and num_q_blocks <= HEAD_DIM_64_ONE_ITEM_Q_BLOCKS:
+            return MosaicGpuConfig()
+        return MosaicGpuConfig(num_stages=4, q_tiles=2)
     for q_tiles in (2, 1):
         for num_stages in (3, 2, 1):
             config = MosaicGpuConfig(num_stages=num_stages, q_tiles=q_tiles)

@@ -219,9 +219,13 @@ def test_mosaic_gpu_default_is_persistent_where_two_q_tiles_fit():
     default = mosaic_gpu_config.default_config
     assert default(128, 128) == launch(num_stages=2, q_tiles=2)
     assert default(64, 64) == launch(num_stages=3, q_tiles=2)
+    # Head dim 64 at bs 128 (the real models): one item per CTA up to 8K tokens, then four
+    # stages beside two Q tiles, as measured on the H100.
+    assert default(64, 128, 64) == launch()
+    assert default(64, 128, 65) == default(64, 128) == launch(num_stages=4, q_tiles=2)
     # bs 256 x H 128: one 64 KB Q tile and one K/V stage are all that fit.
     assert default(128, 256) == launch(num_stages=1)
-    for head_dim, bs in [(64, 64), (128, 128), (256, 128), (128, 256), (64, 256)]:
+    for head_dim, bs in [(64, 64), (64, 128), (128, 128), (256, 128), (128, 256), (64, 256)]:
         needed = mosaic_gpu_config.smem_bytes(head_dim, bs, default(head_dim, bs))
         assert needed <= mosaic_gpu_config.SMEM_BYTES
 
