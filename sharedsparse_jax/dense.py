@@ -14,8 +14,9 @@ import jax.numpy as jnp
 from pallas_kernels.block_sparse_attention import block_sparse_attention, layout_from_mask
 
 IMPLEMENTATIONS = (None, "xla", "cudnn")
-# Block size of the kernel that runs cuDNN's chunks: queries and cache split on its boundaries.
-CHUNK_BLOCK_SIZE = 128
+# Block sizes of the kernel that runs cuDNN's chunks, best first: the largest one the cached
+# keys (S - T) split into.
+CHUNK_BLOCK_SIZES = (128, 64, 32, 16)
 
 
 def dense_causal_attention(
@@ -25,7 +26,9 @@ def dense_causal_attention(
 
     Args:
       q: [B, T, N, H]; k, v: [B, S, K, H] (N a multiple of K, S >= T).
-      implementation: None (cuDNN on GPU for bf16/f16, else XLA), "xla" or "cudnn".
+      implementation: None (cuDNN on GPU for bf16/f16, else XLA), "xla" or "cudnn". cuDNN
+        serves whole prompts (T = S); a chunk (T < S) takes the block-sparse kernel with every
+        causal block, and S - T must be a multiple of 16.
 
     Returns:
       [B, T, N, H] in q's dtype. End padding needs no mask: causality hides it from real rows.
@@ -52,12 +55,15 @@ def _chunk_with_kernel(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """The last T of S positions attending causally, by the block-sparse kernel keeping every
     causal block (the backend's best implementation)."""
     batch, num_queries, num_heads, _ = q.shape
-    num_keys, bs = k.shape[1], CHUNK_BLOCK_SIZE
-    if (num_keys - num_queries) % bs:
+    num_keys = k.shape[1]
+    fitting = [bs for bs in CHUNK_BLOCK_SIZES if (num_keys - num_queries) % bs == 0]
+    if not fitting:
         raise ValueError(
             f"a chunk of {num_queries} queries over {num_keys} keys must start on a multiple of"
-            f" {bs} tokens for cuDNN's dense attention (use implementation='xla')"
+            f" {CHUNK_BLOCK_SIZES[-1]} tokens for cuDNN's dense attention (use"
+            " implementation='xla')"
         )
+    bs = fitting[0]
     tb, sb = -(-num_queries // bs), -(-num_keys // bs)
     causal = (sb - tb) + jnp.arange(tb)[:, None] >= jnp.arange(sb)[None, :]
     mask = jnp.broadcast_to(causal, (batch, num_heads, tb, sb))

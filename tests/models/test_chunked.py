@@ -86,7 +86,9 @@ def test_chunk_size_is_checked(model, prompts):
         prefill_chunked(model, prompts, chunk_tokens=0)
 
 
-@pytest.mark.parametrize("num_queries, num_keys", [(256, 640), (200, 584), (384, 384 + 128)])
+@pytest.mark.parametrize(
+    "num_queries, num_keys", [(256, 640), (200, 584), (384, 384 + 128), (96, 96 + 64), (40, 72)]
+)
 def test_cudnn_chunks_run_the_kernel_with_every_causal_block(num_queries, num_keys):
     # cuDNN aligns causal masks with the first key: a chunk (T < S) takes the block-sparse
     # kernel with every causal block, which must equal XLA's end-aligned window.
@@ -102,5 +104,5 @@ def test_cudnn_chunks_run_the_kernel_with_every_causal_block(num_queries, num_ke
 def test_cudnn_chunks_must_start_on_a_block_boundary():
     q = jnp.zeros((1, 100, 2, 64))
     k = v = jnp.zeros((1, 300, 2, 64))
-    with pytest.raises(ValueError, match="must start on a multiple of 128"):
+    with pytest.raises(ValueError, match="must start on a multiple of 16"):
         dense_causal_attention(q, k, v, implementation="cudnn")
