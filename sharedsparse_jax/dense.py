@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.block_sparse_attention import block_sparse_attention, layout_from_mask
+from sharedsparse_jax.patterns import causal_blocks
 
 IMPLEMENTATIONS = (None, "xla", "cudnn")
 # Block sizes of the kernel that runs cuDNN's chunks, best first: the largest one the cached
@@ -65,6 +66,5 @@ def _chunk_with_kernel(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         )
     bs = fitting[0]
     tb, sb = -(-num_queries // bs), -(-num_keys // bs)
-    causal = (sb - tb) + jnp.arange(tb)[:, None] >= jnp.arange(sb)[None, :]
-    mask = jnp.broadcast_to(causal, (batch, num_heads, tb, sb))
+    mask = jnp.broadcast_to(causal_blocks(tb, sb), (batch, num_heads, tb, sb))
     return block_sparse_attention(q, k, v, layout_from_mask(mask, block_size=bs))

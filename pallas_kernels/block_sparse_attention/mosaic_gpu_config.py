@@ -103,8 +103,8 @@ def default_config(
     Head dim 64 at block size 128, the real models' shape, has its own rule, measured on the
     H100 against cuDNN in the same rounds (docs/results.md section 7, 9/3 and 14/2 heads, random
     layouts): up to 64 query blocks one item per CTA (99 % of cuDNN's rate on full rows at 8K
-    against 85 % for two Q tiles and three stages; 77-84 % against 71-76 % at 30-40 % density;
-    3 points behind at 10 %); beyond, and where Tb is not given, two Q tiles beside four K/V
+    against 85 % for two Q tiles and three stages; 77-84 % against 69-76 % at 30-40 % density;
+    within 2.3 points at 10 %); beyond, and where Tb is not given, two Q tiles beside four K/V
     stages (ahead of three stages in every cell but two within a point, up to 14 points at
     128K).
 
