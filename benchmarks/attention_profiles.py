@@ -22,6 +22,11 @@ Make a profile (CPU, dense prefill of a built-in model on two texts, a few minut
 
     python -m benchmarks.attention_profiles --model smollm2-135m-instruct --length 2048 \\
         --out benchmarks/profiles/smollm2-135m-instruct.json
+
+and at the lengths the 8B-shaped benchmark runs (GPU; beyond 32K with Qwen's context extended):
+
+    python -m benchmarks.attention_profiles --model qwen2.5-coder-0.5b-instruct --length 131072 \\
+        --map-block-size 128 --yarn-factor 4
 """
 
 from __future__ import annotations
@@ -177,7 +182,8 @@ def load_profile(path: str | Path) -> dict:
 
 
 def _texts(tokenizer, length: int, count: int) -> list[tuple[str, np.ndarray]]:
-    """`count` windows of `length` tokens: Emma's middle, then an essay stretch, alternately."""
+    """`count` windows of `length` tokens, from Emma and the essays alternately: from a text's
+    middle, or earlier where the rest would hold too few tokens (about 5 characters a token)."""
     from evaluation import texts
 
     sources = [
@@ -187,11 +193,11 @@ def _texts(tokenizer, length: int, count: int) -> list[tuple[str, np.ndarray]]:
     chosen = []
     for name, load in (sources * count)[:count]:
         text = load()
-        middle = len(text) // 2
-        ids = tokenizer.encode(text[middle : middle + 12 * length], add_special_tokens=False)
+        start = max(0, min(len(text) // 2, len(text) - 5 * length))
+        ids = tokenizer.encode(text[start : start + 12 * length], add_special_tokens=False)
         if len(ids) < length:
-            raise ValueError(f"{name}: {len(ids)} tokens, {length} needed")
-        chosen.append((f"{name}@{middle}", np.asarray(ids[:length], np.int32)))
+            raise ValueError(f"{name}: {len(ids)} tokens from character {start}, {length} needed")
+        chosen.append((f"{name}@{start}", np.asarray(ids[:length], np.int32)))
     return chosen
 
 
@@ -202,14 +208,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--texts", type=int, default=2, help="texts (Austen, essays, ...)")
     parser.add_argument("--map-block-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--yarn-factor",
+        type=float,
+        metavar="FACTOR",
+        help="extend the model's context FACTOR times with YaRN (> 1; qwen: 4 reaches 128K)",
+    )
     args = parser.parse_args(argv)
+    if args.yarn_factor is not None and not args.yarn_factor > 1:
+        parser.error(f"--yarn-factor must be above 1, got {args.yarn_factor:g}")
 
+    from evaluation.harness.store import model_label
     from models import load_builtin
     from models.collect import BlockMapCollector, collect_block_maps
     from sharedsparse_jax.config import SharePrefillConfig
 
     start = time.time()
-    loaded = load_builtin(args.model)
+    loaded = load_builtin(args.model, yarn_factor=args.yarn_factor)
     planner = SharePrefillConfig()
     collector = BlockMapCollector(block_size=args.map_block_size, estimate_config=planner)
     maps, query_aware, names = [], [], []
@@ -226,7 +241,8 @@ def main(argv=None) -> dict:
         entry["query_aware_rate"] = float(query_aware_rate[entry["layer"], entry["head"]])
     config = loaded.config
     profile = {
-        "model": args.model,
+        "model": model_label(args.model, args.yarn_factor),
+        "yarn_factor": args.yarn_factor,
         "num_layers": int(block_maps.shape[1]),
         "num_heads": int(block_maps.shape[2]),
         "num_kv_heads": int(config.num_kv_heads),
@@ -247,7 +263,7 @@ def main(argv=None) -> dict:
     }
     summary = {key: float(np.mean([h[key] for h in heads])) for key in SHARES}
     print("mean shares over heads:", {k: round(v, 3) for k, v in summary.items()}, flush=True)
-    out = args.out or Path(f"benchmarks/profiles/{args.model}.json")
+    out = args.out or Path(f"benchmarks/profiles/{profile['model']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(profile, indent=1) + "\n")
     print(f"wrote {out} ({len(heads)} heads) in {time.time() - start:.0f} s", flush=True)
