@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import attention_profiles, method_attention
 from benchmarks.attention_profiles import SHARES
@@ -31,6 +32,26 @@ def test_decompose_rows_recovers_planted_parts():
     np.testing.assert_allclose(parts["vertical"], 0.1 + 0.2 / (r + 1))
     np.testing.assert_allclose(parts["slash"], 0.1 + 0.2 / (r + 1))
     np.testing.assert_allclose(sum(parts[name] for name in SHARES), 1.0)
+
+
+class _CharTokenizer:
+    """One token per character."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) % 7 for c in text]
+
+
+def test_profile_windows_start_early_enough_for_long_lengths(monkeypatch):
+    from evaluation import texts
+
+    monkeypatch.setattr(texts, "load_austen_novels", lambda: {"emma": "e" * 1000})
+    monkeypatch.setattr(texts, "load_paul_graham_essays", lambda: "p" * 400)
+    short = attention_profiles._texts(_CharTokenizer(), 40, 2)
+    assert [name for name, _ in short] == ["austen:emma@500", "essays@200"]  # the middles
+    long = attention_profiles._texts(_CharTokenizer(), 180, 1)
+    assert long[0][0] == "austen:emma@100" and len(long[0][1]) == 180  # 5 characters a token
+    with pytest.raises(ValueError, match="essays: 400 tokens from character 0, 500 needed"):
+        attention_profiles._texts(_CharTokenizer(), 500, 2)
 
 
 def test_dry_run_records_every_method(tmp_path):
