@@ -49,7 +49,7 @@ from evaluation.harness.model_runs import (
     score_window,
     tiny_random_model,
 )
-from evaluation.tasks.registry import generate_samples
+from evaluation.tasks.registry import generate_samples, get_task
 from evaluation.tasks.scoring import score_sample
 from evaluation.windows import interleaved_windows, iter_window_tokens, tokenize_documents
 from models.attention import DenseAttention
@@ -170,7 +170,7 @@ def run_cell(evaluated, name, length, args, planner, has_retrieval, save) -> lis
     if has_retrieval and args.retrieval_samples:
         passkeys = generate_samples(
             "passkey",
-            length=length,
+            length=evaluated.prompt_length(length, get_task("passkey").tokens_to_generate),
             encode=evaluated.encode,
             num_samples=args.retrieval_samples,
             prompt_format=evaluated.prompt_format,

@@ -82,6 +82,11 @@ class EvalModel:
     def context(self) -> int:
         return self.model.config.max_position_embeddings
 
+    def prompt_length(self, length: int, max_new_tokens: int) -> int:
+        """The prompt length of a retrieval cell of `length` tokens: the cell's length, less
+        what the reply needs at the context limit."""
+        return min(length, self.context - max_new_tokens)
+
     def attention(self, setting: Setting, *, compare: bool = False) -> PrefillAttention:
         """The prefill attention of a setting, built once (so jitted programs are reused).
 

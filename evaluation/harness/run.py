@@ -369,8 +369,7 @@ class _Runner:
     def run_retrieval(self, evaluated: EvalModel, task: str, length: int):
         options = self.options
         max_new = self.max_new_tokens(task)
-        # The cell's length is the prompt's; at the context limit the reply needs room too.
-        prompt_length = min(length, evaluated.context - max_new)
+        prompt_length = evaluated.prompt_length(length, max_new)
         settings = _run_order(options.settings())
         cells = self._cells(
             evaluated,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import sharing_ablation
 
 
@@ -45,3 +47,25 @@ def test_dry_run_and_plot(tmp_path):
     figure = tmp_path / "ablation.png"
     sharing_ablation.main(["--plot", str(out), str(figure)])
     assert figure.stat().st_size > 10_000
+
+
+def test_passkeys_at_the_context_limit_leave_room_for_the_reply(monkeypatch):
+    from evaluation.harness.model_runs import tiny_random_model
+
+    evaluated = tiny_random_model()
+    asked = {}
+
+    class Stop(Exception):
+        pass
+
+    def generate_samples(task, *, length, **kwargs):
+        asked[task] = length
+        raise Stop
+
+    monkeypatch.setattr(sharing_ablation, "generate_samples", generate_samples)
+    monkeypatch.setattr(sharing_ablation, "cell_windows", lambda *args: [])
+    args = sharing_ablation.parse_args(["--retrieval-samples", "2"])
+    with pytest.raises(Stop):
+        sharing_ablation.run_cell(evaluated, "tiny", evaluated.context, args, {}, True, None)
+    reply = sharing_ablation.get_task("passkey").tokens_to_generate
+    assert asked == {"passkey": evaluated.context - reply}
