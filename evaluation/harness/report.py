@@ -74,6 +74,8 @@ def _interval(estimate: dict | None, scale: float = 100.0, digits: int = 1) -> s
     if not estimate:
         return "-"
     v, lo, hi = (scale * estimate[k] for k in ("value", "low", "high"))
+    if estimate["method"] == "bootstrap" and estimate["n"] < 2:
+        return f"{v:+.{digits}f} [one window: no interval]"
     return f"{v:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 

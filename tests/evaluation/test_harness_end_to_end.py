@@ -199,3 +199,14 @@ def test_runs_a_checkpoint_given_by_its_path(tmp_path):
     assert {(cell.model, cell.task) for cell in store.cells()} == {
         ("my-model", "text"), ("my-model", "passkey")
     }  # fmt: skip
+
+
+def test_one_window_reports_no_interval():
+    from evaluation.harness import report
+
+    one = {"value": 0.04, "low": 0.04, "high": 0.04, "n": 1, "method": "bootstrap"}
+    two = one | {"low": 0.01, "high": 0.07, "n": 2}
+    assert report._interval(one, scale=1.0, digits=3) == "+0.040 [one window: no interval]"
+    assert report._interval(two, scale=1.0, digits=3) == "+0.040 [+0.010, +0.070]"
+    wilson = {"value": 1.0, "low": 0.2, "high": 1.0, "n": 1, "method": "wilson"}
+    assert report._interval(wilson) == "+100.0 [+20.0, +100.0]"
