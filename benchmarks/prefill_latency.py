@@ -38,7 +38,8 @@ file (`--text-file`, plain text or RULER's essays JSON; `--export-text austen.tx
 cached novels to one). Where the GGUF files cannot travel, `--random-weights` runs smollm2 and
 qwen with random weights of their shapes (dense timings hold; SharePrefill's then plan random
 attention and are marked `"weights": "random"`). Cases run per model can be joined afterwards
-with `--merge a.json b.json --out all.json`.
+with `--merge a.json b.json --out all.json`; `--plot RESULTS FIGURE` draws time to first token
+against length.
 """
 
 from __future__ import annotations
@@ -416,6 +417,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="merge these result files into --out (later files win) and print the table; runs"
         " nothing",
     )
+    parser.add_argument(
+        "--plot",
+        nargs=2,
+        type=Path,
+        metavar=("RESULTS", "FIGURE"),
+        help="plot time to first token against length from a results file and exit",
+    )
     parser.add_argument("--out", type=Path, help="results JSON (default: results/...<gpu>.json)")
     parser.add_argument(
         "--fresh", action="store_true", help="overwrite --out instead of merging into it"
@@ -445,6 +453,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         text, source = load_text(args.text_file)
         args.export_text.write_text(text)
         print(f"wrote {source} ({len(text):,} characters) to {args.export_text}")
+        return []
+    if args.plot:
+        plot(*args.plot)
+        print(f"wrote {args.plot[1]}")
         return []
     if args.merge:
         return merge_results(args.merge, args.out or RESULTS_DIR / "prefill_latency_merged.json")
@@ -583,6 +595,70 @@ def merge_results(paths: Sequence[Path], out: Path) -> list[dict]:
     print(f"wrote {out}")
     report(records)
     return records
+
+
+def plot(results: Path, figure: Path) -> None:
+    """Time to first token against length, one panel per model with real weights, one line per
+    method; lengths reached with YaRN are marked (hollow points, shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(results.read_text())
+    records = [
+        r
+        for r in data["records"]
+        if r.get("weights") == "checkpoint" and r.get("median_ms") is not None
+    ]
+    models = list(dict.fromkeys(r["model"] for r in records))
+    if not models:
+        raise SystemExit(f"{results}: no records with real weights to plot")
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = [r for r in records if r["model"] == model]
+        for index, method in enumerate(dict.fromkeys(("dense", *METHODS))):
+            points = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seq_len"])
+            if not points:
+                continue
+            style = {"color": "k", "ls": "--"} if method == "dense" else {"color": f"C{index}"}
+            xs = [r["seq_len"] for r in points]
+            ax.plot(xs, [r["median_ms"] for r in points], label=method, **style)
+            for r in points:
+                extended = r.get("yarn_factor") is not None
+                ax.plot(
+                    r["seq_len"],
+                    r["median_ms"],
+                    "o",
+                    color=style["color"],
+                    markerfacecolor="none" if extended else style["color"],
+                )
+        extended = sorted(r["seq_len"] for r in rows if r.get("yarn_factor") is not None)
+        if extended:
+            factor = next(r["yarn_factor"] for r in rows if r.get("yarn_factor") is not None)
+            ax.axvspan(extended[0] / 1.3, extended[-1] * 1.3, color="0.9", zorder=0)
+            ax.text(
+                extended[0] / 1.25,
+                0.03,
+                f"YaRN x{factor:g}",
+                transform=ax.get_xaxis_transform(),
+                fontsize=8,
+            )
+        ticks = sorted({r["seq_len"] for r in rows})
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(ticks, [f"{s // 1024}K" for s in ticks])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("prompt length")
+        ax.set_ylabel("time to first token (ms, median)")
+        ax.set_title(model)
+        ax.legend(fontsize=8)
+    env = data["environment"]
+    fig.suptitle(f"End-to-end prefill as shipped, {env.get('device_kind', '?')}", fontsize=10)
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=130)
+    plt.close(fig)
 
 
 def report(records: list[dict]) -> None:

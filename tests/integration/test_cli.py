@@ -146,6 +146,26 @@ def test_benchmark_dry_run(tmp_path, capsys):
     assert [r["seq_len"] for r in merged] == [200, 300]
 
 
+def test_benchmark_plots_time_to_first_token(tmp_path):
+    def record(model, method, seq_len, ms, weights="checkpoint", yarn_factor=None):
+        return {"model": model, "method": method, "seq_len": seq_len, "median_ms": ms,
+                "weights": weights, "yarn_factor": yarn_factor}  # fmt: skip
+
+    records = [
+        record("tiny", "dense", 1024, 2.0), record("tiny", "shareprefill", 1024, 2.5),
+        record("tiny", "dense", 4096, 9.0, yarn_factor=4.0),
+        record("tiny", "shareprefill", 4096, 4.0, yarn_factor=4.0),
+        record("other", "dense", 1024, 1.0, weights="random"),
+    ]  # fmt: skip
+    results, figure = tmp_path / "latency.json", tmp_path / "ttft.png"
+    timing.write_records(results, records, {"device_kind": "test"})
+    assert prefill_latency.main(["--plot", str(results), str(figure)]) == []
+    assert figure.stat().st_size > 10_000
+    timing.write_records(results, records[-1:], {"device_kind": "test"})
+    with pytest.raises(SystemExit, match="no records with real weights"):
+        prefill_latency.main(["--plot", str(results), str(figure)])
+
+
 def test_benchmark_on_any_checkpoint(tmp_path):
     checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny-llama")
     records = prefill_latency.main(
