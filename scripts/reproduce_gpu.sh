@@ -25,6 +25,8 @@
 #   chunked   chunked against whole-prompt prefill, 32K-128K (benchmarks.chunked_prefill)
 #   long      Qwen with YaRN x4 (docs/models.md): dense quality and every method's accuracy at
 #             64K and 128K, then every method's end-to-end latency there
+#   long_profiles Qwen's head profiles at 32K and (YaRN x4) 128K tokens, and the attention-level
+#             time of every method on synthetic Llama-8B layers matched to the 128K one
 #   scaleout  the sharded code path on one GPU (mesh data=1,model=1) against the plain one
 # Every stage shows progress bars. `accuracy` resumes where it stopped (finished units are
 # skipped); `methods` is rerun with --resume; `latency` merges into its results file.
@@ -128,6 +130,17 @@ stage_long() {
   "$PYTHON" -m benchmarks.prefill_latency --models qwen --yarn-factor 4 --lengths 65536 131072 \
     --out "$RESULTS/prefill_latency_h200.json"
 }
+stage_long_profiles() {
+  local common=(--model "$QWEN" --map-block-size 128)
+  "$PYTHON" -m benchmarks.attention_profiles "${common[@]}" --length 32768 \
+    --out "benchmarks/profiles/${QWEN}_32768.json"
+  "$PYTHON" -m benchmarks.attention_profiles "${common[@]}" --length 131072 --yarn-factor 4 \
+    --out "benchmarks/profiles/${QWEN}+yarn4_131072.json"
+  local out="$RESULTS/method_attention_qwen128k_h200.json"
+  "$PYTHON" -m benchmarks.method_attention --resume --out "$out" \
+    --profile "benchmarks/profiles/${QWEN}+yarn4_131072.json"
+  "$PYTHON" -m benchmarks.method_attention --plot "$out" docs/figures/method_attention_qwen128k_h200.png
+}
 stage_scaleout() {
   local common=(--models qwen llama8b --lengths 8192 32768 --methods dense shareprefill \
     vertical_slash --fresh)
@@ -137,7 +150,7 @@ stage_scaleout() {
 }
 
 ALL=(kernels hopper hopper_d64 planner methods latency accuracy qwen_more calibrate sharing crossover chunked
-  long scaleout)
+  long long_profiles scaleout)
 STAGES=("${@:-${ALL[@]}}")
 for stage in "${STAGES[@]}"; do
   if ! declare -F "stage_$stage" >/dev/null; then
