@@ -27,8 +27,9 @@ last position only. Per case: one warm-up call (its compile time is measured sep
 JAX's compile events), then ten timed calls, each waited for on the device; median, min and
 max milliseconds. SharePrefill and the other planned methods also record block density and
 head counts. The planned methods run as shipped: below the crossover measured for the model on
-this device (`benchmarks.crossover --write-tables`, in its sharing table) they run dense; each
-record's `dense_below` says from which length they plan. Records go to
+this device (`benchmarks.crossover --write-tables`, in its sharing table; where none was, the
+one measured on another GPU of the same maker) they run dense; each record's `dense_below` says
+from which length they plan and `dense_below_measured_on` where that was measured. Records go to
 `benchmarks/results/prefill_latency_<gpu>.json` (merged with the records of other cases already
 there, and rewritten after every case) and a table is printed.
 
@@ -542,6 +543,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "weights": "random" if tokenizer is None else "checkpoint",
             "num_shared_clusters": 0 if table is None else table.num_shared,
             "dense_below": case_planner.get("dense_below", SharePrefillConfig().dense_below),
+            "dense_below_measured_on": None if crossover is None else crossover["device"],
         }
         if tokenizer is not None:
             # Enough of the text for the longest prompt (about 4 characters per token).

@@ -306,8 +306,8 @@ def resolve_table(
 def measured_dense_below(
     args: argparse.Namespace, planner: SharePrefillConfig, table: SharingTable | None
 ) -> tuple[SharePrefillConfig, str]:
-    """The planner with the crossover measured on this device (unless --dense-below is given),
-    and a line saying where its dense_below came from."""
+    """The planner with the crossover measured on this device, or on another GPU of its maker
+    where none was (unless --dense-below is given), and a line saying where it came from."""
     device_kind = jax.devices()[0].device_kind
     if args.dense_below is not None:
         return planner, f"dense below {planner.dense_below} tokens (--dense-below)"
@@ -318,8 +318,14 @@ def measured_dense_below(
             f" {device_kind})"
         )
     planner = dataclasses.replace(planner, dense_below=measured["tokens"])
+    where = measured["device"]
+    if where != device_kind:
+        where += (
+            f", none measured on {device_kind} (`python -m benchmarks.crossover --write-tables`"
+            " measures it)"
+        )
     return planner, (
-        f"dense below {planner.dense_below} tokens: the crossover measured on {device_kind}"
+        f"dense below {planner.dense_below} tokens: the crossover measured on {where}"
         f" ({measured['date']}, {measured['command']})"
     )
 

@@ -105,13 +105,30 @@ class SharingTable:
         return slot.astype(np.int32)
 
     def measured_dense_below(self, device_kind: str) -> dict[str, Any] | None:
-        """The prompt length from which planning pays on `device_kind`, as measured by
-        `benchmarks.crossover` and stored in metadata["dense_below"]: {"tokens", "command",
-        "date"}, or None where it was not measured."""
-        entry = dict(self.metadata).get("dense_below", {}).get(device_kind)
-        if entry is not None and not isinstance(entry.get("tokens"), int):
-            raise ValueError(f"sharing table metadata dense_below[{device_kind!r}] lacks tokens")
-        return entry
+        """The prompt length from which planning pays, as measured by `benchmarks.crossover` and
+        stored in metadata["dense_below"][<device kind>].
+
+        Args:
+          device_kind: the device planning runs on (`jax.Device.device_kind`).
+
+        Returns:
+          {"tokens", "command", "date", "device"}: measured on `device_kind`; where it was not,
+          the largest crossover measured on another device of the same maker (the first word of
+          the kind: "NVIDIA H100 ..." stands in for "NVIDIA H200"), "device" naming it; None
+          where neither was measured.
+        """
+        measured = dict(self.metadata).get("dense_below", {})
+        for kind, entry in measured.items():
+            if not isinstance(entry.get("tokens"), int):
+                raise ValueError(f"sharing table metadata dense_below[{kind!r}] lacks tokens")
+        if device_kind in measured:
+            return measured[device_kind] | {"device": device_kind}
+        maker = device_kind.split()[0] if device_kind.split() else device_kind
+        kin = [kind for kind in measured if kind.split()[:1] == [maker]]
+        if not kin:
+            return None
+        kind = max(kin, key=lambda k: measured[k]["tokens"])
+        return measured[kind] | {"device": kind}
 
     @property
     def slot_shared_by_band(self) -> np.ndarray:

@@ -92,3 +92,27 @@ def test_resolve_table_reads_each_choice(tmp_path):
         resolve_table(str(path), None, num_layers=3, num_heads=3)
     with pytest.raises(FileNotFoundError):
         resolve_table(str(tmp_path / "missing.json"), name, **shape)
+
+
+def test_measured_dense_below_stands_in_a_gpu_of_the_same_maker():
+    def entry(tokens):
+        return {"tokens": tokens, "command": "python -m benchmarks.crossover", "date": "today"}
+
+    def table_with(measured):
+        empty = SharingTable.empty(2, 2)
+        metadata = {"dense_below": measured}
+        return SharingTable(empty.cluster_of, empty.cluster_ids, empty.is_shared, metadata)
+
+    measured = {"NVIDIA H100 80GB HBM3": entry(16384), "NVIDIA A100-SXM4-80GB": entry(8192)}
+    table = table_with(measured)
+    own = table.measured_dense_below("NVIDIA A100-SXM4-80GB")
+    assert own["tokens"] == 8192 and own["device"] == "NVIDIA A100-SXM4-80GB"
+    # None measured on an H200: the largest crossover of another NVIDIA GPU.
+    stand_in = table.measured_dense_below("NVIDIA H200")
+    assert stand_in["tokens"] == 16384 and stand_in["device"] == "NVIDIA H100 80GB HBM3"
+    assert table.measured_dense_below("TPU v5 lite") is None
+    assert table.measured_dense_below("cpu") is None
+    assert SharingTable.empty(2, 2).measured_dense_below("NVIDIA H200") is None
+    broken = table_with(measured | {"NVIDIA H200": {"command": "no tokens"}})
+    with pytest.raises(ValueError, match=r"dense_below\['NVIDIA H200'\] lacks tokens"):
+        broken.measured_dense_below("NVIDIA H100 80GB HBM3")

@@ -277,3 +277,26 @@ def test_cli_prompt_shorter_than_one_planner_block(script, tmp_path):
     )  # fmt: skip
     dense, sparse = records
     assert sparse["num_dense"] == 4 * 6 and sparse["answer"] == dense["answer"]
+
+
+@pytest.mark.parametrize(
+    "device_kind,expected",
+    [
+        ("NVIDIA H100 80GB HBM3", "dense below 16384 tokens: the crossover measured on NVIDIA H1"),
+        (
+            "NVIDIA H200",
+            "dense below 16384 tokens: the crossover measured on NVIDIA H100 80GB HBM3, none"
+            " measured on NVIDIA H200",
+        ),
+        ("cpu", "dense below 1024 tokens (the default: no crossover measured on cpu)"),
+    ],
+)
+def test_main_job_says_where_its_crossover_was_measured(monkeypatch, device_kind, expected):
+    device = SimpleNamespace(device_kind=device_kind)
+    monkeypatch.setattr(prefill_cli.jax, "devices", lambda: [device])
+    table = tables.builtin_table("qwen2.5-coder-0.5b-instruct")
+    args = argparse.Namespace(dense_below=None)
+    planner, line = prefill_cli.measured_dense_below(args, prefill_cli.SharePrefillConfig(), table)
+    assert line.startswith(expected)
+    assert ("none measured on" in line) == (device_kind == "NVIDIA H200")
+    assert planner.dense_below == int(expected.split()[2])
