@@ -123,8 +123,8 @@ class SharingTable:
                 raise ValueError(f"sharing table metadata dense_below[{kind!r}] lacks tokens")
         if device_kind in measured:
             return measured[device_kind] | {"device": device_kind}
-        maker = device_kind.split()[0] if device_kind.split() else device_kind
-        kin = [kind for kind in measured if kind.split()[:1] == [maker]]
+        maker = device_kind.split()[:1]
+        kin = [kind for kind in measured if maker and kind.split()[:1] == maker]
         if not kin:
             return None
         kind = max(kin, key=lambda k: measured[k]["tokens"])
