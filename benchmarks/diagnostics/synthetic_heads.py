@@ -164,7 +164,8 @@ def head_lines(spec: SyntheticSpec, seq_len: int) -> HeadLines:
     """Stripes, slashes, frequencies and clumps for a prompt of seq_len tokens."""
     rng = np.random.default_rng(spec.seed + 1)
     bs = spec.map_block_size
-    low, high = max(1, seq_len // 50), max(2, seq_len - 4 * bs)
+    low = max(1, seq_len // 50)
+    high = max(low + 1, seq_len - 4 * bs)  # short prompts of a coarse map: stripes still fit
     stripes = np.sort(rng.integers(low, high, size=(spec.num_kv_heads, MAX_LINES)), axis=1)
     num_vertical = np.zeros(spec.num_heads, int)
     slash_offsets = np.zeros((spec.num_heads, MAX_LINES))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,19 @@ def test_dry_run_records_every_method(tmp_path):
     figure = tmp_path / "figure.png"
     method_attention.main(["--plot", str(out), str(figure)])
     assert figure.stat().st_size > 0
+
+
+def test_synthetic_lines_fit_short_prompts_of_a_coarse_profile():
+    """The 32K profile's 128-token map blocks at the dry run's 512 tokens: stripes still fit."""
+    from benchmarks.diagnostics import synthetic_heads
+
+    root = Path(__file__).resolve().parents[2]
+    profile = attention_profiles.load_profile(
+        root / "benchmarks/profiles/qwen2.5-coder-0.5b-instruct_32768.json"
+    )
+    assert profile["block_size"] == 128
+    spec = synthetic_heads.make_spec(
+        profile, num_heads=8, num_kv_heads=2, head_dim=64, num_layers=2
+    )
+    lines = synthetic_heads.head_lines(spec, 512)
+    assert ((lines.stripe_positions >= 1) & (lines.stripe_positions < 512)).all()
