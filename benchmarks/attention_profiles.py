@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sharedsparse_cli import flags
+
 SHARES = ("sink", "band", "vertical", "slash", "rest")
 
 
@@ -208,15 +210,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--texts", type=int, default=2, help="texts (Austen, essays, ...)")
     parser.add_argument("--map-block-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument(
-        "--yarn-factor",
-        type=float,
-        metavar="FACTOR",
-        help="extend the model's context FACTOR times with YaRN (> 1; qwen: 4 reaches 128K)",
-    )
+    flags.add_yarn_factor(parser)
     args = parser.parse_args(argv)
-    if args.yarn_factor is not None and not args.yarn_factor > 1:
-        parser.error(f"--yarn-factor must be above 1, got {args.yarn_factor:g}")
+    if problem := flags.yarn_factor_problem(args.yarn_factor):
+        parser.error(problem)
 
     from evaluation.harness.store import model_label
     from models import load_builtin

@@ -81,6 +81,7 @@ from models.config import extend_context
 from models.random_weights import random_model
 from models.sharding import ShardedAttention, make_mesh, parse_mesh_shape
 from models.sources import load_source, resolve_source, source_name
+from sharedsparse_cli import flags
 from sharedsparse_jax import tables
 from sharedsparse_jax.attention import SharePrefillAttention
 from sharedsparse_jax.config import METHODS, SharePrefillConfig
@@ -379,13 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep only these of each model's methods (default: all of them)",
     )
     parser.add_argument("--runs", type=int, default=10, help="timed runs per case (>= 1)")
-    parser.add_argument(
-        "--yarn-factor",
-        type=float,
-        metavar="FACTOR",
-        help="extend the models' context FACTOR times with YaRN (> 1; qwen: 4 reaches 128K);"
-        " default: the trained context",
-    )
+    flags.add_yarn_factor(parser)
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     parser.add_argument(
         "--implementation", help="block-sparse kernel implementation(s), comma-separated"
@@ -443,8 +438,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.runs < 1:
         raise SystemExit(f"--runs must be >= 1, got {args.runs}")
-    if args.yarn_factor is not None and not args.yarn_factor > 1:
-        raise SystemExit(f"--yarn-factor must be above 1, got {args.yarn_factor:g}")
+    if problem := flags.yarn_factor_problem(args.yarn_factor):
+        raise SystemExit(problem)
     mesh, batch = None, 1
     if args.mesh is not None:
         distributed.initialize(distributed.from_arguments(args, os.environ))
