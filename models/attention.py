@@ -1,20 +1,21 @@
-"""The prefill attention protocol the decoder calls, its dense implementation, and decode attention.
+"""The prefill attention protocol the decoder calls, and decode attention.
 
 The decoder never knows which attention it runs: it calls an object implementing
 `PrefillAttention` once per layer inside the scanned layer loop, threading the object's state
-through the scan carry and stacking its per-layer stats.
+through the scan carry and stacking its per-layer stats. `DenseAttention` (from
+`sharedsparse_jax.dense`) is the dense implementation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 
-from sharedsparse_jax.dense import IMPLEMENTATIONS as DENSE_IMPLEMENTATIONS
-from sharedsparse_jax.dense import dense_causal_attention
+from sharedsparse_jax.dense import DenseAttention
+
+__all__ = ["DenseAttention", "PrefillAttention", "bucket_attention", "decode_attention"]
 
 PyTree = Any
 
@@ -23,7 +24,11 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 class PrefillAttention(Protocol):
-    """Causal self-attention over a whole (padded) prompt, one layer at a time."""
+    """Causal self-attention over a whole (padded) prompt, one layer at a time.
+
+    An attention may also define `for_bucket`, with the arguments of `bucket_attention`, where
+    it runs differently per padded length.
+    """
 
     def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> PyTree:
         """The state carried through the layer loop (scan carry) before layer 0.
@@ -71,52 +76,43 @@ class PrefillAttention(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DenseAttention:
-    """Dense causal attention: cuDNN flash attention on GPU for bf16/f16, XLA otherwise.
+def bucket_attention(
+    attention: PrefillAttention,
+    lengths: jax.Array,
+    *,
+    num_layers: int,
+    num_heads: int,
+    num_queries: int,
+    num_keys: int,
+) -> tuple[PrefillAttention, dict[str, jax.Array] | None]:
+    """The attention the layer loop runs for prompts padded to T queries over S keys, and every
+    layer's stats where they are known before the loop runs.
 
-    Attributes:
-      implementation: None picks per backend and dtype; "xla" or "cudnn" forces one.
+    An attention that plans nothing at some lengths (SharePrefill below its crossover) answers
+    through its `for_bucket` method with a dense stand-in, so the loop compiles to the dense
+    model's program, and the stats it would have stacked layer by layer; any other attention
+    runs as it is.
+
+    Args:
+      attention: the prefill attention.
+      lengths: int32[B] real tokens per sequence.
+      num_layers, num_heads: L and N of the model.
+      num_queries, num_keys: T and S of the bucket (S = T for a whole prompt).
+
+    Returns:
+      The attention to call per layer, and {name: [L, ...]} stats or None (the loop stacks the
+      per-layer ones).
     """
-
-    implementation: str | None = None
-
-    def __post_init__(self):
-        if self.implementation not in DENSE_IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation={self.implementation!r} is not one of {DENSE_IMPLEMENTATIONS}"
-            )
-
-    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> PyTree:
-        """Dense attention carries nothing between layers."""
-        del batch, num_queries, num_keys
-        return ()
-
-    def check_model(self, num_layers: int, num_heads: int) -> None:
-        """Dense attention fits every model."""
-        del num_layers, num_heads
-
-    def __call__(
-        self,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        state: PyTree,
-        *,
-        layer: jax.Array,
-        lengths: jax.Array,
-    ) -> tuple[jax.Array, PyTree, dict[str, jax.Array]]:
-        """Causal attention; padding sits after the real tokens, so causality already hides it.
-
-        Args:
-          q: [B, T, N, H]; k, v: [B, S, K, H] (GQA: N a multiple of K, never repeated).
-          state: () (unused); layer, lengths: unused.
-
-        Returns:
-          out [B, T, N, H], the unchanged state, and no stats.
-        """
-        del layer, lengths
-        return dense_causal_attention(q, k, v, implementation=self.implementation), state, {}
+    for_bucket = getattr(attention, "for_bucket", None)
+    if for_bucket is None:
+        return attention, None
+    return for_bucket(
+        lengths,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_queries=num_queries,
+        num_keys=num_keys,
+    )
 
 
 def decode_attention(

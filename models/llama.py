@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.attention import PrefillAttention, decode_attention
+from models.attention import PrefillAttention, bucket_attention, decode_attention
 from models.config import ModelConfig
 from models.rope import apply_rope, inverse_frequencies, rope_tables
 
@@ -225,6 +225,14 @@ class Transformer(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         cos, sin = self._rope_tables(positions)
         x = self.embed[...][tokens]
+        attention, known_stats = bucket_attention(
+            attention,
+            lengths,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            num_queries=length,
+            num_keys=length,
+        )
 
         def layer_body(carry, layer_inputs):
             x, attention_state = carry
@@ -246,6 +254,7 @@ class Transformer(nnx.Module):
             layer_body, (x, state), (self._layer_params(), layer_index)
         )
         logits, log_likelihoods = self._head(x, logit_positions, targets, score_rows)
+        stats = stats if known_stats is None else known_stats
         return logits, log_likelihoods, KVCache(k=k_cache, v=v_cache, lengths=lengths), stats
 
     def prefill_chunk(
@@ -289,6 +298,14 @@ class Transformer(nnx.Module):
         cos, sin = self._rope_tables(positions)
         x = self.embed[...][tokens]
         visible = jnp.minimum(cache.lengths, end)  # real tokens among the keys so far
+        attention, known_stats = bucket_attention(
+            attention,
+            visible,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            num_queries=chunk,
+            num_keys=end,
+        )
 
         def layer_body(carry, layer_inputs):
             x, attention_state, k_all, v_all = carry
@@ -318,6 +335,7 @@ class Transformer(nnx.Module):
         )
         logits, log_likelihoods = self._head(x, logit_positions - start, targets, score_rows)
         cache = KVCache(k=k_cache, v=v_cache, lengths=cache.lengths)
+        stats = stats if known_stats is None else known_stats
         return logits, log_likelihoods, cache, stats
 
     def decode_step(self, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:

@@ -20,7 +20,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from models.attention import PrefillAttention
+from models.attention import PrefillAttention, bucket_attention
 from models.config import ModelConfig
 from models.llama import parameter_shapes
 
@@ -176,6 +176,11 @@ class ShardedAttention:
             raise ValueError(
                 f"{num_heads} query heads do not divide by the model axis {self.mesh.shape[MODEL]}"
             )
+
+    def for_bucket(self, lengths, **bucket) -> tuple[ShardedAttention, dict | None]:
+        """The inner attention's choice for this bucket (`bucket_attention`), still sharded."""
+        inner, known_stats = bucket_attention(self.inner, lengths, **bucket)
+        return (self if inner is self.inner else ShardedAttention(inner, self.mesh)), known_stats
 
     def __call__(self, q, k, v, state, *, layer, lengths):
         """One layer; q [B, T, N, H], k and v [B, S, K, H] as for the inner attention."""

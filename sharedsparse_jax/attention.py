@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 
 from pallas_kernels.block_sparse_attention import (
     block_sparse_attention,
@@ -18,7 +19,7 @@ from pallas_kernels.block_sparse_attention import (
 )
 from sharedsparse_jax import planner, stats
 from sharedsparse_jax.config import SharePrefillConfig
-from sharedsparse_jax.dense import dense_causal_attention
+from sharedsparse_jax.dense import DenseAttention, dense_causal_attention
 from sharedsparse_jax.sharing import SharingState, SharingTable
 
 
@@ -57,6 +58,44 @@ class SharePrefillAttention:
         return SharingState.initial(
             batch, self.num_shared, -(-num_queries // bs), -(-num_keys // bs)
         )
+
+    def for_bucket(
+        self,
+        lengths: jax.Array,
+        *,
+        num_layers: int,
+        num_heads: int,
+        num_queries: int,
+        num_keys: int,
+    ) -> tuple[SharePrefillAttention | DenseAttention, dict[str, jax.Array] | None]:
+        """What a model's layer loop runs for prompts padded to T queries over S keys.
+
+        Below `dense_below` keys nothing is planned: the loop runs DenseAttention, the dense
+        model's program with no state to carry and no stats to stack, and the stats of its L
+        layers (every head dense) are built once. From `dense_below` on: this attention.
+
+        Args:
+          lengths: int32[B] real tokens per sequence.
+          num_layers, num_heads: L and N (all query heads, whatever `head_axis`).
+          num_queries, num_keys: T and S.
+
+        Returns:
+          The attention to call per layer, and {name: [L, ...]} stats or None.
+        """
+        if num_keys >= self.config.dense_below:
+            return self, None
+        layer_stats = stats.dense_layer_stats(
+            lengths,
+            num_heads=num_heads,
+            num_queries=num_queries,
+            num_keys=num_keys,
+            block_size=self.config.block_size,
+        )
+        every_layer = {
+            name: jnp.broadcast_to(value, (num_layers, *value.shape))
+            for name, value in layer_stats.items()
+        }
+        return DenseAttention(), every_layer
 
     def check_model(self, num_layers: int, num_heads: int) -> None:
         """Raises a ValueError if the sharing table was made for another layer or head count."""

@@ -1,4 +1,5 @@
-"""Dense causal attention: the baseline every sparse method is measured against.
+"""Dense causal attention, and `DenseAttention`, its prefill attention for the models' layer loop:
+the baseline every sparse method is measured against.
 
 cuDNN's flash attention on GPU for bf16/f16 inputs, XLA elsewhere. SharePrefill runs it for
 prompts shorter than `dense_below`, the models for their dense prefill, the benchmarks as the
@@ -7,6 +8,9 @@ a longer cache (T < S) runs the project's block-sparse kernel with every causal 
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +54,54 @@ def dense_causal_attention(
     return jax.nn.dot_product_attention(
         q, k, v, local_window_size=window, implementation=implementation
     )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DenseAttention:
+    """Dense causal attention: cuDNN flash attention on GPU for bf16/f16, XLA otherwise.
+
+    Attributes:
+      implementation: None picks per backend and dtype; "xla" or "cudnn" forces one.
+    """
+
+    implementation: str | None = None
+
+    def __post_init__(self):
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation={self.implementation!r} is not one of {IMPLEMENTATIONS}"
+            )
+
+    def init_state(self, batch: int, num_queries: int, num_keys: int | None = None) -> Any:
+        """Dense attention carries nothing between layers."""
+        del batch, num_queries, num_keys
+        return ()
+
+    def check_model(self, num_layers: int, num_heads: int) -> None:
+        """Dense attention fits every model."""
+        del num_layers, num_heads
+
+    def __call__(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        state: Any,
+        *,
+        layer: jax.Array,
+        lengths: jax.Array,
+    ) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+        """Causal attention; padding sits after the real tokens, so causality already hides it.
+
+        Args:
+          q: [B, T, N, H]; k, v: [B, S, K, H] (GQA: N a multiple of K, never repeated).
+          state: () (unused); layer, lengths: unused.
+
+        Returns:
+          out [B, T, N, H], the unchanged state, and no stats.
+        """
+        del layer, lengths
+        return dense_causal_attention(q, k, v, implementation=self.implementation), state, {}
 
 
 def _chunk_with_kernel(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

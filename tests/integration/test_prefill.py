@@ -1,12 +1,17 @@
 """Whole-model prefill with SharePrefill: equivalence with dense attention when every block is
-kept, a real sharing table under the layer scan, decoding after a sparse prefill, SmolLM2."""
+kept, a real sharing table under the layer scan, decoding after a sparse prefill, below the
+crossover the dense model's own layer loop, SmolLM2."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from models import SamplingConfig, decode, load_builtin, prefill
+from models import SamplingConfig, decode, generate, load_builtin, prefill
 from models.attention import DenseAttention
 from models.compile_time import compile_clock
 from sharedsparse_jax.attention import SharePrefillAttention
@@ -99,6 +104,64 @@ def test_sharing_table_under_the_scan_then_decode(model, sparse):
     )
     assert int(decoded.tokens[0, 0]) == int(np.asarray(prefilled.logits[0, -1]).argmax())
     assert np.isfinite(np.asarray(decoded.logits)).all()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PerLayer:
+    """The inner attention without its `for_bucket`: the layer loop calls it in every layer."""
+
+    inner: SharePrefillAttention
+
+    def init_state(self, batch, num_queries, num_keys=None):
+        return self.inner.init_state(batch, num_queries, num_keys)
+
+    def check_model(self, num_layers, num_heads):
+        self.inner.check_model(num_layers, num_heads)
+
+    def __call__(self, q, k, v, state, *, layer, lengths):
+        return self.inner(q, k, v, state, layer=layer, lengths=lengths)
+
+
+def _layer_loop_outputs(model, tokens, lengths, attention) -> int:
+    """How many arrays the prefill's layer scan stacks or carries (its outputs)."""
+    spec, dynamic = generate._split_attention(attention)
+    graphdef, state = nnx.split(model)
+
+    def run(tokens, lengths):
+        merged = nnx.merge(graphdef, state)
+        return merged.prefill(
+            tokens, lengths, lengths[:, None] - 1, generate._merge_attention(spec, dynamic)
+        )
+
+    jaxpr = jax.make_jaxpr(run)(tokens, lengths)
+    (scan,) = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "scan"]
+    return len(scan.outvars)
+
+
+def test_below_dense_below_the_layer_loop_is_the_dense_models(model):
+    """A bucket shorter than dense_below runs the dense model's layer loop (nothing carried or
+    stacked per layer); its stats, built once, equal those the layers would have stacked."""
+    config = dataclasses.replace(helpers.sparse_config(), dense_below=2 * BUCKET)
+    below = SharePrefillAttention(config, helpers.tiny_table(), implementation="xla")
+    dense = DenseAttention(implementation="xla")
+    prompts = [helpers.random_prompt(3, 200)[0].tolist(), helpers.random_prompt(4, 131)[0].tolist()]
+    got = prefill(model, prompts, attention=below, logit_positions="all")
+    per_layer = prefill(model, prompts, attention=PerLayer(below), logit_positions="all")
+    want = prefill(model, prompts, attention=dense, logit_positions="all")
+    np.testing.assert_array_equal(np.asarray(got.logits), np.asarray(want.logits))
+    assert sorted(got.stats) == sorted(per_layer.stats)
+    for name, value in per_layer.stats.items():
+        np.testing.assert_array_equal(np.asarray(got.stats[name]), np.asarray(value), name)
+    assert got.stats["density"].shape == (model.config.num_layers, 2)
+    np.testing.assert_array_equal(np.asarray(got.stats["num_dense"]), model.config.num_heads)
+
+    tokens = np.zeros((2, BUCKET), np.int32)
+    lengths = np.asarray([200, 131], np.int32)
+    loop_outputs = {
+        name: _layer_loop_outputs(model, tokens, lengths, attention)
+        for name, attention in (("below", below), ("dense", dense), ("per_layer", PerLayer(below)))
+    }
+    assert loop_outputs["below"] == loop_outputs["dense"] < loop_outputs["per_layer"]
 
 
 def test_smollm2_keeping_every_block_equals_dense():
