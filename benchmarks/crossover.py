@@ -5,7 +5,8 @@
     python -m benchmarks.crossover --dry-run                        # tiny lengths: a CPU check
 
 For each model and length the prefill of one prompt (batch 1, last-position logits, median of
-`--runs` timed calls after a warm-up) is timed with dense attention, with every planned method
+`--runs` rounds of one timed call each after a warm-up: `prefill_latency.time_prefills`) is timed
+with dense attention, with every planned method
 (SharePrefill, FlexPrefill, vertical-slash) planning at every length (dense_below = one block),
 and with the planner followed by dense attention (`PlanThenDense`): that run minus dense, over
 the layers, is the planner's cost per layer. The crossover is the shortest measured length from
@@ -172,14 +173,22 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         timed: list[dict] = []
         for length in tqdm(lengths, desc=name, unit="length"):
             tokens = prefill_latency.prompt_tokens(token_ids, length)
-            dense = prefill_latency.time_prefill(model, tokens, DenseAttention(), runs)
-            base = {"model": name, "seq_len": length, "dense_time_ms": dense["median_ms"]}
-            for method in () if args.random_weights else PLANNED:
-                attention = SharePrefillAttention(
+            methods = () if args.random_weights else PLANNED
+            attentions = [DenseAttention()] + [
+                SharePrefillAttention(
                     SharePrefillConfig(method=method, **overrides),
                     table if method == "shareprefill" else None,
                 )
-                result = prefill_latency.time_prefill(model, tokens, attention, runs)
+                for method in methods
+            ]
+            attentions.append(
+                PlanThenDense(SharePrefillAttention(SharePrefillConfig(**overrides), table))
+            )
+            dense, *results, planned = prefill_latency.time_prefills(
+                model, tokens, attentions, runs, catch=False
+            )
+            base = {"model": name, "seq_len": length, "dense_time_ms": dense["median_ms"]}
+            for method, result in zip(methods, results, strict=True):
                 timed.append(
                     base
                     | {
@@ -190,8 +199,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                         "density": result["density"],
                     }
                 )
-            plan_only = PlanThenDense(SharePrefillAttention(SharePrefillConfig(**overrides), table))
-            planned = prefill_latency.time_prefill(model, tokens, plan_only, runs)
             records.append(
                 base
                 | {
@@ -201,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     / config.num_layers,
                 }
             )
-            records += timed[-len(PLANNED) :]
+            records += timed[-len(methods) :]
             timing.write_records(out, records, environment)
         if args.random_weights:
             continue

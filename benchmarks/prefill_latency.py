@@ -23,15 +23,16 @@ YaRN (`models.config.extend_context`; qwen with 4 reaches 128K tokens); every re
 
 Protocol: the prompt is a long text (Austen's novels from the cache, else Paul Graham's essays,
 or `--text-file`) tokenized, repeated and cut to the target length; batch 1; logits of the
-last position only. Per case: one warm-up call (its compile time is measured separately, from
-JAX's compile events), then ten timed calls, each waited for on the device; median, min and
-max milliseconds. SharePrefill and the other planned methods also record block density and
+last position only. Per length: one warm-up call of each method (its compile time measured
+separately, from JAX's compile events), then ten rounds of one timed call per method, each
+waited for on the device, the order turning from round to round (`time_prefills`); median, min
+and max milliseconds. SharePrefill and the other planned methods also record block density and
 head counts. The planned methods run as shipped: below the crossover measured for the model on
 this device (`benchmarks.crossover --write-tables`, in its sharing table; where none was, the
 one measured on another GPU of the same maker) they run dense; each record's `dense_below` says
 from which length they plan and `dense_below_measured_on` where that was measured. Records go to
 `benchmarks/results/prefill_latency_<gpu>.json` (merged with the records of other cases already
-there, and rewritten after every case) and a table is printed.
+there, and rewritten after every length) and a table is printed.
 
 Nothing can be downloaded on the GPU machine: bring the built-in models' GGUF files
 (`<cache>/gguf/*.gguf`, 98 MB and 491 MB; `--gguf PATH`, identified by their SHA-256) and a text
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -290,43 +292,69 @@ def make_attention(
 
 
 def time_prefill(model: Transformer, tokens: np.ndarray, attention: Any, runs: int) -> dict:
-    """One warm-up prefill (compile time measured apart), then `runs` timed ones.
+    """`time_prefills` of one attention; a failure raises."""
+    (record,) = time_prefills(model, tokens, [attention], runs, catch=False)
+    return record
+
+
+def time_prefills(
+    model: Transformer,
+    tokens: np.ndarray,
+    attentions: Sequence[Any],
+    runs: int,
+    *,
+    catch: bool = True,
+) -> list[dict]:
+    """Each attention's prefill of one prompt: a warm-up call each (its compile time measured
+    apart), then `runs` rounds of one timed call per attention (`timing.time_rounds`: no
+    attention always first, so the drift of a run falls on all alike).
 
     Args:
       model: the decoder.
       tokens: int32[T] one prompt, or [B, T] a batch.
-      attention: the prefill attention.
-      runs: timed calls.
+      attentions: the prefill attentions to time side by side.
+      runs: timed rounds (>= 1).
+      catch: an attention whose warm-up fails gets {"error": ...} and the others go on;
+        False: it raises.
 
     Returns:
-      warmup_s, compile_s, median_ms / min_ms / max_ms over the timed runs, and the stats
-      summary of the last run when the attention returns planner stats.
+      One record per attention: warmup_s, compile_s, runs, median_ms / min_ms / max_ms of its
+      calls (each waited for on the device), and the stats summary of its warm-up call when it
+      returns planner stats.
     """
-    with compile_clock() as compiled:
-        start = time.perf_counter()
-        result = prefill(model, np.atleast_2d(tokens), attention=attention)
-        jax.block_until_ready(result)
-        warmup_s = time.perf_counter() - start
-    del result
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = prefill(model, np.atleast_2d(tokens), attention=attention)
-        jax.block_until_ready(result)
-        samples.append(time.perf_counter() - start)
-        stats = result.stats
+    prompt = np.atleast_2d(tokens)
+    records: list[dict] = []
+    calls = []
+    for attention in attentions:
+        try:
+            with compile_clock() as compiled:
+                start = time.perf_counter()
+                result = prefill(model, prompt, attention=attention)
+                jax.block_until_ready(result)
+                warmup_s = time.perf_counter() - start
+        except Exception as error:  # noqa: BLE001 (an OOM must not lose the other attentions)
+            if not catch:
+                raise
+            records.append({"error": f"{type(error).__name__}: {str(error)[:400]}"})
+            continue
+        record = {"warmup_s": warmup_s, "compile_s": compiled[0], "runs": runs}
+        if "density" in result.stats:
+            record |= summarize_stats(result.stats)
         del result
-    record = {
-        "warmup_s": warmup_s,
-        "compile_s": compiled[0],
-        "runs": runs,
-        "median_ms": 1e3 * float(np.median(samples)),
-        "min_ms": 1e3 * float(np.min(samples)),
-        "max_ms": 1e3 * float(np.max(samples)),
-    }
-    if "density" in stats:
-        record |= summarize_stats(stats)
-    return record
+        records.append(record)
+        calls.append((record, functools.partial(prefill, model, prompt, attention=attention)))
+    if calls:
+        rounds = timing.time_rounds(
+            [call for _, call in calls], runs, warmup=0, min_batch_seconds=0
+        )
+        for column, (record, _) in enumerate(calls):
+            samples = [row[column] for row in rounds]
+            record |= {
+                "median_ms": 1e3 * float(np.median(samples)),
+                "min_ms": 1e3 * float(np.min(samples)),
+                "max_ms": 1e3 * float(np.max(samples)),
+            }
+    return records
 
 
 def load_case_model(
@@ -545,20 +573,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             token_ids = tokenizer.encode(text[: 5 * max(lengths, default=0) + 1000])
         else:  # random weights: any ids do; the text's bytes keep them deterministic
             token_ids = list((text or "SharePrefill " * 64).encode("utf-8"))
-        progress = tqdm(
-            [(n, m) for n in lengths for m in methods], desc=case.name, unit="case", leave=False
-        )
-        for length, method in progress:
-            progress.set_postfix(seq_len=length, method=method)
-            record = base | {"method": method, "seq_len": length}
-            record["table"] = "shipped" if method == "shareprefill" and table else None
-            attention = make_attention(method, case_planner, table, args, mesh)
+        for length in tqdm(lengths, desc=case.name, unit="length", leave=False):
             prompt = np.tile(prompt_tokens(token_ids, length), (batch, 1))
+            attentions = [make_attention(m, case_planner, table, args, mesh) for m in methods]
             try:
-                record |= time_prefill(model, prompt, attention, runs)
+                timed = time_prefills(model, prompt, attentions, runs)
             except Exception as error:  # noqa: BLE001 (an OOM must not lose the other cases)
-                record["error"] = f"{type(error).__name__}: {str(error)[:400]}"
-            records.append(record)
+                timed = [{"error": f"{type(error).__name__}: {str(error)[:400]}"}] * len(methods)
+            for method, result in zip(methods, timed, strict=True):
+                record = base | {"method": method, "seq_len": length}
+                record["table"] = "shipped" if method == "shareprefill" and table else None
+                records.append(record | result)
             save()
         del model
         gc.collect()

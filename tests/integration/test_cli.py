@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import prefill_latency, timing
-from models import parameter_shapes
+from models import DenseAttention, parameter_shapes, prefill
 from models.checkpoint import read_config
 from models.compile_time import union_length
 from models.fetch import builtin_checkpoint
@@ -144,6 +145,43 @@ def test_benchmark_dry_run(tmp_path, capsys):
     timing.write_records(other, [records[0] | {"seq_len": 300}], {"device_kind": "elsewhere"})
     merged = prefill_latency.main(["--merge", str(out), str(other), "--out", str(tmp_path / "m")])
     assert [r["seq_len"] for r in merged] == [200, 300]
+
+
+def test_benchmark_times_every_method_in_the_same_rounds(monkeypatch):
+    """After one warm-up each, the timed calls take turns (no method always first), and a
+    method whose warm-up fails gets its error while the others are timed."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Failing:
+        def init_state(self, batch, num_queries, num_keys=None):
+            return ()
+
+        def check_model(self, num_layers, num_heads):
+            raise ValueError("this attention fits no model")
+
+        def __call__(self, q, k, v, state, *, layer, lengths):
+            raise AssertionError("never called")
+
+    first, second = DenseAttention(implementation="xla"), DenseAttention(implementation=None)
+    calls = []
+
+    def recording_prefill(model, tokens, *, attention):
+        calls.append(attention)
+        return prefill(model, tokens, attention=attention)
+
+    monkeypatch.setattr(prefill_latency, "prefill", recording_prefill)
+    model = helpers.tiny_model(seed=1)
+    tokens = helpers.random_prompt(0, 100)[0]
+    records = prefill_latency.time_prefills(model, tokens, [first, Failing(), second], runs=3)
+    assert records[1] == {"error": "ValueError: this attention fits no model"}
+    for record in (records[0], records[2]):
+        assert record["runs"] == 3 and record["compile_s"] >= 0
+        assert 0 < record["min_ms"] <= record["median_ms"] <= record["max_ms"]
+    assert calls[0] is first and isinstance(calls[1], Failing) and calls[2] is second  # warm-ups
+    timed = [call is first for call in calls[-6:]]  # the rounds
+    assert sum(timed) == 3 and timed not in (sorted(timed), sorted(timed, reverse=True))
+    with pytest.raises(ValueError, match="fits no model"):
+        prefill_latency.time_prefill(model, tokens, Failing(), runs=1)
 
 
 def test_benchmark_plots_time_to_first_token(tmp_path):
