@@ -126,6 +126,18 @@ class Transformer(nnx.Module):
         inv_freq, attention_scale = inverse_frequencies(self.config.rope, self.config.head_dim)
         return rope_tables(positions, inv_freq, attention_scale)
 
+    def _bucket_attention(self, attention, lengths, num_queries: int, num_keys: int):
+        """`bucket_attention` for this model: the attention its layer loop runs over T queries
+        and S keys, and the stats of every layer where known before the loop."""
+        return bucket_attention(
+            attention,
+            lengths,
+            num_layers=self.config.num_layers,
+            num_heads=self.config.num_heads,
+            num_queries=num_queries,
+            num_keys=num_keys,
+        )
+
     def _layer_params(self) -> dict[str, jax.Array]:
         return {
             name: param[...]
@@ -225,14 +237,7 @@ class Transformer(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         cos, sin = self._rope_tables(positions)
         x = self.embed[...][tokens]
-        attention, known_stats = bucket_attention(
-            attention,
-            lengths,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            num_queries=length,
-            num_keys=length,
-        )
+        attention, known_stats = self._bucket_attention(attention, lengths, length, length)
 
         def layer_body(carry, layer_inputs):
             x, attention_state = carry
@@ -298,14 +303,7 @@ class Transformer(nnx.Module):
         cos, sin = self._rope_tables(positions)
         x = self.embed[...][tokens]
         visible = jnp.minimum(cache.lengths, end)  # real tokens among the keys so far
-        attention, known_stats = bucket_attention(
-            attention,
-            visible,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            num_queries=chunk,
-            num_keys=end,
-        )
+        attention, known_stats = self._bucket_attention(attention, visible, chunk, end)
 
         def layer_body(carry, layer_inputs):
             x, attention_state, k_all, v_all = carry

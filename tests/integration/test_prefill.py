@@ -164,6 +164,21 @@ def test_below_dense_below_the_layer_loop_is_the_dense_models(model):
     assert loop_outputs["below"] == loop_outputs["dense"] < loop_outputs["per_layer"]
 
 
+def test_chunks_below_dense_below_run_the_dense_loop_beside_planned_ones(model):
+    """Chunked prefill: chunks over fewer keys than dense_below take the dense loop, later ones
+    plan; logits and every chunk's stats equal those of calling the attention per layer."""
+    config = dataclasses.replace(helpers.sparse_config(), dense_below=128)
+    attention = SharePrefillAttention(config, helpers.tiny_table(), implementation="xla")
+    prompt = helpers.random_prompt(6, 250)
+    got = generate.prefill_chunked(model, prompt, chunk_tokens=64, attention=attention)
+    want = generate.prefill_chunked(model, prompt, chunk_tokens=64, attention=PerLayer(attention))
+    np.testing.assert_array_equal(np.asarray(got.logits), np.asarray(want.logits))
+    for name, value in want.stats.items():
+        np.testing.assert_array_equal(np.asarray(got.stats[name]), np.asarray(value), name)
+    num_dense = np.asarray(got.stats["num_dense"])[:, :, 0]  # [chunks, L]
+    assert (num_dense[0] == model.config.num_heads).all() and (num_dense[1:] == 0).all()
+
+
 def test_smollm2_keeping_every_block_equals_dense():
     smollm2 = load_builtin("smollm2-135m-instruct")
     config = smollm2.config
