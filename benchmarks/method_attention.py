@@ -153,9 +153,11 @@ def run_length(seq_len, spec, table, methods, planner, args, dtype, meta) -> lis
                 interpret=False,
             )
             run = layer_scan(attention)
+            print(f"  {method:>14}: first call (compiles)", flush=True)
             compile_start = time.perf_counter()
             _, stats = jax.block_until_ready(run(q, k, v))
             record["first_call_s"] = time.perf_counter() - compile_start
+            print(f"  {method:>14}: first call took {record['first_call_s']:.1f} s", flush=True)
             record |= stats_by_layer(stats)
             elapsed = timing.time_call(run, q, k, v, **timing_kwargs) / num_layers
             record["time_ms"] = elapsed * 1e3
