@@ -170,10 +170,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         overrides = planner_knobs | {
             "dense_below": planner_knobs.get("block_size", SharePrefillConfig().block_size)
         }
+        methods = () if args.random_weights else PLANNED
         timed: list[dict] = []
         for length in tqdm(lengths, desc=name, unit="length"):
             tokens = prefill_latency.prompt_tokens(token_ids, length)
-            methods = () if args.random_weights else PLANNED
             attentions = [DenseAttention()] + [
                 SharePrefillAttention(
                     SharePrefillConfig(method=method, **overrides),
@@ -188,17 +188,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 model, tokens, attentions, runs, catch=False
             )
             base = {"model": name, "seq_len": length, "dense_time_ms": dense["median_ms"]}
-            for method, result in zip(methods, results, strict=True):
-                timed.append(
-                    base
-                    | {
-                        "kind": "prefill",
-                        "method": method,
-                        "time_ms": result["median_ms"],
-                        "speedup": dense["median_ms"] / result["median_ms"],
-                        "density": result["density"],
-                    }
-                )
+            prefills = [
+                base
+                | {
+                    "kind": "prefill",
+                    "method": method,
+                    "time_ms": result["median_ms"],
+                    "speedup": dense["median_ms"] / result["median_ms"],
+                    "density": result["density"],
+                }
+                for method, result in zip(methods, results, strict=True)
+            ]
+            timed += prefills
             records.append(
                 base
                 | {
@@ -208,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     / config.num_layers,
                 }
             )
-            records += timed[-len(methods) :]
+            records += prefills
             timing.write_records(out, records, environment)
         if args.random_weights:
             continue

@@ -124,14 +124,11 @@ class PerLayer:
 
 def _layer_loop_outputs(model, tokens, lengths, attention) -> int:
     """How many arrays the prefill's layer scan stacks or carries (its outputs)."""
-    spec, dynamic = generate._split_attention(attention)
     graphdef, state = nnx.split(model)
 
     def run(tokens, lengths):
         merged = nnx.merge(graphdef, state)
-        return merged.prefill(
-            tokens, lengths, lengths[:, None] - 1, generate._merge_attention(spec, dynamic)
-        )
+        return merged.prefill(tokens, lengths, lengths[:, None] - 1, attention)
 
     jaxpr = jax.make_jaxpr(run)(tokens, lengths)
     (scan,) = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "scan"]
