@@ -1,6 +1,8 @@
 """The battery, run for every implementation that can run on a CPU."""
 
 import dataclasses
+import multiprocessing
+import queue
 
 import jax.numpy as jnp
 import numpy as np
@@ -162,6 +164,57 @@ def test_mosaic_gpu_empty_rows(launch, on_gpu, rng):
     kept = ~empty_queries
     np.testing.assert_allclose(out_by_query[kept], want_by_query[kept], atol=tol["out"], rtol=0)
     np.testing.assert_allclose(lse[kept], want_lse[kept], atol=tol["lse"], rtol=0)
+
+
+# A head whose rows list no block, then one with causal rows: at block size 128 two compute
+# warpgroups ping-pong, and the first head's items come first in the launch order.
+LEADING_EMPTY_CASE = Case(
+    "leading_empty_rows",
+    batch=1,
+    num_queries=768,
+    num_keys=768,
+    num_heads=2,
+    num_kv_heads=1,
+    block_size=128,
+    dtype=jnp.bfloat16,
+)
+
+
+def _leading_empty_rows(launch, results):
+    """Child process of test_mosaic_gpu_leading_empty_rows (interpret mode)."""
+    rng = np.random.default_rng(0)
+    mask = random_block_mask(rng, LEADING_EMPTY_CASE)
+    listed = mask.copy()
+    listed[:, 0] = False
+    out, lse, want_out, want_lse = _mosaic_gpu_items(
+        LEADING_EMPTY_CASE, listed, LAUNCHES[launch], False, rng, oracle_mask=mask
+    )
+    results.put((out, lse, want_out, want_lse))
+
+
+@pytest.mark.parametrize("launch", ["three_ctas_two_q_tiles", "one_cta"])
+def test_mosaic_gpu_leading_empty_rows(launch):
+    """A CTA whose first items list no block (the selected heads' rows of the block-map
+    launch's main launch) passes them and computes the rows after them exactly. Each CTA here
+    starts with at least two such items, "one_cta" with six: a second warpgroup that waited
+    for the first's schedule barrier from the start held the item slots the first needed, and
+    the launch deadlocked. A child process runs it, so that a deadlock fails the test."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_leading_empty_rows, args=(launch, results))
+    child.start()
+    try:
+        out, lse, want_out, want_lse = results.get(timeout=180)
+    except queue.Empty:
+        pytest.fail(f"the {launch} launch did not finish in 180 s (deadlock)")
+    finally:
+        child.kill()
+        child.join()
+    tol = TOLERANCES[LEADING_EMPTY_CASE.dtype]
+    np.testing.assert_array_equal(out[:, :, 0], 0.0)
+    np.testing.assert_array_equal(lse[:, 0], np.float32(MASK_VALUE))
+    np.testing.assert_allclose(out[:, :, 1], want_out[:, :, 1], atol=tol["out"], rtol=0)
+    np.testing.assert_allclose(lse[:, 1], want_lse[:, 1], atol=tol["lse"], rtol=0)
 
 
 def _head_dim_64(name, **fields):
