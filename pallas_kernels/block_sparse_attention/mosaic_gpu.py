@@ -17,11 +17,11 @@ the compute warpgroups through shared-memory slots. The K/V ring runs on from it
 items follow each other without a drain: a block step is the softmax and PV of a block whose S
 is already in registers, then the QK^T of the next block; at an item's last block that QK^T is
 the next item's first, and this item's normalize and output store run while it is in flight
-(and, past the schedule barrier, while the other warpgroup's matmuls run). From the CTA's first
-block on, the second warpgroup stays one schedule phase behind the first. Each item in flight
-has its own Q/O tile (`q_tiles`, reused in turn); item t + 1's Q loads at the start of item t.
-The boundary without a drain and the work queue are what bring the kernel to cuDNN's rate per
-active block at 32K and 10 % density (docs/results.md section 7).
+(and, past the schedule barrier, while the other warpgroup's matmuls run). Over each run of
+items with blocks the second warpgroup stays one schedule phase behind the first. Each item in
+flight has its own Q/O tile (`q_tiles`, reused in turn); item t + 1's Q loads at the start of
+item t. The boundary without a drain and the work queue are what bring the kernel to cuDNN's
+rate per active block at 32K and 10 % density (docs/results.md section 7).
 
 The launch order is query blocks fastest, from the last (the longest causal rows) to the first,
 then heads. CTAs in flight together therefore read one head's K/V, which the L2 keeps; an order
@@ -180,20 +180,26 @@ def _kernel(
             jnp.full((block_q, block_size), 0.0, jnp.float32), plgpu.Layout.WGMMA
         )
 
-    def stagger(first_of_cta):
-        """Before the CTA's first QK^T, the second warpgroup falls one schedule phase behind
-        the first and stays there across the CTA's items; the first catches up after its last
-        item. Not earlier: items without blocks pass no schedule barrier, so a second
-        warpgroup waiting from the start would hold the item slots that the first needs to
-        reach its first block, a deadlock after a run of such items."""
+    # The schedule barrier pairs the warpgroups' arrivals one for one. Over each run of
+    # consecutive items with blocks (a segment), the second warpgroup stays one schedule phase
+    # behind the first: it falls behind before the segment's first QK^T (stagger), and the
+    # first catches up after the segment's last item. Items without blocks pass no schedule
+    # barrier; a second warpgroup still behind would wait through them for the first's next
+    # arrival while holding the item slots the first needs to get there, a deadlock after a
+    # run of such items.
+    def stagger(first_of_segment):
         if uses_schedule:
             with jax.named_scope("stagger"):
-                pl.when((wg == 1) & first_of_cta)(sync_schedule)
+                pl.when((wg == 1) & first_of_segment)(sync_schedule)
 
-    def first_qk(turn, step, while_in_flight=lambda: None, *, first_of_cta):
+    def catch_up(last_of_segment):
+        if uses_schedule:
+            pl.when((wg == 0) & last_of_segment)(sync_schedule)
+
+    def first_qk(turn, step, while_in_flight=lambda: None, *, first_of_segment):
         """S of the turn-th item's first block, once its Q and that K block have landed.
-        first_of_cta: whether no earlier item of this CTA had a block."""
-        stagger(first_of_cta)
+        first_of_segment: whether the CTA's item before it had no block (or there was none)."""
+        stagger(first_of_segment)
         plgpu.barrier_wait(q_barrier(turn))
         plgpu.barrier_wait(k_loaded.at[ring_slot(step)])
         return qk(turn, step, while_in_flight)
@@ -336,11 +342,12 @@ def _kernel(
                 turn + 1,
                 first_step + count,
                 while_in_flight=finish,
-                first_of_cta=first_step + count == 0,
+                first_of_segment=count == 0,
             )
 
         def finish_alone():
             finish()
+            catch_up(count > 0)
             # Not the carried S: returning it would keep its registers live through the item.
             return no_scores()
 
@@ -400,15 +407,12 @@ def _kernel(
         item = read_item(0)
         load_q(0, item)
         count, last = row_extent(item)
-        s = lax.cond(count > 0, lambda: first_qk(0, 0, first_of_cta=True), no_scores)
-        turns, _, num_steps, *_ = lax.while_loop(
+        s = lax.cond(count > 0, lambda: first_qk(0, 0, first_of_segment=True), no_scores)
+        turns, *_ = lax.while_loop(
             has_work, compute_item, (jnp.int32(0), item, jnp.int32(0), count, last, s)
         )
         # The memory warpgroup also published the item after the first past-the-end one.
         read_item(turns + 1)
-        if uses_schedule:
-            # The first warpgroup catches up, where the second fell behind (stagger).
-            pl.when((wg == 0) & (num_steps > 0))(sync_schedule)
         plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == num_compute_wgs)
