@@ -10,7 +10,8 @@ The kernel battery against the float64 oracle is a test: `SHAREDSPARSE_TEST_PLAT
 
 1. Checks: the Llama shape at S = 4096 + 77 against the f32 reference and full causal against
    cuDNN (benchmarks/attention.py's check_correctness); then which kernel `implementation=None`
-   runs (default_checks).
+   runs (default_checks); then the block-map launch, whose main launch gets rows without
+   blocks, at 14/2/64 and the Llama shape (empty_rows_checks).
 2. Config checks (with --check-shapes): every --sweep-configs launch at each of those shapes,
    S = --config-check-seq-len, against the f32 reference on the --layout layouts at 10 % and
    full causal (config_checks).
@@ -60,6 +61,8 @@ from benchmarks import cudnn_rounds, timing
 from pallas_kernels.block_sparse_attention import (
     BlockGeometry,
     block_sparse_attention,
+    block_sparse_attention_with_block_map,
+    causal_layout,
     mosaic_gpu_config,
 )
 from pallas_kernels.block_sparse_attention import mosaic_gpu as mosaic_backend
@@ -166,6 +169,44 @@ def default_checks() -> list[dict]:
                     "max_abs_err": float(jnp.abs(got - want.astype(jnp.float32)).max()),
                     "rel_err": float("nan"),
                 }
+            )
+    return records
+
+
+# The block-map launch at the real models' head dim beyond 8K and at the Llama shape: both run
+# the persistent launch, with two compute warpgroups, under the default implementation.
+EMPTY_ROWS_CELLS = ((bench.Shape(14, 2, 64), 16384), (bench.LLAMA_8B, 8192))
+
+
+def empty_rows_checks(dry_run: bool) -> list[dict]:
+    """The block-map launch on full causal layouts, every head selected (calibration) and one
+    middle head (a pivot): the default implementation, whose main launch gets the selected
+    heads' rows without blocks, against Triton for both launches (on a CPU, xla against xla).
+    Before commit 213c314 the persistent launch deadlocked here: a run that never ends is the
+    failure, and each cell is printed before it starts."""
+    records = []
+    for shape, seq_len in EMPTY_ROWS_CELLS:
+        if dry_run:
+            shape, seq_len = dry_shape(shape), DRY_SEQ_LEN
+        q, k, v = bench.make_inputs(seq_len, shape=shape)
+        geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+        layout = causal_layout(1, shape.num_heads, geometry)
+        every = jnp.ones((1, shape.num_heads), bool)
+        middle = jnp.zeros_like(every).at[:, shape.num_heads // 2].set(True)
+        for name, selected in (("every head", every), ("a middle head", middle)):
+            check = f"block-map launch, {name} selected, {shape}, S={seq_len}"
+            print(f"{check}: starting", flush=True)
+            got = block_sparse_attention_with_block_map(q, k, v, layout, selected)
+            want = block_sparse_attention_with_block_map(
+                q, k, v, layout, selected, implementation="triton" if ON_GPU else "xla"
+            )
+            error = max(
+                float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max())
+                for a, b in zip(got, want, strict=True)
+            )
+            records.append(
+                shape.record()
+                | {"kind": "check", "check": check, "max_abs_err": error, "rel_err": float("nan")}
             )
     return records
 
@@ -452,6 +493,10 @@ def main(argv=None) -> list[dict]:
             cudnn_rounds.guarded("llama checks", records, llama_checks, args.check_seq_len) or []
         )
         checks += cudnn_rounds.guarded("default checks", records, default_checks) or []
+        checks += (
+            cudnn_rounds.guarded("empty rows checks", records, empty_rows_checks, args.dry_run)
+            or []
+        )
         records.extend(checks)
         for c in checks:
             print(f"{c['check']}: max {c['max_abs_err']:.3g}, rel {c['rel_err']:.3g}", flush=True)

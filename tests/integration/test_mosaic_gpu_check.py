@@ -62,6 +62,17 @@ def test_default_checks_on_the_cpu():
     assert all(r["max_abs_err"] == 0.0 for r in records)
 
 
+def test_empty_rows_checks_on_the_cpu():
+    """The dry run's cells (one kv head, S = 300): each selection of each shape, checked."""
+    records = mosaic_gpu_check.empty_rows_checks(dry_run=True)
+    assert [r["check"] for r in records] == [
+        f"block-map launch, {name} selected, {shape}, S=300"
+        for shape in ("7/1/64", "4/1/128")
+        for name in ("every head", "a middle head")
+    ]
+    assert all(r["max_abs_err"] == 0.0 for r in records)
+
+
 def test_shapes_parse_as_n_k_h():
     assert bench.Shape.parse("14/2/64") == bench.Shape(num_heads=14, num_kv_heads=2, head_dim=64)
     assert str(bench.Shape.parse("9/3/64")) == "9/3/64"
