@@ -182,8 +182,8 @@ def empty_rows_checks(dry_run: bool) -> list[dict]:
     """The block-map launch on full causal layouts, every head selected (calibration) and one
     middle head (a pivot): the default implementation, whose main launch gets the selected
     heads' rows without blocks, against Triton for both launches (on a CPU, xla against xla).
-    Before commit 213c314 the persistent launch deadlocked here: a run that never ends is the
-    failure, and each cell is printed before it starts."""
+    A launch that keeps its warpgroups' schedule phase through such rows deadlocks here: a run
+    that never ends is the failure, and each cell is printed before it starts."""
     records = []
     for shape, seq_len in EMPTY_ROWS_CELLS:
         if dry_run:

@@ -206,9 +206,9 @@ TIMEOUT_S = 180  # about 10 s in interpret mode
 def test_mosaic_gpu_empty_head(launch, head, on_gpu):
     """A run of items without blocks, at the start of a CTA's items or between items with
     blocks, is passed and the rows around it are exact. "one_cta" runs all 18 items in one CTA.
-    A second warpgroup one schedule phase behind through such a run waited for an arrival of
-    the first that the first could not reach, and the launch deadlocked. A child process runs
-    the launch, so that a deadlock fails the test instead of hanging the suite."""
+    A second warpgroup kept one schedule phase behind through such a run would wait for an
+    arrival the first cannot reach, and the launch would deadlock. A child process runs the
+    launch, so that a deadlock fails the test instead of hanging the suite."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     child = context.Process(target=_empty_head, args=(launch, head, on_gpu, results))
