@@ -26,31 +26,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import attention as bench
 from pallas_kernels.block_sparse_attention import (
     BlockGeometry,
     block_sparse_attention_with_block_map,
     causal_layout,
 )
 
-NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK = 14, 2, 64, 128
+QWEN_HEADS = bench.Shape(num_heads=14, num_kv_heads=2, head_dim=64)
 
 
 def layer(seq_len: int, implementation: str | None, say) -> None:
     """One layer's launch with 2 and then all heads selected (one compiled program)."""
-    keys = jax.random.split(jax.random.key(0), 3)
-    q = jax.random.normal(keys[0], (1, seq_len, NUM_HEADS, HEAD_DIM), jnp.bfloat16)
-    k, v = (
-        jax.random.normal(key, (1, seq_len, NUM_KV_HEADS, HEAD_DIM), jnp.bfloat16)
-        for key in keys[1:]
-    )
-    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=BLOCK)
-    layout = causal_layout(1, NUM_HEADS, geometry)
+    q, k, v = bench.make_inputs(seq_len, shape=QWEN_HEADS)
+    geometry = BlockGeometry(num_queries=seq_len, num_keys=seq_len, block_size=bench.BLOCK)
+    layout = causal_layout(1, QWEN_HEADS.num_heads, geometry)
     launch = jax.jit(
         lambda q, k, v, layout, selected: block_sparse_attention_with_block_map(
             q, k, v, layout, selected, implementation=implementation
         )
     )
-    everyone = jnp.ones((1, NUM_HEADS), bool)
+    everyone = jnp.ones((1, QWEN_HEADS.num_heads), bool)
     compiled = None
     for name, selected in (("2 heads", everyone.at[:, 2:].set(False)), ("all heads", everyone)):
         if compiled is None:
@@ -75,7 +71,7 @@ def collect(seq_len: int, implementation: str | None, say) -> None:
     model = random_model(QWEN2_5_0_5B, seed=0, dtype=jnp.bfloat16)
     tokens = np.random.default_rng(0).integers(0, QWEN2_5_0_5B.vocab_size, (1, seq_len))
     collector = BlockMapCollector(
-        block_size=BLOCK, estimate_config=SharePrefillConfig(), implementation=implementation
+        block_size=bench.BLOCK, estimate_config=SharePrefillConfig(), implementation=implementation
     )
     for window in range(3):
         start = time.perf_counter()
