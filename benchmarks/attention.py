@@ -190,8 +190,10 @@ ON_GPU = jax.default_backend() == "gpu"  # elsewhere: a dry run (XLA dense, inte
 dense_cudnn = jax.jit(dense_causal_attention)
 
 
-def sparse_kernel(backend):
-    """jit(q, k, v, layout, config=None) -> out: a Pallas backend's kernel, called directly."""
+def sparse_kernel(backend, with_block_lse: bool = False):
+    """jit(q, k, v, layout, config=None) -> out: a Pallas backend's kernel, called directly.
+    With `with_block_lse`, the launch that records block LSEs for block maps (they are
+    computed with the output in one kernel; only the output is returned)."""
 
     @functools.partial(jax.jit, static_argnames=("config",))
     def run(q, k, v, layout, config=None):
@@ -204,7 +206,7 @@ def sparse_kernel(backend):
             sm_scale=q.shape[-1] ** -0.5,
             causal=True,
             geometry=geometry,
-            with_block_lse=False,
+            with_block_lse=with_block_lse,
             interpret=not ON_GPU,
             config=config,
         ).out
@@ -214,6 +216,8 @@ def sparse_kernel(backend):
 
 sparse_triton = sparse_kernel(triton_backend)
 sparse_mosaic = sparse_kernel(mosaic_backend)
+recording_triton = sparse_kernel(triton_backend, with_block_lse=True)
+recording_mosaic = sparse_kernel(mosaic_backend, with_block_lse=True)
 
 
 def causal_flops(seq_len: int, shape: Shape = LLAMA_8B) -> float:

@@ -17,7 +17,8 @@ The kernel battery against the float64 oracle is a test: `SHAREDSPARSE_TEST_PLAT
    full causal (config_checks).
 3. mosaic_gpu vs triton vs cuDNN dense causal at each of --shapes (default the Llama-3.1-8B
    attention shape, N=32, K=8, H=128; always bf16, B=1, blocks of 128) at --seq-lens (32K,
-   128K) and --densities (~100 %, 10 %, 5 %).
+   128K) and --densities (~100 %, 10 %, 5 %); with --recording also both backends' launches
+   that record block LSEs (the block maps of SharePrefill's pivots and of calibration).
 4. mosaic_gpu launch configurations (stages, one or two compute warpgroups, schedule barrier,
    Q tiles of the persistent launch or one item per CTA; --sweep-configs picks some) at each of
    --shapes, at --sweep-seq-lens, printed separately with the best launch of each cell. A
@@ -342,16 +343,25 @@ def _cells(section, shape_runs, default_lens, densities, pattern, how, records):
 
 
 def compare(
-    shape_runs, seq_lens, densities, pattern, how: cudnn_rounds.Timing, records, save
+    shape_runs, seq_lens, densities, pattern, how: cudnn_rounds.Timing, records, save, recording
 ) -> list[dict]:
-    """mosaic_gpu and triton (default launches) against cuDNN, in rounds (paired_rows)."""
+    """mosaic_gpu and triton (default launches) against cuDNN, in rounds (paired_rows); with
+    `recording`, also each one's launch that records block LSEs (config "block_lse")."""
     rows = []
-    implementations = (("mosaic_gpu", bench.sparse_mosaic), ("triton", bench.sparse_triton))
+    kernels_by_config = [
+        ("mosaic_gpu", "default", bench.sparse_mosaic),
+        ("triton", "default", bench.sparse_triton),
+    ]
+    if recording:
+        kernels_by_config += [
+            ("mosaic_gpu", "block_lse", bench.recording_mosaic),
+            ("triton", "block_lse", bench.recording_triton),
+        ]
     cells = _cells("compare", shape_runs, seq_lens, densities, pattern, how, records)
     for shape, inputs, geometry, layout, density in cells:
         kernels = [
-            (name, "default", functools.partial(fn, *inputs, layout))
-            for name, fn in implementations
+            (name, config, functools.partial(fn, *inputs, layout))
+            for name, config, fn in kernels_by_config
         ]
         cell = (shape, inputs, geometry, layout, density)
         rows += cudnn_rounds.paired_rows("compare", kernels, *cell, how, records)
@@ -455,6 +465,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="start no cell after this many seconds (the run then writes and prints its tables)",
     )
     parser.add_argument(
+        "--recording",
+        action="store_true",
+        help="compare also times each backend's launch that records block LSEs (block maps)",
+    )
+    parser.add_argument(
         "--skip", nargs="*", default=[], choices=["checks", "config_checks", "compare", "sweep"]
     )
     parser.add_argument(
@@ -514,7 +529,14 @@ def main(argv=None) -> list[dict]:
     compare_rows = []
     if "compare" not in args.skip:
         compare_rows = compare(
-            args.shapes, args.seq_lens, args.densities, args.layout, how, records, save
+            args.shapes,
+            args.seq_lens,
+            args.densities,
+            args.layout,
+            how,
+            records,
+            save,
+            args.recording,
         )
     sweep_rows = []
     if "sweep" not in args.skip:
@@ -552,6 +574,7 @@ def main(argv=None) -> list[dict]:
             compare_rows,
             [
                 "implementation",
+                "config",
                 "shape",
                 "seq_len",
                 "target_density",

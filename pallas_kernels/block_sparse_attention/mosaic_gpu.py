@@ -35,9 +35,10 @@ this item. Rows with fewer blocks than stages issue only the copies they have, a
 block (count 0) write zeros and an LSE of MASK_VALUE. GQA is native: query head h copies kv head
 h // G, K/V are never repeated.
 
-Block maps (`with_block_lse=True`) are not recorded by this kernel: the selected heads' launch
-(a small fraction of heads in SharePrefill) runs on the Triton backend, which records block
-LSEs in-loop; the main launch (all other heads) runs here. See `attention`.
+With `with_block_lse` (the block-map launch of the selected heads) each block step also stores
+its rows' block LSE, the natural log of the sum of exp(scores) over the block's keys, from the
+running max and the row sums the softmax already has: one log per row and a vector store of the
+warpgroup's rows straight to global memory, no shared memory and no TMA group.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.block_sparse_attention import common, mosaic_gpu_queue
-from pallas_kernels.block_sparse_attention import triton as triton_backend
 from pallas_kernels.block_sparse_attention.layout import BlockGeometry, BlockLayout
 from pallas_kernels.block_sparse_attention.mosaic_gpu_config import (
     ITEM_SLOTS,
@@ -72,6 +72,7 @@ def _kernel(
     counter_ref,
     out_ref,
     lse_ref,
+    block_lse_ref,
     buffers,
     loaded_barriers,
     free_barriers,
@@ -260,7 +261,15 @@ def _kernel(
             alpha = jnp.exp2(m - m_new)
             p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_new, s.shape, [0]))
             acc *= lax.broadcast_in_dim(alpha, acc.shape, [0])
-            l = l * alpha + p.sum(axis=1)
+            row_sum = p.sum(axis=1)
+            l = l * alpha + row_sum
+            if block_lse_ref is not None:
+                # row_sum is 0 only by underflow (every row sees a key of each listed block):
+                # the mask value then, not log(0); a NaN passes through.
+                rows = pl.ds(wg * block_q, block_q)
+                block_lse_ref.at[batch, head, tile, j, rows][...] = jnp.where(
+                    row_sum == 0, common.MASK_VALUE, (m_new + jnp.log2(row_sum)) * common.LN_2
+                )
             p_in = p.astype(dtype)
             if uses_schedule:
                 # Keep the softmax ahead of the barrier (attention_mgpu measured this ordering).
@@ -456,27 +465,11 @@ def attention(
     interpret: bool = False,
     config: MosaicGpuConfig | None = None,
 ) -> common.BackendResult:
-    """See common.BackendResult for what is returned.
-
-    With `with_block_lse` (the block-map launch of the selected heads), the call is served by the
-    Triton backend, which records block LSEs in-loop; outputs are the same.
-    """
+    """See common.BackendResult for what is returned."""
     bs = geometry.block_size
     head_dim = q.shape[-1]
     config = config or default_config(head_dim, bs, geometry.num_q_blocks)
     check_supported(q, bs, config, interpret)
-    if with_block_lse:
-        return triton_backend.attention(
-            q,
-            k,
-            v,
-            layout,
-            sm_scale=sm_scale,
-            causal=causal,
-            geometry=geometry,
-            with_block_lse=True,
-            interpret=interpret,
-        )
     batch, _, num_heads, _ = q.shape
     group = num_heads // k.shape[2]
     num_compute_wgs = config.compute_wgs(bs)
@@ -502,14 +495,20 @@ def attention(
     )
     if not config.ping_pongs(bs):
         kernel = functools.partial(kernel, schedule_barrier=None)
+    out_type = [
+        jax.ShapeDtypeStruct(q_padded.shape, q.dtype),
+        jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
+    ]
+    if with_block_lse:
+        block_lse_shape = (batch, num_heads, geometry.num_q_blocks, layout.max_blocks, bs)
+        out_type.append(jax.ShapeDtypeStruct(block_lse_shape, jnp.float32))
+    else:
+        kernel = _without_block_lse(kernel)
     # Items claimed after the CTAs' own; a fresh zero for every call.
     counter = jax.new_ref(jnp.zeros((1,), jnp.int32))
-    out, lse = plgpu.kernel(
+    outs = plgpu.kernel(
         kernel,
-        out_type=(
-            jax.ShapeDtypeStruct(q_padded.shape, q.dtype),
-            jax.ShapeDtypeStruct((batch, num_heads, geometry.padded_queries), jnp.float32),
-        ),
+        out_type=out_type,
         scratch_types=scratch_types(config, bs, head_dim, q.dtype, interpret),
         grid=(num_programs,),
         grid_names=("programs",),
@@ -520,7 +519,17 @@ def attention(
         kernel_name="block_sparse_attention_mgpu",
     )(layout.kv_block_idx, layout.kv_block_count, q_padded, k_padded, v_padded, counter)
     return common.BackendResult(
-        common.unpad_queries(out, geometry),
-        common.unpad_queries(lse, geometry, axis=2),
-        None,
+        common.unpad_queries(outs[0], geometry),
+        common.unpad_queries(outs[1], geometry, axis=2),
+        outs[2] if with_block_lse else None,
     )
+
+
+def _without_block_lse(kernel):
+    """The kernel body of a launch without the block-LSE output: its ref is None."""
+
+    def body(idx_ref, count_ref, q_ref, k_ref, v_ref, counter_ref, out_ref, lse_ref, *scratch, **kw):
+        refs = (idx_ref, count_ref, q_ref, k_ref, v_ref, counter_ref, out_ref, lse_ref)
+        return kernel(*refs, None, *scratch, **kw)
+
+    return body

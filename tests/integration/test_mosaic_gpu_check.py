@@ -154,3 +154,21 @@ def test_a_spent_budget_skips_every_cell_and_still_writes(tmp_path):
         ("sweep", 0.1),
     ]
     assert {r["shape"] for r in records} == {"7/1/64"}
+
+
+def test_dry_run_compares_the_recording_launches(tmp_path):
+    """--recording: each backend's launch with block LSEs is timed beside its plain launch and
+    its output agrees with cuDNN's on a full causal layout."""
+    records = mosaic_gpu_check.main(
+        ["--dry-run", "--skip", "checks", "sweep", "--recording", "--shapes", "14/2/64",
+         "--densities", "1.0", "--out", str(tmp_path / "compare.json")]
+    )  # fmt: skip
+    assert [r for r in records if r["kind"] == "failure"] == []
+    rows = [r for r in records if r["kind"] == "compare"]
+    assert [(r["implementation"], r["config"]) for r in rows] == [
+        ("mosaic_gpu", "default"),
+        ("triton", "default"),
+        ("mosaic_gpu", "block_lse"),
+        ("triton", "block_lse"),
+    ]
+    assert all(r["diff_against"] == "cudnn" and r["max_abs_diff"] < 0.05 for r in rows)

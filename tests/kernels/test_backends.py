@@ -18,6 +18,7 @@ from pallas_kernels.block_sparse_attention import (
     mosaic_gpu,
     mosaic_gpu_config,
 )
+from pallas_kernels.block_sparse_attention.block_map import block_map_from_block_lse
 from tests.kernels.battery import (
     CASES,
     TINY_CASES,
@@ -86,26 +87,30 @@ ITEMS_CASES = tuple(
 )
 
 
-def _mosaic_gpu_items(case, mask, config, on_gpu, rng, oracle_mask=None):
-    """(out, lse) of the kernel launched with `config` on the case's inputs and mask, and the
-    float64 oracle's (out, lse) for `oracle_mask` (default: the same mask)."""
-    q, k, v = make_inputs(rng, case)
+def _mosaic_gpu_launch(case, mask, config, on_gpu, inputs, with_block_lse=False):
+    """(BackendResult, layout, geometry) of the kernel launched with `config` on `inputs`."""
     layout = layout_from_mask(jnp.asarray(mask), block_size=case.block_size)
     geometry = BlockGeometry(
         num_queries=case.num_queries, num_keys=case.num_keys, block_size=case.block_size
     )
     result = mosaic_gpu.attention(
-        q,
-        k,
-        v,
+        *inputs,
         layout,
         sm_scale=case.head_dim**-0.5,
         causal=True,
         geometry=geometry,
-        with_block_lse=False,
+        with_block_lse=with_block_lse,
         interpret=not on_gpu,
         config=config,
     )
+    return result, layout, geometry
+
+
+def _mosaic_gpu_items(case, mask, config, on_gpu, rng, oracle_mask=None):
+    """(out, lse) of the kernel launched with `config` on the case's inputs and mask, and the
+    float64 oracle's (out, lse) for `oracle_mask` (default: the same mask)."""
+    q, k, v = make_inputs(rng, case)
+    result, _, _ = _mosaic_gpu_launch(case, mask, config, on_gpu, (q, k, v))
     want_out, want_lse, _ = numpy_attention.attention(
         as_np(q), as_np(k), as_np(v), mask if oracle_mask is None else oracle_mask, case.block_size
     )
@@ -166,6 +171,51 @@ def test_mosaic_gpu_empty_rows(launch, on_gpu, rng):
     kept = ~empty_queries
     np.testing.assert_allclose(out_by_query[kept], want_by_query[kept], atol=tol["out"], rtol=0)
     np.testing.assert_allclose(lse[kept], want_lse[kept], atol=tol["lse"], rtol=0)
+
+
+# Rows of 64 (one compute warpgroup) and of 128 (two, each recording its half of the rows),
+# both with a padded last query block.
+BLOCK_MAP_CASES = (
+    ITEMS_CASES[1],
+    Case(
+        "ragged_block_128",
+        batch=1,
+        num_queries=300,
+        num_keys=300,
+        num_heads=3,
+        num_kv_heads=1,
+        block_size=128,
+        dtype=jnp.bfloat16,
+    ),
+)
+
+
+@ON_GPU
+@pytest.mark.parametrize("block_map_case", BLOCK_MAP_CASES, ids=str)
+@pytest.mark.parametrize("launch", ["one_item_per_cta", "three_ctas_two_q_tiles"])
+def test_mosaic_gpu_records_block_maps(block_map_case, launch, on_gpu, rng):
+    """The recording launch (the selected heads' in block_sparse_attention_with_block_map):
+    each listed block's row LSEs finish into maps equal to the oracle's, one block step at a
+    time through persistent CTAs, and out and LSE stay exact."""
+    case = block_map_case
+    q, k, v = make_inputs(rng, case)
+    mask = random_block_mask(rng, case)
+    result, layout, geometry = _mosaic_gpu_launch(
+        case, mask, LAUNCHES[launch], on_gpu, (q, k, v), with_block_lse=True
+    )
+    maps = np.asarray(
+        block_map_from_block_lse(result.block_lse, result.lse, layout, geometry),
+        np.float64,
+    )
+    want_out, want_lse, probs = numpy_attention.attention(
+        as_np(q), as_np(k), as_np(v), mask, case.block_size
+    )
+    want_map = numpy_attention.block_map(probs, case.num_keys, case.block_size)
+    tol = TOLERANCES[case.dtype]
+    np.testing.assert_allclose(as_np(result.out), want_out, atol=tol["out"], rtol=0)
+    np.testing.assert_allclose(np.asarray(result.lse, np.float64), want_lse, atol=tol["lse"], rtol=0)
+    np.testing.assert_allclose(maps, want_map, atol=tol["block_map"], rtol=1e-4)
+    assert (maps[~mask] == 0).all(), "unlisted blocks must be zero"
 
 
 # Three heads of six query blocks, the rows of one of them listing no block (as the selected

@@ -93,8 +93,17 @@ def lower_mosaic_gpu(monkeypatch):
     supported-check looks for a Hopper device; lowering needs none."""
     monkeypatch.setattr(mosaic_gpu, "check_supported", lambda *args: None)
 
-    def lower(H, bs, dtype, config):
-        return lower_attention(mosaic_gpu, "cuda", HOPPER, H=H, bs=bs, dtype=dtype, config=config)
+    def lower(H, bs, dtype, config, with_block_lse=False):
+        return lower_attention(
+            mosaic_gpu,
+            "cuda",
+            HOPPER,
+            H=H,
+            bs=bs,
+            dtype=dtype,
+            config=config,
+            with_block_lse=with_block_lse,
+        )
 
     return lower
 
@@ -117,6 +126,13 @@ def lower_mosaic_gpu(monkeypatch):
 def test_mosaic_gpu_lowers_for_hopper(H, bs, dtype, config, lower_mosaic_gpu):
     """Pallas-to-Mosaic-GPU lowering (layouts, wgmma shapes, transforms) of the hardware path."""
     assert "mosaic_gpu" in lower_mosaic_gpu(H, bs, dtype, config)
+
+
+@pytest.mark.parametrize(("H", "bs"), [(128, 128), (64, 128), (64, 64)])
+def test_mosaic_gpu_block_map_launch_lowers_for_hopper(H, bs, lower_mosaic_gpu):
+    """The recording launch: block LSEs stored from registers straight to global memory."""
+    text = lower_mosaic_gpu(H, bs, jnp.bfloat16, None, with_block_lse=True)
+    assert "mosaic_gpu" in text
 
 
 @pytest.mark.parametrize("launch", mosaic_gpu_check.HEAD_DIM_64_CONFIGS)
