@@ -89,8 +89,9 @@ def collect_all(
     work_dir: Path,
     desc: str,
 ) -> list[CollectedMaps]:
-    """Collects (or reads from the cache) every sample's maps, truncated to `length` tokens."""
-    key = hashlib.sha256(repr(collector).encode()).hexdigest()[:10]
+    """Collects (or reads from the cache) every sample's maps, truncated to `length` tokens.
+    Cached maps are keyed by the collector and the model's dtype."""
+    key = hashlib.sha256(f"{collector!r} {model.dtype}".encode()).hexdigest()[:10]
     results = []
     for sample in tqdm(samples, desc=desc, unit="window"):
         path = work_dir / f"{sample.name.replace(':', '_').replace('@', '_')}-{length}-{key}.npz"

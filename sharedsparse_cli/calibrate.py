@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -86,6 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_parser() -> argparse.ArgumentParser:
     parser = flags.new_parser("calibrate", __doc__)
     flags.add_checkpoint(parser)
+    flags.add_dtype(parser)
     parser.add_argument(
         "--name",
         help="model name for the table and file names (default: the built-in's, or the source's"
@@ -252,9 +254,10 @@ def argument_problem(args, planner: SharePrefillConfig) -> str | None:
 
 
 def load_model(args):
-    """The --checkpoint model (converted once if needed) and its name."""
+    """The --checkpoint model (converted once if needed) in the --dtype, and its name."""
     try:
-        loaded, name = load_source(args.checkpoint)
+        dtype = jnp.dtype(flags.compute_dtype(args.dtype))
+        loaded, name = load_source(args.checkpoint, dtype=dtype)
     except (OSError, ValueError) as error:
         raise SystemExit(f"--checkpoint {args.checkpoint}: cannot be loaded: {error}") from error
     return loaded, args.name or name
@@ -325,7 +328,8 @@ def main(argv=None) -> int:
     config = loaded.config
     print(
         f"model {model_name}: {config.num_layers} layers x {config.num_heads} query heads"
-        f" ({config.num_kv_heads} kv heads), calibrated at {args.lengths} tokens"
+        f" ({config.num_kv_heads} kv heads, {loaded.model.dtype}), calibrated at {args.lengths}"
+        " tokens"
     )
     sources = tokenize_sources(loaded.tokenizer)
     collector = BlockMapCollector(
@@ -387,6 +391,7 @@ def main(argv=None) -> int:
         "lengths": args.lengths,
         "second_length": args.second_length,
         "map_block_size": args.map_block_size,
+        "dtype": str(loaded.model.dtype),
         "seed": args.seed,
     }
     results = {

@@ -528,7 +528,9 @@ def attention(
 def _without_block_lse(kernel):
     """The kernel body of a launch without the block-LSE output: its ref is None."""
 
-    def body(idx_ref, count_ref, q_ref, k_ref, v_ref, counter_ref, out_ref, lse_ref, *scratch, **kw):
+    def body(
+        idx_ref, count_ref, q_ref, k_ref, v_ref, counter_ref, out_ref, lse_ref, *scratch, **kw
+    ):
         refs = (idx_ref, count_ref, q_ref, k_ref, v_ref, counter_ref, out_ref, lse_ref)
         return kernel(*refs, None, *scratch, **kw)
 

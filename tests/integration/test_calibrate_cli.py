@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from evaluation.calibration_windows import Sample, collect_all
+from evaluation.windows import Window
+from models.collect import BlockMapCollector
+from models.sources import load_source
 from sharedsparse_cli import calibrate
 from sharedsparse_jax.calibrate import length_bands
+from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.sharing import SharingTable
 from tests.integration import helpers
 
@@ -42,6 +48,7 @@ def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
         ]
     )  # fmt: skip
     printed = capsys.readouterr().out
+    assert "(2 kv heads, float32)" in printed  # --dtype auto on a CPU
     report = json.loads(report_path.read_text())
     assert report["lengths"] == [1024, 2048]
     assert set(report["sharing_by_length"]) == {"1024", "2048"}
@@ -49,7 +56,7 @@ def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
     assert "at 1024 tokens: shared" in printed and "at 2048 tokens: shared" in printed
     assert "length bands of the table" in printed
     table = SharingTable.load(table_path, num_layers=4, num_heads=6)
-    assert table.metadata["lengths"] == [1024, 2048]
+    assert table.metadata["lengths"] == [1024, 2048] and table.metadata["dtype"] == "float32"
     # Each calibration length uses its band, whose shared clusters are that length's choice.
     for length, sharing in report["sharing_by_length"].items():
         band = np.searchsorted(table.band_min_tokens, int(length), side="right") - 1
@@ -58,3 +65,23 @@ def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
     assert len(table.band_min_tokens) == len(report["bands"])
     assert report["sharing_by_length"]["2048"]["min_share_rate"] == 0.5
     assert len(list(out_dir.glob("calibration_tiny_*.png"))) == 4
+
+
+def test_collected_maps_are_cached_per_model_dtype(tmp_path):
+    """A bfloat16 model's maps (a GPU run's) are not read back for a float32 one, or the other
+    way round; each dtype reads its own back."""
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny")
+    tokens = np.random.default_rng(0).integers(0, 256, 256)
+    samples = [Sample("essays", Window(document="essays", slot=0, start=0, stop=256), tokens)]
+    collector = BlockMapCollector(
+        block_size=64, estimate_config=SharePrefillConfig(), implementation="xla"
+    )
+    work_dir = tmp_path / "maps"
+    maps = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = load_source(str(checkpoint), dtype=dtype)[0].model
+        (maps[dtype],) = collect_all(model, samples, 256, collector, work_dir, "collect")
+        assert len(list(work_dir.glob("*.npz"))) == (1 if dtype == jnp.float32 else 2)
+        (again,) = collect_all(model, samples, 256, collector, work_dir, "cached")
+        np.testing.assert_array_equal(again.block_maps, maps[dtype].block_maps)
+    assert not np.array_equal(maps[jnp.float32].block_maps, maps[jnp.bfloat16].block_maps)

@@ -213,7 +213,9 @@ def test_mosaic_gpu_records_block_maps(block_map_case, launch, on_gpu, rng):
     want_map = numpy_attention.block_map(probs, case.num_keys, case.block_size)
     tol = TOLERANCES[case.dtype]
     np.testing.assert_allclose(as_np(result.out), want_out, atol=tol["out"], rtol=0)
-    np.testing.assert_allclose(np.asarray(result.lse, np.float64), want_lse, atol=tol["lse"], rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(result.lse, np.float64), want_lse, atol=tol["lse"], rtol=0
+    )
     np.testing.assert_allclose(maps, want_map, atol=tol["block_map"], rtol=1e-4)
     assert (maps[~mask] == 0).all(), "unlisted blocks must be zero"
 
