@@ -17,7 +17,7 @@ from pallas_kernels.block_sparse_attention import (
     block_sparse_attention_with_block_map,
     layout_from_mask,
 )
-from sharedsparse_jax import planner, stats
+from sharedsparse_jax import heads, planner, stats
 from sharedsparse_jax.config import SharePrefillConfig
 from sharedsparse_jax.dense import DenseAttention, dense_causal_attention
 from sharedsparse_jax.sharing import SharingState, SharingTable
@@ -151,7 +151,14 @@ class SharePrefillAttention:
             head_axis=self.head_axis,
         )
         layout = layout_from_mask(plan.block_mask, block_size=bs)
-        if self.num_shared:
+
+        def attend(state):
+            out = block_sparse_attention(
+                q, k, v, layout, implementation=self.implementation, interpret=self.interpret
+            )
+            return out, state
+
+        def attend_and_absorb_pivots(state):
             batch, _, num_heads, _ = q.shape
             out, _, block_maps = block_sparse_attention_with_block_map(
                 q,
@@ -174,10 +181,16 @@ class SharePrefillAttention:
                 table=self.table,
                 head_axis=self.head_axis,
             )
+            return out, state
+
+        if self.num_shared:
+            # Most layers hold no pivot: they skip the block-map launch and its maps. Every
+            # shard of the heads takes the same branch (the branch's collectives need them all).
+            local_pivots = jnp.sum(plan.category == planner.PIVOT, dtype=jnp.int32)
+            has_pivot = heads.sum_over_heads(local_pivots, self.head_axis) > 0
+            out, state = jax.lax.cond(has_pivot, attend_and_absorb_pivots, attend, state)
         else:
-            out = block_sparse_attention(
-                q, k, v, layout, implementation=self.implementation, interpret=self.interpret
-            )
+            out, state = attend(state)
         return out, state, stats.layer_stats(plan, lengths, bs, self.head_axis)
 
     def _check_inputs(self, q, k, v, state: SharingState) -> None:
