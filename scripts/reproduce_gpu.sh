@@ -9,7 +9,8 @@
 #   hopper    the kernel battery on the GPU (pytest -m gpu), then the mosaic_gpu check:
 #             Llama-shape checks, timing, launch sweep
 #   hopper_d64 the kernel at the real models' shapes (head dim 64; 14/2 and 9/3 heads): every
-#             candidate launch checked, then timed against cuDNN, a 32/8/128 control beside
+#             candidate launch checked, then timed against cuDNN, a 32/8/128 control beside;
+#             then the launches that record block maps, Hopper's and Triton's
 #   planner   planner overhead on a Llama-3.1-8B-shaped layer
 #   methods   attention-level time of every method on profile-matched synthetic layers
 #   latency   end-to-end prefill latency of the built-in models and the 8B-shaped model
@@ -25,8 +26,9 @@
 #   chunked   chunked against whole-prompt prefill, 32K-128K (benchmarks.chunked_prefill)
 #   long      Qwen with YaRN x4 (docs/models.md): dense quality and every method's accuracy at
 #             64K and 128K, then every method's end-to-end latency there
-#   long_profiles Qwen's head profiles at 32K and (YaRN x4) 128K tokens, and the attention-level
-#             time of every method on synthetic Llama-8B layers matched to the 128K one
+#   long_profiles Qwen's head profiles at 32K and (YaRN x4) 128K tokens, SharePrefill and
+#             vertical-slash on the 32K one at a real depth (32 layers at 32K, 16 at 64K), and
+#             every method on synthetic Llama-8B layers matched to the 128K one
 #   scaleout  the sharded code path on one GPU (mesh data=1,model=1) against the plain one
 # Every stage shows progress bars. `accuracy` resumes where it stopped (finished units are
 # skipped); `methods` is rerun with --resume; `latency` merges into its results file.
@@ -59,6 +61,9 @@ stage_hopper_d64() {
     --check-shapes 14/2/64 9/3/64 --layout random --sweep-densities 1.0 0.4 0.3 0.1 \
     --sweep-configs default q2_s2 q2_s3 q2_s4 q2_s6 q3_s3 q3_s5 q2_s3_nosched q2_s3_wg1 one_item \
     --rounds 7 --out "$RESULTS/mosaic_gpu_d64_h200.json"
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip checks sweep --recording --layout random \
+    --shapes 14/2/64:32768,131072 32/8/128:32768 --densities 1.0 0.1 --rounds 5 \
+    --out "$RESULTS/mosaic_gpu_recording_h200.json"
 }
 stage_planner() { "$PYTHON" -m benchmarks.planner_overhead --profile-launches; }
 stage_methods() {
@@ -136,6 +141,12 @@ stage_long_profiles() {
     --out "benchmarks/profiles/${QWEN}_32768.json"
   "$PYTHON" -m benchmarks.attention_profiles "${common[@]}" --length 131072 --yarn-factor 4 \
     --out "benchmarks/profiles/${QWEN}+yarn4_131072.json"
+  local layers_of_32k=(--profile "benchmarks/profiles/${QWEN}_32768.json" --methods shareprefill
+    vertical_slash)
+  "$PYTHON" -m benchmarks.method_attention "${layers_of_32k[@]}" --seq-lens 32768 --layers 32 \
+    --out "$RESULTS/method_attention_qwen32k_32layers_h200.json"
+  "$PYTHON" -m benchmarks.method_attention "${layers_of_32k[@]}" --seq-lens 65536 --layers 16 \
+    --out "$RESULTS/method_attention_qwen64k_16layers_h200.json"
   local out="$RESULTS/method_attention_qwen128k_h200.json"
   "$PYTHON" -m benchmarks.method_attention --resume --out "$out" \
     --profile "benchmarks/profiles/${QWEN}+yarn4_131072.json"
