@@ -130,34 +130,6 @@ def as_np(x):
     return np.asarray(jnp.asarray(x, jnp.float32), np.float64)
 
 
-def block_map_errors(
-    block_map, want_map: np.ndarray, selected: np.ndarray, mask: np.ndarray
-) -> dict[str, float]:
-    """How far block maps are from the oracle's, judged like `Battery.test_block_maps`.
-
-    Only the selected heads have maps; the others must stay zero, as must unlisted blocks.
-
-    Args:
-      block_map: [B, N, Tb, Sb] from block_sparse_attention_with_block_map.
-      want_map: float64[B, N, Tb, Sb] from numpy_attention.block_map (every head).
-      selected: bool[B, N], the heads asked for.
-      mask: bool[B, N, Tb, Sb], the listed blocks.
-
-    Returns:
-      map_err: max |got - want| over the selected heads; map_unselected: max |got| over the
-      others (must be 0); map_unlisted: max |got| over the selected heads' unlisted blocks
-      (must be 0); map_row_sum_err: max |sum over key blocks - 1| over the selected heads.
-    """
-    got = np.asarray(block_map, np.float64)
-    picked = got[selected]
-    return {
-        "map_err": float(np.abs(picked - want_map[selected]).max()),
-        "map_unselected": float(np.abs(got[~selected]).max(initial=0.0)),
-        "map_unlisted": float(np.abs(picked[~mask[selected]]).max(initial=0.0)),
-        "map_row_sum_err": float(np.abs(picked.sum(-1) - 1.0).max()),
-    }
-
-
 class Battery:
     """Subclass with `implementation`, and optionally `cases`, `smoke_cases` and `interpret`.
 
