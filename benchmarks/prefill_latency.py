@@ -272,6 +272,18 @@ def prompt_tokens(token_ids: Sequence[int], length: int) -> np.ndarray:
     return np.tile(ids, -(-length // ids.size))[:length]
 
 
+def shipped_planner(
+    planner: dict[str, Any], table: SharingTable | None, device_kind: str
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The planner knobs as shipped: `planner` with `dense_below` set to the crossover measured
+    for the model on this device (`SharingTable.measured_dense_below`), and that crossover's
+    entry (None where none was measured: `planner` unchanged)."""
+    crossover = None if table is None else table.measured_dense_below(device_kind)
+    if crossover is None:
+        return planner, None
+    return planner | {"dense_below": crossover["tokens"]}, crossover
+
+
 def make_attention(
     method: str, planner: dict[str, Any], table: SharingTable | None, args, mesh=None
 ):
@@ -556,11 +568,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ]
             save()
             continue
-        # As shipped: below the crossover measured for this model on this device, dense.
-        crossover = None if table is None else table.measured_dense_below(device_kind)
-        case_planner = (
-            planner if crossover is None else planner | {"dense_below": crossover["tokens"]}
-        )
+        case_planner, crossover = shipped_planner(planner, table, device_kind)
         base |= {
             "description": description,
             "weights": "random" if tokenizer is None else "checkpoint",
