@@ -244,7 +244,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     out = args.out or prefill_latency.RESULTS_DIR / f"multi_gpu_{timing.gpu_tag()}.json"
     cases = [prefill_latency.CASES[name] for name in args.models]
     if args.yarn_factor is not None:
-        cases = [case.extended(args.yarn_factor) for case in cases]
+        try:
+            cases = [case.extended(args.yarn_factor) for case in cases]
+        except ValueError as error:
+            raise SystemExit(f"--yarn-factor: {error}") from None
     needs_text = not random_weights and any(case.builtin for case in cases)
     text, text_source = prefill_latency.load_text(args.text_file) if needs_text else (None, None)
     environment = timing.environment() | {"device_count": jax.device_count(), "text": text_source}
@@ -255,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             DRY_RUN_LENGTHS if args.dry_run else DEFAULT_LENGTHS.get(case.name, case.lengths)
         )
         lengths = [n for n in lengths if n <= case.config.max_position_embeddings]
+        if not lengths:
+            print(f"{case.name}: no length within its {case.config.max_position_embeddings} tokens")
+            continue
         if args.exchange_only:
             records += exchange_records(case, lengths, planner, dtype, args)
             continue
