@@ -63,6 +63,7 @@ def test_the_sharing_exchange_grows_with_shared_clusters(mesh2):
     )
 
 
+@pytest.mark.slow  # 20-50 s on the 2-core machine: the default suite keeps the two above
 def test_dry_run_records_every_mesh(tmp_path):
     out = tmp_path / "multi_gpu.json"
     records = multi_gpu.main(
