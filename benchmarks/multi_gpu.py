@@ -51,7 +51,7 @@ from jax.sharding import PartitionSpec as P
 from benchmarks import prefill_latency, timing
 from models import prefill
 from models.attention import bucket_attention
-from models.sharding import make_mesh, parse_mesh_shape
+from models.sharding import check_mesh, make_mesh, parse_mesh_shape
 from sharedsparse_cli import flags
 from sharedsparse_jax import tables
 from sharedsparse_jax.config import METHODS
@@ -175,15 +175,19 @@ def compare_stats(sharded: dict, single: dict) -> bool:
     return True
 
 
-def mesh_problem(shape: dict[str, int], config) -> str | None:
-    """Why the model cannot run on this mesh of this host, or None."""
-    devices = shape["data"] * shape["model"]
-    if devices > jax.device_count():
-        return f"needs {devices} devices, the host has {jax.device_count()}"
-    for what, count in (("query", config.num_heads), ("kv", config.num_kv_heads)):
-        if count % shape["model"]:
-            return f"{count} {what} heads do not divide by model={shape['model']}"
-    return None
+def mesh_for(shape: dict[str, int], config) -> tuple[Any, str | None]:
+    """The mesh of this shape over the host's devices, or None and why the model cannot run on
+    it (`make_mesh`'s device count, `check_mesh`'s whole GQA groups per shard)."""
+    try:
+        mesh = make_mesh(shape)
+        check_mesh(config, mesh)
+    except ValueError as error:
+        return None, str(error)
+    return mesh, None
+
+
+def mesh_label(shape: dict[str, int]) -> str:
+    return f"data={shape['data']},model={shape['model']}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -298,9 +302,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     attention,
                 )
         for shape in args.mesh_shapes:
-            mesh_name = f"data={shape['data']},model={shape['model']}"
+            mesh_name = mesh_label(shape)
             devices = shape["data"] * shape["model"]
-            if problem := mesh_problem(shape, config):
+            mesh, problem = mesh_for(shape, config)
+            if problem:
                 records += [
                     base | {"seq_len": n, "method": m, "mesh": mesh_name, "skipped": problem}
                     for n in lengths
@@ -308,7 +313,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 ]
                 print(f"{case.name} {mesh_name}: skipped, {problem}")
                 continue
-            mesh = make_mesh(shape)
             sharded_model = load(mesh=mesh)[0]
             for length in lengths:
                 prompt = prefill_latency.prompt_tokens(token_ids, length)[None]
@@ -386,14 +390,12 @@ def exchange_records(case, lengths, planner, dtype, args) -> list[dict]:
     base["num_shared_clusters"] = 0 if table is None else table.num_shared
     records = []
     for shape in args.mesh_shapes:
-        mesh_name = f"data={shape['data']},model={shape['model']}"
-        problem = mesh_problem(shape, config)
+        mesh, problem = mesh_for(shape, config)
         for length, method in itertools.product(lengths, args.methods):
-            record = base | {"seq_len": length, "method": method, "mesh": mesh_name}
+            record = base | {"seq_len": length, "method": method, "mesh": mesh_label(shape)}
             if problem:
                 records.append(record | {"skipped": problem})
                 continue
-            mesh = make_mesh(shape)
             attention = prefill_latency.make_attention(method, planner, table, args, mesh)
             found = layer_collectives(attention, config, shape["data"], length, dtype)
             records.append(
