@@ -90,8 +90,12 @@ def collect_all(
     desc: str,
 ) -> list[CollectedMaps]:
     """Collects (or reads from the cache) every sample's maps, truncated to `length` tokens.
-    Cached maps are keyed by the collector and the model's dtype."""
-    key = hashlib.sha256(f"{collector!r} {model.dtype}".encode()).hexdigest()[:10]
+    Cached maps are keyed by the collector, the model's dtype and its rope (YaRN changes the
+    maps)."""
+    key = f"{collector!r} {model.dtype}"
+    if model.config.rope.rope_type != "default":
+        key += f" {model.config.rope!r}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:10]
     results = []
     for sample in tqdm(samples, desc=desc, unit="window"):
         path = work_dir / f"{sample.name.replace(':', '_').replace('@', '_')}-{length}-{key}.npz"

@@ -19,7 +19,8 @@
 #   qwen_more Qwen threshold variants and 60-sample retrieval cells at 32K (they extend the
 #             accuracy stage's cells), then the report
 #   calibrate Qwen's sharing table at 16K and 32K tokens (SmolLM2's, at 4K and 8K, runs on a
-#             CPU in an hour), copied into sharedsparse_jax/tables and the results
+#             CPU in an hour), copied into sharedsparse_jax/tables and the results; then Qwen
+#             with YaRN x4 from 16K to 128K (its report into the results)
 #   sharing   the paper's sharing ablation and gamma curves (benchmarks.sharing_ablation)
 #   crossover the length from which planned prefill pays, stored in the shipped tables, and the
 #             planner's cost per layer (benchmarks.crossover)
@@ -116,6 +117,11 @@ stage_calibrate() {
   cp "calibration/${QWEN}_table.json" "sharedsparse_jax/tables/$QWEN.json"
   cp "calibration/${QWEN}_report.json" "$RESULTS/calibration/$QWEN.json"
   cp calibration/calibration_"$QWEN"_*.png docs/figures/
+  # Austen's novels hold four disjoint 128K windows: 3 + 1 per source.
+  "$PYTHON" -m sharedsparse_cli.calibrate --checkpoint "$QWEN" --yarn-factor 4 \
+    --lengths 16384 32768 65536 131072 --samples 3 --heldout 1 --map-block-size 128 \
+    --second-length 8192 --out-dir calibration
+  cp "calibration/${QWEN}+yarn4_report.json" "$RESULTS/calibration/${QWEN}+yarn4.json"
 }
 stage_sharing() {
   "$PYTHON" -m benchmarks.sharing_ablation --out "$RESULTS/sharing_ablation_h200.json"

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from evaluation.calibration_windows import choose_samples, collect_all, grid_of, tokenize_sources
+from evaluation.harness.store import model_label
 from models.cache import cache_root
 from models.collect import BlockMapCollector, CollectedMaps
 from models.sources import load_source
@@ -88,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = flags.new_parser("calibrate", __doc__)
     flags.add_checkpoint(parser)
     flags.add_dtype(parser)
+    flags.add_yarn_factor(parser)
     parser.add_argument(
         "--name",
         help="model name for the table and file names (default: the built-in's, or the source's"
-        " file or directory name)",
+        " file or directory name, with +yarn<FACTOR> under --yarn-factor)",
     )
     parser.add_argument(
         "--lengths",
@@ -219,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def argument_problem(args, planner: SharePrefillConfig) -> str | None:
     """What is wrong with the options, checked without loading anything (None: nothing)."""
-    problem = flags.checkpoint_problem(args.checkpoint)
+    problem = flags.checkpoint_problem(args.checkpoint) or flags.yarn_factor_problem(
+        args.yarn_factor
+    )
     if problem is not None:
         return problem
     args.lengths = sorted(set(args.lengths))
@@ -254,13 +258,20 @@ def argument_problem(args, planner: SharePrefillConfig) -> str | None:
 
 
 def load_model(args):
-    """The --checkpoint model (converted once if needed) in the --dtype, and its name."""
+    """The --checkpoint model (converted once if needed) in the --dtype, its context extended
+    by --yarn-factor, and its name; exits where the longest --lengths exceed its context."""
     try:
         dtype = jnp.dtype(flags.compute_dtype(args.dtype))
-        loaded, name = load_source(args.checkpoint, dtype=dtype)
+        loaded, name = load_source(args.checkpoint, dtype=dtype, yarn_factor=args.yarn_factor)
     except (OSError, ValueError) as error:
         raise SystemExit(f"--checkpoint {args.checkpoint}: cannot be loaded: {error}") from error
-    return loaded, args.name or name
+    context = loaded.config.max_position_embeddings
+    if args.lengths[-1] > context:
+        longer = "" if args.yarn_factor is not None else " (--yarn-factor extends it)"
+        raise SystemExit(
+            f"--lengths {args.lengths[-1]} exceeds the model's context of {context} tokens{longer}"
+        )
+    return loaded, args.name or model_label(name, args.yarn_factor)
 
 
 def lengths_problem(args, planner: SharePrefillConfig) -> str | None:
@@ -391,6 +402,7 @@ def main(argv=None) -> int:
         "lengths": args.lengths,
         "second_length": args.second_length,
         "map_block_size": args.map_block_size,
+        "yarn_factor": args.yarn_factor,
         "dtype": str(loaded.model.dtype),
         "seed": args.seed,
     }

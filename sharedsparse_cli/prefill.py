@@ -12,6 +12,12 @@ kind the planner chose. Bring your own prompt, checkpoint and sharing table:
         --checkpoint path/to/hf-or-gguf --method dense shareprefill flexprefill \\
         --table my_table.json --gamma 0.9 --min-budget 512 --out-dir runs/
 
+Qwen2.5-Coder beyond its trained 32K tokens, with YaRN (an experiment for this model,
+docs/models.md): a pass key in 120,000 tokens,
+
+    sharedsparse-prefill --checkpoint qwen2.5-coder-0.5b-instruct --yarn-factor 4 \
+        --context-tokens 120000
+
 Each method runs through `models.prefill_and_answer`. docs/usage.md describes every option.
 Every option is checked before anything is loaded; a bad one ends the run with one line on
 stderr.
@@ -30,6 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from evaluation.harness.store import model_label
 from evaluation.tasks.passkey import PasskeyTask, generate_passkey
 from evaluation.tasks.sample import PROMPT_FORMATS
 from models import (
@@ -106,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the built-in pass key sits in its haystack, 0..1 (default: %(default)s)",
     )
     flags.add_dtype(source)
+    flags.add_yarn_factor(source)
 
     methods = parser.add_argument_group("attention")
     flags.add_method(
@@ -179,8 +187,10 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     Reads the prompt file into `args.prompt_text` and builds the planner config into
     `args.planner`.
     """
-    problem = flags.checkpoint_problem(args.checkpoint) or flags.method_problem(
-        args.method, PREFILL_METHODS
+    problem = (
+        flags.checkpoint_problem(args.checkpoint)
+        or flags.method_problem(args.method, PREFILL_METHODS)
+        or flags.yarn_factor_problem(args.yarn_factor)
     )
     if problem is not None:
         return problem
@@ -229,7 +239,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
 
 
 def resolve_checkpoint(
-    source: str, dtype: jnp.dtype, mesh: Any = None
+    source: str, dtype: jnp.dtype, mesh: Any = None, yarn_factor: float | None = None
 ) -> tuple[LoadedCheckpoint, str]:
     """Loads the --checkpoint model, converting an HF directory or GGUF file once (said so).
 
@@ -237,6 +247,7 @@ def resolve_checkpoint(
       source: the --checkpoint value.
       dtype: parameter dtype after loading.
       mesh: restore the parameters sharded over this mesh (None: one device).
+      yarn_factor: extend the model's context this many times with YaRN (None: as trained).
 
     Returns:
       The loaded checkpoint and the model's name (a built-in name, else the source's name).
@@ -251,7 +262,11 @@ def resolve_checkpoint(
         directory = resolve_source(source)
     except (OSError, ValueError) as error:
         raise SystemExit(f"--checkpoint {source}: cannot be converted: {error}") from error
-    return load_checkpoint(directory, dtype=dtype, mesh=mesh), source_name(source)
+    try:
+        loaded = load_checkpoint(directory, dtype=dtype, mesh=mesh, yarn_factor=yarn_factor)
+    except ValueError as error:
+        raise SystemExit(f"--yarn-factor {yarn_factor:g}: {error}") from error
+    return loaded, source_name(source)
 
 
 def build_question(args: argparse.Namespace, loaded: LoadedCheckpoint) -> Question:
@@ -300,7 +315,12 @@ def resolve_table(
             " clusters (no pivot or shared heads, so it plans like FlexPrefill); pass --table"
         )
     where = arg if origin == "file" else f"shipped for {model_name}"
-    return table, f"{where}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
+    line = f"{where}: {len(table.cluster_ids)} clusters, {table.num_shared} shared"
+    metadata = dict(table.metadata)
+    if "model" in metadata and "lengths" in metadata:
+        lengths = ", ".join(str(length) for length in metadata["lengths"])
+        line += f" (calibrated on {metadata['model']} at {lengths} tokens)"
+    return table, line
 
 
 def measured_dense_below(
@@ -428,15 +448,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.device_mesh = make_mesh(args.mesh_shape)
     dtype_name = flags.compute_dtype(args.dtype)
     loaded, model_name = resolve_checkpoint(
-        args.checkpoint, jnp.dtype(dtype_name), args.device_mesh
+        args.checkpoint, jnp.dtype(dtype_name), args.device_mesh, args.yarn_factor
     )
     config = loaded.config
     question = build_question(args, loaded)
     if len(question.token_ids) + args.max_new_tokens > config.max_position_embeddings:
+        longer = "" if args.yarn_factor is not None else " (--yarn-factor extends it)"
         raise SystemExit(
             f"the prompt ({len(question.token_ids)} tokens) plus --max-new-tokens"
             f" {args.max_new_tokens} exceeds the model's context of"
-            f" {config.max_position_embeddings} tokens"
+            f" {config.max_position_embeddings} tokens{longer}"
         )
     try:
         table, table_line = resolve_table(
@@ -446,9 +467,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"--table {args.table}: {error}") from error
     planner, dense_line = measured_dense_below(args, planner, table)
     heads = config.num_layers * config.num_heads
+    label = model_label(model_name, args.yarn_factor)
+    context = ""
+    if args.yarn_factor is not None:
+        context = f", YaRN x{args.yarn_factor:g}: context {config.max_position_embeddings} tokens"
     print(
-        f"model: {model_name} ({config.model_type}, {config.num_layers} layers,"
-        f" {config.num_heads}/{config.num_kv_heads} heads, {dtype_name}) on"
+        f"model: {label} ({config.model_type}, {config.num_layers} layers,"
+        f" {config.num_heads}/{config.num_kv_heads} heads, {dtype_name}{context}) on"
         f" {jax.devices()[0].device_kind}"
     )
     print(f"prompt: {question.description}: {len(question.token_ids)} tokens")
@@ -464,7 +489,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for method in args.method:
         print(f"prefilling with {method} ...", flush=True)
         record = run_method(method, args, planner, table, loaded, question)
-        records.append(record | {"model": model_name, "prompt_tokens": len(question.token_ids)})
+        records.append(record | {"model": label, "prompt_tokens": len(question.token_ids)})
     print_report(records, question, {"tau_fb": planner.tau_fb, "tau_sim": planner.tau_sim})
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)

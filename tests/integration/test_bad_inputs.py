@@ -118,6 +118,7 @@ CASES = [
     ("prefill", PREFILL + " --implementation fast", r"--implementation: unknown \['fast'\]"),
     ("prefill", PREFILL + " --block-size 0", "invalid planner settings: .*block_size"),
     ("prefill", PREFILL + " --gamma 1.5", "invalid planner settings: .*gamma"),
+    ("prefill", PREFILL + " --yarn-factor 1", "--yarn-factor must be above 1, got 1"),
     # sharedsparse-calibrate
     ("calibrate", "--checkpoint {nowhere}", "--checkpoint .*nowhere: not a built-in model"),
     ("calibrate", "--checkpoint {incomplete}", "--checkpoint .*incomplete: .*params is empty"),
@@ -132,6 +133,7 @@ CASES = [
     ("calibrate", CALIBRATE + " --min-coverage 2", r"min_coverage must be in \[0, 1\]"),
     ("calibrate", CALIBRATE + " --out-dir {a-file}", r"--out-dir .* is a file"),
     ("calibrate", CALIBRATE + " --implementation fast", r"--implementation: unknown \['fast'\]"),
+    ("calibrate", CALIBRATE + " --yarn-factor 0.5", "--yarn-factor must be above 1, got 0.5"),
     # sharedsparse-evaluate (nothing appended to runs.jsonl)
     (
         "evaluate",

@@ -36,18 +36,22 @@ def test_length_bands_merge_equal_neighbours():
 
 
 def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
-    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny", max_position_embeddings=2048)
+    """At 1024 and 2048 tokens, the longer past the model's trained 1024 with YaRN x2."""
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny", max_position_embeddings=1024)
     out_dir = tmp_path / "out"
-    table_path, report_path = out_dir / "tiny_table.json", out_dir / "tiny_report.json"
-    calibrate_script.main(
-        [
-            "--checkpoint", str(checkpoint), "--lengths", "2048", "1024", "--samples", "2",
-            "--heldout", "1", "--second-length", "512", "--map-block-size", "64",
-            "--implementation", "xla", "--work-dir", str(tmp_path / "maps"),
-            "--out-dir", str(out_dir),
-        ]
-    )  # fmt: skip
+    argv = [
+        "--checkpoint", str(checkpoint), "--lengths", "2048", "1024", "--samples", "2",
+        "--heldout", "1", "--second-length", "512", "--map-block-size", "64",
+        "--implementation", "xla", "--work-dir", str(tmp_path / "maps"),
+        "--out-dir", str(out_dir),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"context of 1024 tokens \(--yarn-factor extends it\)"):
+        calibrate_script.main(argv)
+    calibrate_script.main([*argv, "--yarn-factor", "2"])
+    table_path = out_dir / "tiny+yarn2_table.json"
+    report_path = out_dir / "tiny+yarn2_report.json"
     printed = capsys.readouterr().out
+    assert "model tiny+yarn2: 4 layers" in printed
     assert "(2 kv heads, float32)" in printed  # --dtype auto on a CPU
     report = json.loads(report_path.read_text())
     assert report["lengths"] == [1024, 2048]
@@ -57,6 +61,7 @@ def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
     assert "length bands of the table" in printed
     table = SharingTable.load(table_path, num_layers=4, num_heads=6)
     assert table.metadata["lengths"] == [1024, 2048] and table.metadata["dtype"] == "float32"
+    assert table.metadata["model"] == "tiny+yarn2" and table.metadata["yarn_factor"] == 2
     # Each calibration length uses its band, whose shared clusters are that length's choice.
     for length, sharing in report["sharing_by_length"].items():
         band = np.searchsorted(table.band_min_tokens, int(length), side="right") - 1
@@ -64,12 +69,12 @@ def test_calibrate_at_two_lengths(calibrate_script, tmp_path, capsys):
         assert [int(c) for c in np.flatnonzero(table.shared_by_band[band]) + 1] == chosen
     assert len(table.band_min_tokens) == len(report["bands"])
     assert report["sharing_by_length"]["2048"]["min_share_rate"] == 0.5
-    assert len(list(out_dir.glob("calibration_tiny_*.png"))) == 4
+    assert len(list(out_dir.glob("calibration_tiny+yarn2_*.png"))) == 4
 
 
-def test_collected_maps_are_cached_per_model_dtype(tmp_path):
+def test_collected_maps_are_cached_per_model_dtype_and_rope(tmp_path):
     """A bfloat16 model's maps (a GPU run's) are not read back for a float32 one, or the other
-    way round; each dtype reads its own back."""
+    way round, nor the model's with YaRN for the model's without; each reads its own back."""
     checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny")
     tokens = np.random.default_rng(0).integers(0, 256, 256)
     samples = [Sample("essays", Window(document="essays", slot=0, start=0, stop=256), tokens)]
@@ -78,10 +83,12 @@ def test_collected_maps_are_cached_per_model_dtype(tmp_path):
     )
     work_dir = tmp_path / "maps"
     maps = {}
-    for dtype in (jnp.float32, jnp.bfloat16):
-        model = load_source(str(checkpoint), dtype=dtype)[0].model
-        (maps[dtype],) = collect_all(model, samples, 256, collector, work_dir, "collect")
-        assert len(list(work_dir.glob("*.npz"))) == (1 if dtype == jnp.float32 else 2)
+    variants = ((jnp.float32, None), (jnp.bfloat16, None), (jnp.float32, 2.0))
+    for count, (dtype, yarn_factor) in enumerate(variants, start=1):
+        model = load_source(str(checkpoint), dtype=dtype, yarn_factor=yarn_factor)[0].model
+        (maps[count],) = collect_all(model, samples, 256, collector, work_dir, "collect")
+        assert len(list(work_dir.glob("*.npz"))) == count
         (again,) = collect_all(model, samples, 256, collector, work_dir, "cached")
-        np.testing.assert_array_equal(again.block_maps, maps[dtype].block_maps)
-    assert not np.array_equal(maps[jnp.float32].block_maps, maps[jnp.bfloat16].block_maps)
+        np.testing.assert_array_equal(again.block_maps, maps[count].block_maps)
+    for other in (2, 3):
+        assert not np.array_equal(maps[1].block_maps, maps[other].block_maps)

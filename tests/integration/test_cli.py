@@ -15,6 +15,7 @@ from benchmarks import prefill_latency, timing
 from models import DenseAttention, parameter_shapes, prefill
 from models.checkpoint import read_config
 from models.compile_time import union_length
+from models.config import RopeConfig
 from models.fetch import builtin_checkpoint
 from models.tokenizer import Tokenizer
 from sharedsparse_cli import prefill as prefill_cli
@@ -103,11 +104,40 @@ def test_cli_tables(script, tmp_path):
     assert table is None and "no sharing table is shipped for tiny-llama" in line
     table, line = script.resolve_table("none", "smollm2-135m-instruct", 30, 9)
     assert table is None and "--table none" in line
+    table, line = script.resolve_table("builtin", "qwen2.5-coder-0.5b-instruct", 24, 14)
+    lengths = ", ".join(str(length) for length in table.metadata["lengths"])
+    assert line.endswith(f"(calibrated on qwen2.5-coder-0.5b-instruct at {lengths} tokens)")
     path = helpers.write_tiny_table(tmp_path / "table.json")
     table, _ = script.resolve_table(str(path), "tiny-llama", 4, 6)
     assert table.num_shared == 3
     with pytest.raises(ValueError, match="layer 3 out of range"):
         script.resolve_table(str(path), "tiny-llama", 3, 6)
+
+
+def test_cli_extends_the_context_with_yarn(script, tmp_path, capsys):
+    """A prompt past the model's context is refused, naming --yarn-factor; with it, it runs."""
+    checkpoint = helpers.save_tiny_checkpoint(tmp_path / "tiny-llama", max_position_embeddings=256)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(PROMPT)
+    common = [
+        "--checkpoint", str(checkpoint), "--prompt-file", str(prompt), "--method", "dense",
+        "--max-new-tokens", "2",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"context of 256 tokens \(--yarn-factor extends it\)"):
+        script.main(common)
+    (record,) = script.main([*common, "--yarn-factor", "2"])
+    printed = capsys.readouterr().out
+    assert "model: tiny-llama+yarn2 (llama, 4 layers" in printed
+    assert "YaRN x2: context 512 tokens" in printed
+    assert record["model"] == "tiny-llama+yarn2" and record["prompt_tokens"] > 256
+
+
+def test_cli_refuses_yarn_on_a_scaled_rope(script, tmp_path):
+    checkpoint = helpers.save_tiny_checkpoint(
+        tmp_path / "tiny-llama", rope=RopeConfig(rope_type="linear", factor=2.0)
+    )
+    with pytest.raises(SystemExit, match="--yarn-factor 2: the model already uses 'linear'"):
+        script.resolve_checkpoint(str(checkpoint), None, yarn_factor=2.0)
 
 
 def test_cli_refuses_a_missing_checkpoint(script, tmp_path):
