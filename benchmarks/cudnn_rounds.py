@@ -72,49 +72,73 @@ class Timing:
 def paired_rows(
     kind, kernels, shape, inputs, geometry, layout, density, how: Timing, records
 ) -> list[dict]:
-    """Times (implementation, config, fn) kernels against cuDNN in interleaved rounds.
+    """Times (implementation, config, step) kernels against cuDNN in interleaved rounds.
 
-    Each round runs cuDNN and every kernel back to back (timing.time_rounds); a kernel's ratio
-    to cuDNN is taken within each round, so the SM clock's drift under the power cap (1.5-2 GHz
-    on the H200) falls on numerator and denominator alike. A kernel that fails its first call
-    is recorded as a failure and left out. Each kernel's first output is compared with cuDNN's
-    (full causal) or the first kernel's (max_abs_diff, diff_against), and the first call timed
-    with its compile (first_call_s). The rows are appended to `records` and returned.
+    A step maps q to the attention output, with k, v and the layout bound. Each function is
+    timed as one program of back-to-back calls (timing.back_to_back: no host dispatch between
+    calls, which would floor a kernel shorter than it); each round runs cuDNN's program and
+    every kernel's (timing.time_rounds), and a kernel's ratio to cuDNN is taken within each
+    round, so the SM clock's drift under the power cap (1.5-2 GHz on the H200) falls on
+    numerator and denominator alike. A kernel that fails its first call is recorded as a
+    failure and left out. Each kernel's first output is compared with cuDNN's (full causal) or
+    the first kernel's (max_abs_diff, diff_against), and the first call timed with its compile
+    (first_call_s). The rows are appended to `records` and returned.
     """
     cell = f"{shape} S={geometry.num_queries} density={density}"
     context = shape.record() | {"seq_len": geometry.num_queries, "target_density": density}
-    dense = functools.partial(bench.dense_cudnn, *inputs)
+    q, k, v = inputs
+
+    def dense(x):
+        return bench.dense_cudnn(x, k, v)
+
     want, against = None, None
     if density >= 1.0:
-        want = guarded(f"{kind} cuDNN {cell}", records, first_call, dense, context=context)
+        dense_once = functools.partial(dense, q)
+        want = guarded(f"{kind} cuDNN {cell}", records, first_call, dense_once, context=context)
         against = "cudnn"
     timed, firsts = [], []
-    for implementation, config, fn in kernels:
+    for implementation, config, step in kernels:
         label = f"{kind} {implementation} {config} {cell}"
         start = time.perf_counter()
-        out = guarded(label, records, first_call, fn, context=context | {"config": config})
+        out = guarded(
+            label,
+            records,
+            first_call,
+            functools.partial(step, q),
+            context=context | {"config": config},
+        )
         if out is None:
             continue
         if want is None:
             want, against = out, config
-        timed.append((implementation, config, fn))
+        timed.append((implementation, config, step))
         firsts.append(
             {"first_call_s": time.perf_counter() - start, "max_abs_diff": max_abs(out, want)}
         )
         del out
     del want
-    fns = [dense] + [fn for *_, fn in timed]
+    programs = guarded(
+        f"{kind} {cell} programs",
+        records,
+        lambda: [timing.back_to_back(step, q) for step in [dense] + [s for *_, s in timed]],
+        context=context,
+    )
+    if programs is None:
+        return []
     time_rounds = functools.partial(timing.time_rounds, warmup=how.warmup)
+    fns = [program for program, _ in programs]
     samples = guarded(f"{kind} {cell}", records, time_rounds, fns, how.rounds, context=context)
     if samples is None:
         return []
-    dense_times = [r[0] for r in samples]
+    calls = [count for _, count in programs]
+    dense_times = [r[0] / calls[0] for r in samples]
     rows = []
     for i, (implementation, config, _) in enumerate(timed, start=1):
-        times = [r[i] for r in samples]
+        times = [r[i] / calls[i] for r in samples]
         row = {"kind": kind, "implementation": implementation, "config": config}
         row |= paired_record(layout, geometry, density, times, dense_times, shape)
         row |= firsts[i - 1] | {"diff_against": against}
+        row |= {"calls_per_program": calls[i], "dense_calls_per_program": calls[0]}
         rows.append(row)
         records.append(row)
         print(
@@ -122,8 +146,8 @@ def paired_rows(
             f" {row['tflops_active']:.0f} TFLOP/s active, {row['vs_cudnn_median']:.1%} of"
             f" cuDNN's rate (rounds p25-p75 {row['vs_cudnn_p25']:.1%}-"
             f"{row['vs_cudnn_p75']:.1%}), {row['speedup']:.2f}x cuDNN, max |diff| vs"
-            f" {against} {row['max_abs_diff']:.3g}, first call {row['first_call_s']:.1f} s"
-            f" [{how.deadline.elapsed():.0f} s]",
+            f" {against} {row['max_abs_diff']:.3g}, first call {row['first_call_s']:.1f} s,"
+            f" {calls[i]} calls per program [{how.deadline.elapsed():.0f} s]",
             flush=True,
         )
     return rows

@@ -32,7 +32,8 @@ that every density of a length runs the same compiled kernel.
 
 Every timing (3 and 4) runs --rounds rounds per cell, each timing cuDNN and every kernel back
 to back, and reports the median and spread over the rounds of the ratio to cuDNN within a round
-(paired_rows). Each kernel's first output is also compared with cuDNN's (full causal) or with
+(paired_rows). Each function is timed as one program that calls it back to back, up to 64 times
+(`calls_per_program`), so that no host dispatch sits between two calls of a short kernel. Each kernel's first output is also compared with cuDNN's (full causal) or with
 the cell's first kernel's (sparse layouts): `max_abs_diff` against `diff_against`.
 
     python -m benchmarks.mosaic_gpu_check --out benchmarks/results/mosaic_gpu_check_h200.json
@@ -360,8 +361,7 @@ def compare(
     cells = _cells("compare", shape_runs, seq_lens, densities, pattern, how, records)
     for shape, inputs, geometry, layout, density in cells:
         kernels = [
-            (name, config, functools.partial(fn, *inputs, layout))
-            for name, config, fn in kernels_by_config
+            (name, config, _step(fn, inputs, layout)) for name, config, fn in kernels_by_config
         ]
         cell = (shape, inputs, geometry, layout, density)
         rows += cudnn_rounds.paired_rows("compare", kernels, *cell, how, records)
@@ -374,6 +374,16 @@ def compare(
                 print(f"{label}: {agree:.3g}", flush=True)
         save()
     return rows
+
+
+def _step(kernel, inputs, layout, **options):
+    """q -> kernel(q, k, v, layout, **options): what paired_rows times."""
+    _, k, v = inputs
+
+    def step(q):
+        return kernel(q, k, v, layout, **options)
+
+    return step
 
 
 def _max_diff(q, k, v, layout) -> float:
@@ -389,9 +399,8 @@ def sweep(shape_runs, seq_lens, densities, names, pattern, how: cudnn_rounds.Tim
     fitting = {run.shape: launches(run.shape, names, records) for run in shape_runs}
     cells = _cells("sweep", shape_runs, seq_lens, densities, pattern, how, records)
     for shape, inputs, geometry, layout, density in cells:
-        run = functools.partial(bench.sparse_mosaic, *inputs, layout)
         kernels = [
-            ("mosaic_gpu", name, functools.partial(run, config=config))
+            ("mosaic_gpu", name, _step(bench.sparse_mosaic, inputs, layout, config=config))
             for name, config in fitting[shape]
         ]
         cell = (shape, inputs, geometry, layout, density)

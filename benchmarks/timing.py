@@ -82,6 +82,37 @@ def time_rounds(
     return samples
 
 
+def back_to_back(
+    step: Callable[[jax.Array], jax.Array],
+    x: jax.Array,
+    *,
+    min_seconds: float = 2e-3,
+    max_calls: int = 64,
+) -> tuple[Callable[[], jax.Array], int]:
+    """One program that runs `step` several times back to back, and how many times.
+
+    The program applies `step` `calls` times in a `fori_loop`, each call on the previous one's
+    output (x first: a data dependence, so no call is hoisted or merged), so the device runs the
+    calls one after another with no host dispatch between them; a call's time is the program's
+    over `calls`. Timed one dispatch per call instead, a kernel shorter than the host's dispatch
+    of the call would measure the dispatch. `calls` is what makes the program last about
+    `min_seconds` by one call's time measured here, from 1 to `max_calls`.
+
+    Args:
+      step: x -> an array of x's shape and dtype (an attention call on q, with k, v and the
+        layout bound).
+      x: the first input.
+    """
+    once = jax.jit(step)
+    jax.block_until_ready(once(x))
+    start = time.perf_counter()
+    jax.block_until_ready(once(x))
+    single = time.perf_counter() - start
+    calls = max(1, min(max_calls, int(min_seconds / max(single, 1e-7))))
+    program = jax.jit(lambda y: jax.lax.fori_loop(0, calls, lambda _, z: step(z), y))
+    return functools.partial(program, x), calls
+
+
 def environment() -> dict:
     """Hardware and software the numbers were taken on."""
     device = jax.devices()[0]

@@ -52,6 +52,14 @@ def test_time_rounds_interleaves_rotates_and_reverses():
     assert {x + y for x in "abc" for y in "abc" if x != y} <= followers
 
 
+def test_back_to_back_runs_its_calls_in_one_program_each_on_the_last_output():
+    program, calls = timing.back_to_back(lambda x: x + 1.0, jnp.zeros(()), min_seconds=10.0,
+                                         max_calls=5)  # fmt: skip
+    assert calls == 5 and float(program()) == 5.0
+    program, calls = timing.back_to_back(lambda x: x * 2.0, jnp.ones(()), min_seconds=0.0)
+    assert calls == 1 and float(program()) == 2.0
+
+
 def test_default_checks_on_the_cpu():
     """On a CPU `implementation=None` is xla: the same kernel, so the distance is 0."""
     records = mosaic_gpu_check.default_checks()
@@ -135,6 +143,8 @@ def test_dry_run_checks_and_sweeps_each_shape(tmp_path):
     for row in sweep:
         assert row["seq_len"] == 300 and row["rounds"] == 1 and row["time_ms"] > 0
         assert row["diff_against"] == "default" and row["max_abs_diff"] < 0.05
+        # An interpreted kernel outlasts the program's 2 ms on its own: one call per program.
+        assert row["calls_per_program"] == 1 and row["dense_calls_per_program"] >= 1
 
 
 def test_a_spent_budget_skips_every_cell_and_still_writes(tmp_path):
