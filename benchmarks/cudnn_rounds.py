@@ -15,6 +15,10 @@ import numpy as np
 from benchmarks import attention as bench
 from benchmarks import timing
 
+# How long one timed program of back-to-back calls lasts at least (up to 64 calls); a dry run on
+# a CPU has no dispatch gap to hide and times single calls.
+BACK_TO_BACK_SECONDS = 2e-3 if bench.ON_GPU else 0.0
+
 
 class Deadline:
     """Whether there is time left to start another cell (--budget-s, from the start)."""
@@ -91,11 +95,14 @@ def paired_rows(
     def dense(x):
         return bench.dense_cudnn(x, k, v)
 
-    want, against = None, None
-    if density >= 1.0:
-        dense_once = functools.partial(dense, q)
-        want = guarded(f"{kind} cuDNN {cell}", records, first_call, dense_once, context=context)
-        against = "cudnn"
+    # Compiled and run once before back_to_back times one call; on full rows, the reference.
+    dense_out = guarded(
+        f"{kind} cuDNN {cell}", records, first_call, functools.partial(dense, q), context=context
+    )
+    if dense_out is None:
+        return []
+    want, against = (dense_out, "cudnn") if density >= 1.0 else (None, None)
+    del dense_out
     timed, firsts = [], []
     for implementation, config, step in kernels:
         label = f"{kind} {implementation} {config} {cell}"
@@ -120,7 +127,10 @@ def paired_rows(
     programs = guarded(
         f"{kind} {cell} programs",
         records,
-        lambda: [timing.back_to_back(step, q) for step in [dense] + [s for *_, s in timed]],
+        lambda: [
+            timing.back_to_back(step, q, min_seconds=BACK_TO_BACK_SECONDS)
+            for step in [dense] + [s for *_, s in timed]
+        ],
         context=context,
     )
     if programs is None:

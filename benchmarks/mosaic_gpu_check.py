@@ -33,8 +33,9 @@ that every density of a length runs the same compiled kernel.
 Every timing (3 and 4) runs --rounds rounds per cell, each timing cuDNN and every kernel back
 to back, and reports the median and spread over the rounds of the ratio to cuDNN within a round
 (paired_rows). Each function is timed as one program that calls it back to back, up to 64 times
-(`calls_per_program`), so that no host dispatch sits between two calls of a short kernel. Each kernel's first output is also compared with cuDNN's (full causal) or with
-the cell's first kernel's (sparse layouts): `max_abs_diff` against `diff_against`.
+(`calls_per_program`), so that no host dispatch sits between two calls of a short kernel. Each
+kernel's first output is also compared with cuDNN's (full causal) or with the cell's first
+kernel's (sparse layouts): `max_abs_diff` against `diff_against`.
 
     python -m benchmarks.mosaic_gpu_check --out benchmarks/results/mosaic_gpu_check_h200.json
     python -m benchmarks.mosaic_gpu_check --skip checks compare \\

@@ -96,19 +96,21 @@ def back_to_back(
     calls one after another with no host dispatch between them; a call's time is the program's
     over `calls`. Timed one dispatch per call instead, a kernel shorter than the host's dispatch
     of the call would measure the dispatch. `calls` is what makes the program last about
-    `min_seconds` by one call's time measured here, from 1 to `max_calls`.
+    `min_seconds` by one call of `step` timed here, from 1 to `max_calls`; with one, the
+    program is `step` itself.
 
     Args:
       step: x -> an array of x's shape and dtype (an attention call on q, with k, v and the
-        layout bound).
+        layout bound), compiled and run once already (a jitted function, or one that calls
+        them), so that the call timed here is not a compile.
       x: the first input.
     """
-    once = jax.jit(step)
-    jax.block_until_ready(once(x))
     start = time.perf_counter()
-    jax.block_until_ready(once(x))
+    jax.block_until_ready(step(x))
     single = time.perf_counter() - start
     calls = max(1, min(max_calls, int(min_seconds / max(single, 1e-7))))
+    if calls == 1:
+        return functools.partial(step, x), 1
     program = jax.jit(lambda y: jax.lax.fori_loop(0, calls, lambda _, z: step(z), y))
     return functools.partial(program, x), calls
 

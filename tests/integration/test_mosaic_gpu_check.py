@@ -143,8 +143,7 @@ def test_dry_run_checks_and_sweeps_each_shape(tmp_path):
     for row in sweep:
         assert row["seq_len"] == 300 and row["rounds"] == 1 and row["time_ms"] > 0
         assert row["diff_against"] == "default" and row["max_abs_diff"] < 0.05
-        # An interpreted kernel outlasts the program's 2 ms on its own: one call per program.
-        assert row["calls_per_program"] == 1 and row["dense_calls_per_program"] >= 1
+        assert row["calls_per_program"] == row["dense_calls_per_program"] == 1  # a dry run
 
 
 def test_a_spent_budget_skips_every_cell_and_still_writes(tmp_path):
