@@ -15,7 +15,7 @@ kind the planner chose. Bring your own prompt, checkpoint and sharing table:
 Qwen2.5-Coder beyond its trained 32K tokens, with YaRN (an experiment for this model,
 docs/models.md): a pass key in 120,000 tokens,
 
-    sharedsparse-prefill --checkpoint qwen2.5-coder-0.5b-instruct --yarn-factor 4 \
+    sharedsparse-prefill --checkpoint qwen2.5-coder-0.5b-instruct --yarn-factor 4 \\
         --context-tokens 120000
 
 Each method runs through `models.prefill_and_answer`. docs/usage.md describes every option.
