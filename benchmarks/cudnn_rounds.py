@@ -15,10 +15,6 @@ import numpy as np
 from benchmarks import attention as bench
 from benchmarks import timing
 
-# How long one timed program of back-to-back calls lasts at least (up to 64 calls); a dry run on
-# a CPU has no dispatch gap to hide and times single calls.
-BACK_TO_BACK_SECONDS = 2e-3 if bench.ON_GPU else 0.0
-
 
 class Deadline:
     """Whether there is time left to start another cell (--budget-s, from the start)."""
@@ -66,11 +62,14 @@ def first_call(fn):
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """How paired_rows times a cell: rounds, warm-up calls per function, and the deadline."""
+    """How paired_rows times a cell: rounds, warm-up calls per function, the deadline, and how
+    long one timed program of back-to-back calls lasts at least (timing.back_to_back; 0: one
+    call per program, each its own host dispatch)."""
 
     rounds: int
     warmup: int = 2
     deadline: Deadline = dataclasses.field(default_factory=lambda: Deadline(None))
+    program_seconds: float = 2e-3
 
 
 def paired_rows(
@@ -128,7 +127,7 @@ def paired_rows(
         f"{kind} {cell} programs",
         records,
         lambda: [
-            timing.back_to_back(step, q, min_seconds=BACK_TO_BACK_SECONDS)
+            timing.back_to_back(step, q, min_seconds=how.program_seconds)
             for step in [dense] + [s for *_, s in timed]
         ],
         context=context,

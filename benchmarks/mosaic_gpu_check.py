@@ -469,6 +469,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--rounds", type=int, default=15, help="interleaved timing rounds per cell (paired_rows)"
     )
     parser.add_argument(
+        "--single-calls",
+        action="store_true",
+        help="time each call as its own host dispatch, not in programs of back-to-back calls"
+        " (how runs before back-to-back timing measured; to compare the two)",
+    )
+    parser.add_argument(
         "--budget-s",
         type=float,
         default=None,
@@ -500,10 +506,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     deadline = cudnn_rounds.Deadline(args.budget_s)
+    # A dry run on a CPU has no dispatch gap to hide: single calls.
     how = cudnn_rounds.Timing(
-        rounds=args.rounds, warmup=0 if args.dry_run else 2, deadline=deadline
+        rounds=args.rounds,
+        warmup=0 if args.dry_run else 2,
+        deadline=deadline,
+        program_seconds=0.0 if args.dry_run or args.single_calls else 2e-3,
     )
-    meta = timing.environment() | {"dry_run": args.dry_run, "layout": args.layout}
+    meta = timing.environment() | {
+        "dry_run": args.dry_run,
+        "layout": args.layout,
+        "single_calls": args.single_calls,
+    }
     print(meta, flush=True)
     suffix = "_dryrun" if args.dry_run else ""
     out = args.out or Path(f"benchmarks/results/mosaic_gpu_check_{timing.gpu_tag()}{suffix}.json")
