@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import jax.numpy as jnp
+import pytest
 
 from benchmarks import chunked_prefill, prefill_latency
 
 
+@pytest.mark.slow  # 90 s on the 2-core machine; tests/models/test_chunked.py checks the chunks
 def test_dry_run(tmp_path):
     out = tmp_path / "chunked.json"
     records = chunked_prefill.main(["--dry-run", "--out", str(out)])
