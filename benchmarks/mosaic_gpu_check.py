@@ -33,7 +33,8 @@ that every density of a length runs the same compiled kernel.
 Every timing (3 and 4) runs --rounds rounds per cell, each timing cuDNN and every kernel back
 to back, and reports the median and spread over the rounds of the ratio to cuDNN within a round
 (paired_rows). Each function is timed as one program that calls it back to back, up to 64 times
-(`calls_per_program`), so that no host dispatch sits between two calls of a short kernel. Each
+(`calls_per_program`), so that no host dispatch sits between two calls of a short kernel
+(`--single-calls`: one dispatch per call, the timing of runs before this, to compare). Each
 kernel's first output is also compared with cuDNN's (full causal) or with the cell's first
 kernel's (sparse layouts): `max_abs_diff` against `diff_against`.
 
