@@ -34,7 +34,7 @@ Every timing (3 and 4) runs --rounds rounds per cell, each timing cuDNN and ever
 to back, and reports the median and spread over the rounds of the ratio to cuDNN within a round
 (paired_rows). Each function is timed as one program that calls it back to back, up to 64 times
 (`calls_per_program`), so that no host dispatch sits between two calls of a short kernel
-(`--single-calls`: one dispatch per call, the timing of runs before this, to compare). Each
+(`--single-calls`: one host dispatch per call instead, to compare the two). Each
 kernel's first output is also compared with cuDNN's (full causal) or with the cell's first
 kernel's (sparse layouts): `max_abs_diff` against `diff_against`.
 
@@ -473,7 +473,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--single-calls",
         action="store_true",
         help="time each call as its own host dispatch, not in programs of back-to-back calls"
-        " (how runs before back-to-back timing measured; to compare the two)",
+        " (to compare the two)",
     )
     parser.add_argument(
         "--budget-s",

@@ -264,8 +264,8 @@ def resolve_checkpoint(
         raise SystemExit(f"--checkpoint {source}: cannot be converted: {error}") from error
     try:
         loaded = load_checkpoint(directory, dtype=dtype, mesh=mesh, yarn_factor=yarn_factor)
-    except ValueError as error:
-        raise SystemExit(f"--yarn-factor {yarn_factor:g}: {error}") from error
+    except ValueError as error:  # e.g. --yarn-factor on a rope that is scaled already
+        raise SystemExit(f"--checkpoint {source}: cannot be loaded: {error}") from error
     return loaded, source_name(source)
 
 

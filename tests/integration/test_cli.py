@@ -136,7 +136,7 @@ def test_cli_refuses_yarn_on_a_scaled_rope(script, tmp_path):
     checkpoint = helpers.save_tiny_checkpoint(
         tmp_path / "tiny-llama", rope=RopeConfig(rope_type="linear", factor=2.0)
     )
-    with pytest.raises(SystemExit, match="--yarn-factor 2: the model already uses 'linear'"):
+    with pytest.raises(SystemExit, match="cannot be loaded: the model already uses 'linear' rope"):
         script.resolve_checkpoint(str(checkpoint), None, yarn_factor=2.0)
 
 
