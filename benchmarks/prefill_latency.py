@@ -495,7 +495,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"wrote {args.plot[1]}")
         return []
     if args.merge:
-        return merge_results(args.merge, args.out or RESULTS_DIR / "prefill_latency_merged.json")
+        out = args.out or RESULTS_DIR / "prefill_latency_merged.json"
+        records = timing.merge_result_files(args.merge, out, _case_key)
+        report(records)
+        return records
     for path in args.gguf:
         print(f"installed {path} as {install_gguf(path)}")
     dtype = jnp.dtype("float32" if args.dry_run else args.dtype)
@@ -542,7 +545,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device_kind = jax.devices()[0].device_kind
 
     def save() -> None:
-        timing.write_records(out, merge_records(previous, records), environment)
+        timing.write_records(out, timing.merge_records(previous, records, _case_key), environment)
 
     for case in cases:
         lengths = args.lengths or (DRY_RUN_LENGTHS if args.dry_run else case.lengths)
@@ -604,27 +607,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def _case_key(record: dict) -> tuple:
     """What a record measures: model (at its YaRN factor), method and length."""
     return record["model"], record.get("yarn_factor"), record["method"], record["seq_len"]
-
-
-def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
-    """`old` without the cases `new` measures again, then `new`."""
-    keys = {_case_key(r) for r in new}
-    return [r for r in old if _case_key(r) not in keys] + new
-
-
-def merge_results(paths: Sequence[Path], out: Path) -> list[dict]:
-    """Merges result files (later files win for the same case) into `out` and reports them."""
-    records: list[dict] = []
-    environments = []
-    for path in paths:
-        data = json.loads(path.read_text())
-        records = merge_records(records, data["records"])
-        environments.append(data["environment"] | {"file": str(path)})
-    environment = environments[0] | {"merged_from": environments}
-    timing.write_records(out, records, environment)
-    print(f"wrote {out}")
-    report(records)
-    return records
 
 
 def plot(results: Path, figure: Path) -> None:

@@ -4,6 +4,7 @@
     python -m benchmarks.sharing_ablation --models qwen --lengths 32768
     python -m benchmarks.sharing_ablation --dry-run             # tiny random model: a CPU check
     python -m benchmarks.sharing_ablation --plot RESULTS FIGURE # the curves as a figure
+    python -m benchmarks.sharing_ablation --merge A.json B.json --out ALL.json  # B's cases win
 
 For each (model, length) cell every setting below runs on the same Austen windows and, where
 dense attention solves it, the same passkey prompts:
@@ -64,6 +65,8 @@ CELLS = {
 }
 GAMMAS = (0.9, 0.98, 0.99)  # beside the default 0.95
 TAU_SIMS = (0.3, 0.7)  # beside the default 0.5
+SUMMARY_COLUMNS = ["model", "seq_len", "method", "variant", "density", "delta_nll", "kl"]
+SUMMARY_COLUMNS += ["retrieval_accuracy", "prefill_ms", "speedup", "num_shared"]
 # SharePrefill's variants off its gamma curve, marked apart in the figure.
 ABLATION_VARIANTS = ("no_exclusion", *(f"tau_sim_{t}" for t in TAU_SIMS))
 DRY_RUN = {"lengths": (512,), "planner": {"block_size": 64, "min_budget": 64, "dense_below": 128}}
@@ -236,6 +239,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--plot", nargs=2, type=Path, metavar=("RESULTS", "FIGURE"), help="plot and exit"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="merge these result files into --out (a later file's (model, length, method,"
+        " variant) replaces an earlier one's) and print the table; runs nothing",
+    )
     args = parser.parse_args(argv)
     if args.variants is not None:
         args.variants = {"full", *args.variants}  # dense's own variant, and what copies copy
@@ -252,6 +262,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.plot:
         plot(*args.plot)
         return []
+    if args.merge:
+        out = args.out or RESULTS_DIR / "sharing_ablation_merged.json"
+        records = timing.merge_result_files(args.merge, out, _case_key)
+        timing.print_table(records, SUMMARY_COLUMNS)
+        return records
     suffix = "_dryrun" if args.dry_run else ""
     out = args.out or RESULTS_DIR / f"sharing_ablation_{timing.gpu_tag()}{suffix}.json"
     environment = timing.environment() | {"dry_run": args.dry_run}
@@ -279,10 +294,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             save([])
         jax.clear_caches()
     print(f"wrote {out}")
-    columns = ["model", "seq_len", "method", "variant", "density", "delta_nll", "kl"]
-    columns += ["retrieval_accuracy", "prefill_ms", "speedup", "num_shared"]
-    timing.print_table(done, columns)
+    timing.print_table(done, SUMMARY_COLUMNS)
     return done
+
+
+def _case_key(record: dict) -> tuple:
+    """What a record measures: model, length, method and variant."""
+    return record["model"], record["seq_len"], record["method"], record["variant"]
 
 
 def plot(results: Path, figure: Path) -> None:

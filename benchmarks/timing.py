@@ -152,6 +152,32 @@ def write_records(path: Path, records: list[dict], meta: dict) -> None:
     path.write_text(json.dumps({"environment": meta, "records": records}, indent=1) + "\n")
 
 
+def merge_records(old: list[dict], new: list[dict], case: Callable[[dict], tuple]) -> list[dict]:
+    """`old` without the cases `new` measures again (equal `case(record)`), then `new`."""
+    keys = {case(r) for r in new}
+    return [r for r in old if case(r) not in keys] + new
+
+
+def merge_result_files(
+    paths: Sequence[Path], out: Path, case: Callable[[dict], tuple]
+) -> list[dict]:
+    """Merges result files into `out`, a later file's record replacing an earlier one of the
+    same case; the environment is the first file's, with every file's under `merged_from`.
+
+    Returns:
+      The merged records.
+    """
+    records: list[dict] = []
+    environments = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        records = merge_records(records, data["records"], case)
+        environments.append(data["environment"] | {"file": str(path)})
+    write_records(out, records, environments[0] | {"merged_from": environments})
+    print(f"wrote {out}")
+    return records
+
+
 def print_table(records: list[dict], columns: list[str]) -> None:
     """Prints records as a fixed-width table (the short summary at the end of a run)."""
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in records)) for c in columns]

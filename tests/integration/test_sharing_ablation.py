@@ -1,4 +1,5 @@
-"""benchmarks.sharing_ablation: its settings, a CPU dry run on the tiny model, and its figure."""
+"""benchmarks.sharing_ablation: its settings, a CPU dry run on the tiny model, its figure and the
+merge of result files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import sharing_ablation
+from benchmarks import sharing_ablation, timing
 
 
 def test_settings_cover_the_ablation():
@@ -47,6 +48,26 @@ def test_dry_run_and_plot(tmp_path):
     figure = tmp_path / "ablation.png"
     sharing_ablation.main(["--plot", str(out), str(figure)])
     assert figure.stat().st_size > 10_000
+
+
+def test_merge_keeps_the_later_files_cases(tmp_path, capsys):
+    def record(variant, density, length=8192):
+        return {"model": "smollm2", "seq_len": length, "method": "shareprefill",
+                "variant": variant, "density": density}  # fmt: skip
+
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    timing.write_records(first, [record("full", 0.4), record("gamma_0.9", 0.3)], {"commit": "a"})
+    timing.write_records(second, [record("full", 0.5), record("full", 0.6, 4096)], {"commit": "b"})
+    out = tmp_path / "merged.json"
+    merged = sharing_ablation.main(["--merge", str(first), str(second), "--out", str(out)])
+    assert [(r["variant"], r["seq_len"], r["density"]) for r in merged] == [
+        ("gamma_0.9", 8192, 0.3), ("full", 8192, 0.5), ("full", 4096, 0.6),
+    ]  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["records"] == merged
+    assert [e["commit"] for e in saved["environment"]["merged_from"]] == ["a", "b"]
+    assert saved["environment"]["merged_from"][1]["file"] == str(second)
+    assert "gamma_0.9" in capsys.readouterr().out
 
 
 def test_passkeys_at_the_context_limit_leave_room_for_the_reply(monkeypatch):
