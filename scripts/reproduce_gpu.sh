@@ -122,6 +122,8 @@ stage_calibrate() {
     --lengths 16384 32768 65536 131072 --samples 3 --heldout 1 --map-block-size 128 \
     --second-length 8192 --out-dir calibration
   cp "calibration/${QWEN}+yarn4_report.json" "$RESULTS/calibration/${QWEN}+yarn4.json"
+  cp "calibration/${QWEN}+yarn4_table.json" "$RESULTS/calibration/raw/"
+  cp calibration/calibration_"$QWEN"+yarn4_*.png docs/figures/
 }
 stage_sharing() {
   "$PYTHON" -m benchmarks.sharing_ablation --out "$RESULTS/sharing_ablation_h200.json"
