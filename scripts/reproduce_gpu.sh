@@ -65,6 +65,10 @@ stage_hopper_d64() {
   "$PYTHON" -m benchmarks.mosaic_gpu_check --skip checks sweep --recording --layout random \
     --shapes 14/2/64:32768,131072 32/8/128:32768 --densities 1.0 0.1 --rounds 5 \
     --out "$RESULTS/mosaic_gpu_recording_h200.json"
+  # The 8K cells timed one dispatch per call as well (results section 7, "timed back to back").
+  "$PYTHON" -m benchmarks.mosaic_gpu_check --skip checks compare --single-calls \
+    --shapes 14/2/64:8192 9/3/64:8192 --layout random --sweep-densities 1.0 0.4 0.1 \
+    --sweep-configs default one_item --rounds 7 --out "$RESULTS/mosaic_gpu_d64_single_h200.json"
 }
 stage_planner() { "$PYTHON" -m benchmarks.planner_overhead --profile-launches; }
 stage_methods() {
